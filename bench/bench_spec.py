@@ -1,0 +1,97 @@
+"""Spectrogram extraction: the reference pipeline against AED_spec.py, side by side.
+
+Writes ten 60 s test files at 44.1 kHz and at 22.05 kHz into a temporary
+folder, then times each extractor as a whole process (imports included, as a
+user sees it), several times, and prints medians, specs/s and ratios.
+
+    python bench/bench_spec.py
+    python bench/bench_spec.py --repeats 5 --files 10 --seconds 60
+"""
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_files(folder, n_files, seconds, rate, seed=0):
+    """Event-like test audio: tones, sweeps and noise bursts over a noise floor."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    for i in range(n_files):
+        sig = 0.01 * rng.standard_normal(len(t))
+        for start in np.arange(0, seconds, 2.0):
+            on = (t >= start) & (t < start + rng.uniform(0.3, 1.5))
+            kind = i % 3
+            if kind == 0:
+                sig[on] += 0.3 * np.sin(2 * np.pi * rng.uniform(300, 3000) * t[on])
+            elif kind == 1:
+                f0 = rng.uniform(500, 1500)
+                sig[on] += 0.3 * np.sin(2 * np.pi * (f0 + 400 * np.sin(2 * np.pi * 2 * t[on])) * t[on])
+            else:
+                sig[on] += 0.2 * rng.standard_normal(on.sum())
+        sf.write(folder / f'file_{i:02d}.wav', np.clip(sig, -1, 1), rate, subtype='PCM_16')
+
+
+def timed(cmd):
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def count_specs(folder):
+    return sum(1 for _ in Path(folder).rglob('*.png'))
+
+
+def run(rows, label, src, tmp, repeats, workers):
+    py = sys.executable
+    commands = {'reference (psf + scipy + cv2)': [py, str(ROOT / 'bench' / 'reference_spec.py'), str(src)]}
+    for w in workers:
+        commands[f'AED_spec.py --workers {w}'] = [py, str(ROOT / 'AED_spec.py'), '--src', str(src),
+                                                  '--workers', str(w), '--overwrite', '--dst']
+    times = {name: [] for name in commands}
+    n_specs = {}
+    for r in range(repeats):  # interleave runs so that machine noise hits all alike
+        for name, cmd in commands.items():
+            dst = Path(tmp) / f'out_{label}_{len(n_specs)}_{r}'
+            times[name].append(timed(cmd + [str(dst)]))
+            n_specs[name] = count_specs(dst)
+    base = None
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rate = n_specs[name] / med
+        base = base or rate
+        rows.append((label, name, n_specs[name], med, 1000 * med / n_specs[name], rate, rate / base))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--files', type=int, default=10)
+    p.add_argument('--seconds', type=float, default=60)
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--workers', type=int, nargs='+', default=[1, 2])
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rate in (44100, 22050):
+            src = Path(tmp) / f'src_{rate}'
+            (src / 'events').mkdir(parents=True)
+            write_files(src / 'events', args.files, args.seconds, rate)
+            run(rows, f'{rate / 1000:g} kHz', src, tmp, args.repeats, args.workers)
+    print(f'\n{args.files} files x {args.seconds:g} s, median of {args.repeats} whole-process runs')
+    print('| input | extractor | specs | wall s | ms/spec | specs/s | vs reference |')
+    print('|---|---|---:|---:|---:|---:|---:|')
+    for label, name, n, med, ms, rate, ratio in rows:
+        print(f'| {label} | {name} | {n} | {med:.2f} | {ms:.2f} | {rate:.0f} | {ratio:.2f}x |')
+    return rows
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,162 @@
+"""Editable constants for the four AED scripts.
+
+Constants only: every script imports this module as ``cfg`` and passes the
+values it needs into the pure functions in ``model/``. Command-line flags
+override a constant for one run; editing it here changes the default.
+Relative paths are resolved against the repository folder by the scripts.
+"""
+
+############################## SHARED ##############################
+# Fixed random seed for dataset split, augmentation and weight init
+RANDOM_SEED = 1337
+
+# Folder (relative to the repository) where checkpoints are written and looked up
+MODEL_PATH = 'model/'
+
+# Device for the network: 'auto' picks CUDA, then Apple MPS, then CPU
+DEVICE = 'auto'
+
+############################## AED_spec.py ##############################
+# Class folders of audio files to turn into spectrograms
+SRC_DIR = 'dataset/train/wav/'
+
+# Output folder; one sub-folder of PNGs per class
+SPEC_DIR = 'dataset/train/spec/'
+
+# Length of one spectrogram chunk in seconds (one of 2, 3, 5, 10, 30)
+SPEC_LENGTH = 3
+
+# Overlap of consecutive chunks in seconds (must be smaller than SPEC_LENGTH)
+SPEC_OVERLAP = 2
+
+# Every signal is resampled to this rate before framing
+SAMPLE_RATE = 44100
+
+# Resampling method: 'linear' (the original's interpolation) or 'sinc' (torchaudio, higher quality)
+RESAMPLE_METHOD = 'linear'
+
+# PNG zlib level: 0 stores pixels uncompressed (128 KB per image, fastest to
+# write and to load in training); 1 to 9 give files about half that size
+PNG_COMPRESSION = 0
+
+# Worker processes for extraction; 0 means one per CPU core
+SPEC_WORKERS = 0
+
+############################## AED_train.py ##############################
+# Folder of spectrogram images, one sub-folder per class
+DATASET_PATH = 'dataset/train/spec/'
+
+# Oversample every class up to this many images (-1 = off)
+MIN_SAMPLES_PER_CLASS = -1
+
+# Use at most this many images per class (None = no limit)
+MAX_SAMPLES_PER_CLASS = None
+
+# Sort class names alphabetically (False shuffles them with the seed)
+SORT_CLASSES_ALPHABETICALLY = True
+
+# Fraction of images held out for validation (0 trains on everything)
+VAL_SPLIT = 0.1
+
+# Keep decoded images in RAM after the first epoch
+USE_CACHE = False
+
+# Sigmoid outputs and batch augmentation (several targets per image)
+MULTI_LABEL = False
+
+# Validation images also get several targets (binary accuracy at 0.5)
+VAL_HAS_MULTI_LABEL = False
+
+# Batch augmentation mixes images until this mean number of targets per image
+MEAN_TARGETS_PER_IMAGE = 3
+
+# Network input size as (width, height)
+IM_SIZE = (512, 256)
+
+# Image channels: 1 = grey, 3 = colour
+IM_DIM = 1
+
+# Augmentations as {name: [probability, value]}; also available:
+# 'noise': [0.1, 0.01], 'brightness': [0.5, (0.25, 1.25)], 'crop': [0.5, 0.07],
+# 'flip': [0.25, 1], 'mean': [0.5, 0.1]
+IM_AUGMENTATION = {'roll': [0.5, (0.0, 0.05)]}
+
+# Filters of the first convolution; the later blocks use 2x, 4x, 8x and 16x this
+FILTERS = 64
+
+# Dropout probability after each dense layer
+DROPOUT = 0.5
+
+# Hidden-layer activation: 'relu' (the paper), 'elu' or 'leaky_relu'
+NONLINEARITY = 'relu'
+
+# Gain of the He-normal initialisation of hidden layers (sqrt(2))
+INIT_GAIN = 2 ** 0.5
+
+# Images per training and evaluation batch
+BATCH_SIZE = 32
+
+# Learning rate schedule as {epoch: rate}
+LEARNING_RATE = {0: 0.001, 55: 0.000001}
+
+# True interpolates linearly between the epochs above; False switches in steps
+LR_DESCENT = True
+
+# L2 penalty on the weights of convolutional and dense layers (0 = off)
+L2_WEIGHT = 0
+
+# 'adam' (beta1 = 0.5) or 'nesterov' (momentum 0.9)
+OPTIMIZER = 'adam'
+
+# Last epoch to train
+EPOCHS = 55
+
+# Shuffle the training set at every epoch
+RANDOMIZE_TRAIN_SET = True
+
+# Confusion-matrix plots show at most this many classes
+CONFMATRIX_MAX_CLASSES = 20
+
+# Plot confusion-matrix rows as percentages
+NORMALIZE_CONFMATRIX = True
+
+# Checkpoint to start from (path, or file name under MODEL_PATH; None = random init)
+PRETRAINED_MODEL = None
+
+# Also load the output layer of PRETRAINED_MODEL (False for another class count)
+LOAD_OUTPUT_LAYER = True
+
+# Number of the first epoch
+EPOCH_START = 1
+
+# Name used in checkpoint, log and plot file names
+RUN_NAME = 'Example_Run'
+
+# Epochs after which a snapshot is saved ([-1] = every epoch)
+SNAPSHOT_EPOCHS = [10, 20, 30, 40, 50]
+
+# Save the best weights when training is stopped with Ctrl-C
+SAVE_AFTER_INTERRUPT = True
+
+# DataLoader worker processes for training (0 loads in the main process)
+TRAIN_WORKERS = 2
+
+############################## AED_eval.py ##############################
+# Test files, one sub-folder per class (the ground truth)
+TEST_DIR = 'dataset/test/'
+
+# Checkpoint to evaluate (path, or file name under MODEL_PATH)
+TRAINED_MODEL = 'AED_Example_Run_model_best.pt'
+
+# Predictions below this confidence are dropped
+CONFIDENCE_THRESHOLD = 0.0001
+
+# Keep at most this many ranked predictions per file
+MAX_PREDICTIONS = 10
+
+############################## AED_test.py ##############################
+# Number of ranked results printed per file
+NUM_RESULTS = 5
+
+# Results below this confidence are not printed
+MIN_CONFIDENCE = 0.01

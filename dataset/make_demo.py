@@ -1,0 +1,269 @@
+"""Generate a small synthetic acoustic-event dataset for trying out the pipeline.
+
+The dataset has five sound classes that are easy to tell apart on a linear
+0-22 kHz magnitude spectrogram, even when it is shrunk to 128x64 pixels, and
+in any 3-second window of a file (every file is busy from start to end):
+
+    beeps         tone beeps at one or two random pitches with a random duty cycle
+    clicks        trains of short broadband clicks at a few clicks per second
+    hum           a continuous harmonic stack on a low fundamental (50-180 Hz)
+    noise_bursts  bursts of band-limited noise somewhere between 1.5 and 16 kHz
+    siren         a continuous tone whose pitch sweeps up and down
+
+Files are 44.1 kHz, mono, 16-bit PCM WAV. The same seed always gives
+byte-identical files. Layout written under the output folder:
+
+    train/wav/<class>/<class>_<NNN>.wav   training audio (input of AED_spec.py)
+    test/<class>/<class>_<NNN>.wav        held-out audio (input of AED_eval.py)
+    examples/<class>_example.wav          one longer file per class (AED_test.py)
+
+Examples:
+
+    python dataset/make_demo.py
+    python dataset/make_demo.py --train 40 --test 10 --seconds 5
+    python dataset/make_demo.py --out /tmp/aed_demo --seed 7 --no-examples
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 44100
+
+# Default output root: the folder this script lives in (the repo's dataset/).
+DEFAULT_OUT = Path(__file__).resolve().parent
+
+# Numeric codes mixed into the per-file seeds so the splits never share a stream.
+_SPLIT_CODES = {'train': 1, 'test': 2, 'examples': 3}
+
+
+########################## small signal helpers ##########################
+
+def _time_axis(n):
+    return np.arange(n, dtype=np.float64) / SAMPLE_RATE
+
+
+def _fade_envelope(length, fade):
+    """Rectangle of `length` samples with raised-cosine edges of `fade` samples."""
+    env = np.ones(length)
+    fade = int(min(fade, length // 2))
+    if fade > 0:
+        ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
+        env[:fade] = ramp
+        env[length - fade:] = ramp[::-1]
+    return env
+
+
+def _gate(n, rng, on_range, off_range, fade_s=0.004):
+    """An on/off envelope of length n with random on and off durations (seconds).
+
+    The first event starts within the first off-period, so the whole file is
+    covered by events from (almost) the start to the end.
+    """
+    env = np.zeros(n)
+    pos = int(rng.uniform(0.0, off_range[1]) * SAMPLE_RATE)
+    fade = int(fade_s * SAMPLE_RATE)
+    while pos < n:
+        on = max(int(rng.uniform(*on_range) * SAMPLE_RATE), 2 * fade + 1)
+        end = min(pos + on, n)
+        env[pos:end] = _fade_envelope(on, fade)[:end - pos]
+        pos = end + int(rng.uniform(*off_range) * SAMPLE_RATE)
+    return env
+
+
+def _bandpass_noise(n, rng, lo_hz, hi_hz):
+    """White noise restricted to [lo_hz, hi_hz] with soft spectral edges."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    edge = 0.1 * (hi_hz - lo_hz) + 50.0
+    mask = np.clip((freqs - lo_hz) / edge + 1.0, 0.0, 1.0) * \
+        np.clip((hi_hz - freqs) / edge + 1.0, 0.0, 1.0)
+    return np.fft.irfft(spec * mask, n)
+
+
+########################## the sound classes ##########################
+
+def make_siren(n, rng):
+    """Tone with a continuous periodic pitch sweep (sine, triangle or rising saw)."""
+    t = _time_axis(n)
+    centre = rng.uniform(2000.0, 6000.0)
+    depth = rng.uniform(0.3, 0.5) * centre
+    rate = rng.uniform(0.4, 2.5)  # sweeps per second
+    phase0 = rng.uniform(0.0, 1.0)
+    cycle = (rate * t + phase0) % 1.0
+    shape = rng.integers(3)
+    if shape == 0:
+        mod = np.sin(2 * np.pi * cycle)
+    elif shape == 1:
+        mod = 4.0 * np.abs(cycle - 0.5) - 1.0
+    else:
+        mod = 2.0 * cycle - 1.0
+    freq = centre + depth * mod
+    phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
+    sig = np.sin(phase)
+    for harmonic in (2, 3):
+        if rng.random() < 0.6:
+            sig += rng.uniform(0.1, 0.35) * np.sin(harmonic * phase)
+    return sig
+
+
+def make_beeps(n, rng):
+    """Steady-pitch tone beeps with gaps; sometimes alternating between two pitches."""
+    t = _time_axis(n)
+    f1 = rng.uniform(1500.0, 9000.0)
+    f2 = f1 * rng.choice([1.0, rng.uniform(1.25, 1.6)])
+    beep_len = rng.uniform(0.08, 0.25)
+    duty = rng.uniform(0.3, 0.6)
+    period = beep_len / duty
+    start = rng.uniform(0.0, period)
+    idx = np.floor((t - start) / period)
+    within = (t - start) - idx * period
+    on = (within >= 0) & (within < beep_len)
+    # Smooth the beep edges (5 ms) to keep the spectrum clean.
+    fade = 0.005
+    env = np.clip(np.minimum(within, beep_len - within) / fade, 0.0, 1.0) * on
+    freq = np.where(idx.astype(np.int64) % 2 == 0, f1, f2)
+    phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
+    return env * np.sin(phase)
+
+
+def make_noise_bursts(n, rng):
+    """Bursts of band-limited noise in one random band, at random intervals."""
+    centre = rng.uniform(3500.0, 13000.0)
+    width = rng.uniform(2000.0, 5000.0)
+    lo = max(1500.0, centre - width / 2)
+    hi = min(16500.0, centre + width / 2)
+    noise = _bandpass_noise(n, rng, lo, hi)
+    env = _gate(n, rng, on_range=(0.12, 0.4), off_range=(0.06, 0.3), fade_s=0.01)
+    return noise * env
+
+
+def make_clicks(n, rng):
+    """Short broadband clicks (decaying noise blips) at a jittered rate."""
+    rate = rng.uniform(3.0, 10.0)
+    jitter = rng.uniform(0.0, 0.3)
+    tau = rng.uniform(0.0002, 0.0008)  # decay time of one click, seconds
+    click_len = int(8 * tau * SAMPLE_RATE) + 1
+    decay = np.exp(-np.arange(click_len) / (tau * SAMPLE_RATE))
+    sig = np.zeros(n + click_len)
+    pos = rng.uniform(0.0, 1.0 / rate)
+    while pos * SAMPLE_RATE < n:
+        i = int(pos * SAMPLE_RATE)
+        amp = rng.uniform(0.6, 1.0)
+        sig[i:i + click_len] += amp * decay * rng.standard_normal(click_len)
+        pos += (1.0 / rate) * (1.0 + rng.uniform(-jitter, jitter))
+    return sig[:n]
+
+
+def make_hum(n, rng):
+    """Continuous harmonic stack on a low fundamental with slow wobble."""
+    t = _time_axis(n)
+    f0 = rng.uniform(50.0, 180.0)
+    vib = 1.0 + 0.01 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 2 * np.pi))
+    phase = 2 * np.pi * np.cumsum(f0 * vib) / SAMPLE_RATE
+    rolloff = rng.uniform(0.6, 1.2)
+    n_harm = int(2500.0 // f0)
+    # One period of the waveform as a lookup table (much faster than summing
+    # every harmonic over the whole file), read out along the running phase.
+    grid = np.linspace(0.0, 2 * np.pi, 8193)
+    table = np.zeros_like(grid)
+    for k in range(1, n_harm + 1):
+        table += k ** -rolloff * np.sin(k * grid + rng.uniform(0, 2 * np.pi))
+    sig = np.interp(np.mod(phase, 2 * np.pi), grid, table)
+    tremolo = 1.0 + rng.uniform(0.0, 0.2) * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t)
+    return sig * tremolo
+
+
+# Class name -> generator. Order is fixed (it feeds the seeds); names are sorted.
+CLASSES = {
+    'beeps': make_beeps,
+    'clicks': make_clicks,
+    'hum': make_hum,
+    'noise_bursts': make_noise_bursts,
+    'siren': make_siren,
+}
+
+
+########################## file assembly ##########################
+
+def synthesize(class_name, seconds, seed, split, class_idx, file_idx):
+    """Return the int16 samples of one file; depends only on the arguments."""
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], class_idx, file_idx])
+    n = int(round(seconds * SAMPLE_RATE))
+    sig = CLASSES[class_name](n, rng)
+    sig = sig / max(np.max(np.abs(sig)), 1e-12)
+    # Quiet background hiss so no window is ever digitally silent.
+    sig = sig + rng.uniform(0.002, 0.008) * rng.standard_normal(n)
+    peak = rng.uniform(0.3, 0.9)
+    sig = sig * (peak / np.max(np.abs(sig)))
+    return np.round(sig * 32767.0).astype(np.int16)
+
+
+def write_wav(path, samples):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), samples, SAMPLE_RATE, subtype='PCM_16', format='WAV')
+
+
+def generate(out, n_train, n_test, seconds, seed, examples=True, example_seconds=6.0):
+    """Write the whole dataset below `out`; return a dict split -> file count."""
+    counts = {'train': 0, 'test': 0, 'examples': 0}
+    for class_idx, name in enumerate(CLASSES):
+        for split, count, folder in (('train', n_train, out / 'train' / 'wav' / name),
+                                     ('test', n_test, out / 'test' / name)):
+            for i in range(count):
+                samples = synthesize(name, seconds, seed, split, class_idx, i)
+                write_wav(folder / '{}_{:03d}.wav'.format(name, i), samples)
+                counts[split] += 1
+        if examples:
+            samples = synthesize(name, example_seconds, seed, 'examples', class_idx, 0)
+            write_wav(out / 'examples' / '{}_example.wav'.format(name), samples)
+            counts['examples'] += 1
+    return counts
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description='Write a small deterministic synthetic acoustic-event dataset '
+                    '(classes: {}).'.format(', '.join(CLASSES)))
+    parser.add_argument('--out', default=None,
+                        help='output root (default: the folder of this script, '
+                             'i.e. the repository\'s dataset/)')
+    parser.add_argument('--train', type=int, default=24,
+                        help='files per class in train/wav/<class>/ (default 24)')
+    parser.add_argument('--test', type=int, default=8,
+                        help='files per class in test/<class>/ (default 8)')
+    parser.add_argument('--seconds', type=float, default=4.0,
+                        help='length of each train/test file in seconds (default 4)')
+    parser.add_argument('--example-seconds', type=float, default=6.0,
+                        help='length of each examples/ file in seconds (default 6)')
+    parser.add_argument('--seed', type=int, default=1337, help='random seed (default 1337)')
+    parser.add_argument('--no-examples', action='store_true',
+                        help='do not write the examples/ folder')
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.train < 0 or args.test < 0:
+        parser.error('--train and --test must be >= 0')
+    if args.seconds < 1.0 or args.example_seconds < 1.0:
+        parser.error('--seconds and --example-seconds must be at least 1 '
+                     '(AED_spec.py drops chunks shorter than 1 s)')
+    if args.seed < 0:
+        parser.error('--seed must be >= 0')
+
+    out = Path(args.out).resolve() if args.out is not None else DEFAULT_OUT
+    counts = generate(out, args.train, args.test, args.seconds, args.seed,
+                      examples=not args.no_examples,
+                      example_seconds=args.example_seconds)
+    print('make_demo: wrote {} files ({} train, {} test, {} examples; {} classes) under {}'
+          .format(sum(counts.values()), counts['train'], counts['test'],
+                  counts['examples'], len(CLASSES), out))
+    return counts
+
+
+if __name__ == '__main__':
+    main()
