@@ -1,0 +1,124 @@
+"""Checkpoint files: weights plus the metadata needed to rebuild and use a model.
+
+A checkpoint is a plain dict of tensors, strings and numbers written with
+torch.save and always read back with torch.load(weights_only=True), so
+loading a file can never run code. Keys:
+
+    format, version       'aed-checkpoint', 1
+    state_dict            the network's weights and batch-norm statistics
+    classes               class names, in output order
+    run_name, epoch       where it came from
+    im_size, im_dim       network input (width, height) and channels
+    filters, dropout, nonlinearity, multi_label
+    spec                  {'length', 'overlap', 'sample_rate', 'resample'}
+"""
+import os
+from pathlib import Path
+
+import torch
+
+from model.net import AEDNet
+
+FORMAT = 'aed-checkpoint'
+VERSION = 1
+REQUIRED = ('state_dict', 'classes', 'im_size', 'im_dim', 'filters')
+
+
+class CheckpointError(Exception):
+    """A model file that is missing, unreadable or not an AED checkpoint."""
+
+
+def clean_state_dict(state_dict):
+    """Strip the prefixes that DistributedDataParallel and torch.compile add."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ('module.', '_orig_mod.'):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value.detach().cpu().clone() if torch.is_tensor(value) else value
+    return out
+
+
+def save_checkpoint(path, net, meta, **extra):
+    """Write weights and metadata atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {'format': FORMAT, 'version': VERSION, **meta, **extra,
+            'state_dict': clean_state_dict(net.state_dict())}
+    tmp = path.with_name(f'.{path.name}.part')
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def resolve_model_path(name, model_dir):
+    """A path as given (relative to the current folder), else a file name under model_dir."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = Path(model_dir) / name
+    if candidate.is_file():
+        return candidate
+    raise CheckpointError(f'model file {name} not found (also looked in {model_dir})')
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Read a checkpoint safely; raise CheckpointError with a one-line reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'model file {path} not found')
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint '
+                              f'({type(e).__name__}: {detail})') from None
+    if not isinstance(data, dict) or data.get('format') != FORMAT:
+        raise CheckpointError(f'{path} is not an AED checkpoint (no {FORMAT!r} marker)')
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise CheckpointError(f'{path} lacks {", ".join(missing)}')
+    return data
+
+
+def build_model(ckpt, num_classes=None):
+    """A network with the architecture a checkpoint describes (weights not loaded)."""
+    return AEDNet(num_classes or len(ckpt['classes']), tuple(ckpt['im_size']), ckpt['im_dim'],
+                  ckpt['filters'], ckpt.get('dropout', 0.5), ckpt.get('nonlinearity', 'relu'))
+
+
+def model_from_checkpoint(path, device='cpu'):
+    """Load a checkpoint and return (network in eval mode on device, checkpoint dict)."""
+    ckpt = load_checkpoint(path)
+    net = build_model(ckpt)
+    try:
+        net.load_state_dict(ckpt['state_dict'])
+    except RuntimeError as e:
+        raise CheckpointError(f'{path}: weights do not match the architecture it describes ({e})') from None
+    return net.to(device).eval(), ckpt
+
+
+def load_weights(net, ckpt, load_output_layer=True, source='checkpoint'):
+    """Copy a checkpoint's weights into net, optionally all but the output layer.
+
+    Port of AED_train.loadModel; LOAD_OUTPUT_LAYER=False transfers to another
+    class count. Shape mismatches give a CheckpointError naming the layer.
+    """
+    state = ckpt['state_dict']
+    if not load_output_layer:
+        state = {k: v for k, v in state.items() if not k.startswith('output.')}
+    own = net.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise CheckpointError(f'{source} has layer {key}, which this network lacks '
+                                  f'(another architecture?)')
+        if own[key].shape != value.shape:
+            hint = ('; set LOAD_OUTPUT_LAYER = False to transfer to another class count'
+                    if key.startswith('output.') else '')
+            raise CheckpointError(f'{source}: layer {key} has shape {tuple(value.shape)}, '
+                                  f'this network needs {tuple(own[key].shape)}{hint}')
+    missing = [k for k in own if k not in state and (load_output_layer or not k.startswith('output.'))]
+    if missing:
+        raise CheckpointError(f'{source} lacks layers {", ".join(missing[:3])} (another architecture?)')
+    net.load_state_dict(state, strict=False)
+    return net
