@@ -1,0 +1,228 @@
+"""Spectrogram extraction: pixel parity with the original's pipeline, defects, bad input."""
+import importlib.util
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+
+import AED_spec
+from model import audio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_reference():
+    spec = importlib.util.spec_from_file_location('reference_spec', ROOT / 'bench' / 'reference_spec.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    logging.getLogger().setLevel(logging.ERROR)  # psf warns about truncated frames
+    return module
+
+
+def event_signal(rate, seconds, seed=0):
+    """A sweep, a beep and noise: enough structure that every grey level is used."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    sig = 0.3 * np.sin(2 * np.pi * (300 + 1500 * t) * t)
+    sig += 0.2 * np.sin(2 * np.pi * 3000 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
+    sig += 0.05 * rng.standard_normal(len(t))
+    return np.clip(sig, -1, 1)
+
+
+def write(path, sig, rate, subtype='PCM_16'):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), sig, rate, subtype=subtype)
+    return path
+
+
+@pytest.mark.parametrize('rate', [44100, 22050, 48000])
+@pytest.mark.parametrize('seconds', [2, 3, 5])
+def test_pixel_parity_with_reference(tmp_path, rate, seconds):
+    ref = load_reference()
+    path = write(tmp_path / 'a.wav', event_signal(rate, seconds + 2.6), rate)
+    expected = np.rint(np.array(ref.file_spectrograms(str(path), seconds, seconds - 1)) * 255)
+    specs, source_rate, bounds, constant = audio.file_spectrograms(path, seconds, seconds - 1)
+    got = audio.to_uint8(specs).astype(int)
+    assert source_rate == rate and not constant
+    assert got.shape == expected.shape == (len(bounds), 256, 512)
+    assert np.abs(got - expected).max() <= 1
+    assert (got != expected).mean() < 0.01  # off-by-one only at rounding ties
+
+
+def test_torch_backend_matches_numpy():
+    torch = pytest.importorskip('torch')
+    sig = event_signal(44100, 5.5).astype(np.float32)
+    bounds = audio.split_bounds(len(sig), 44100, 3, 2)
+    np_specs, _ = audio.spectrograms(sig, bounds)
+    torch_specs, _ = audio.spectrograms(torch.from_numpy(sig), bounds)
+    assert isinstance(torch_specs, torch.Tensor)
+    assert np.abs(torch_specs.numpy() - np_specs).max() < 2e-3
+
+
+def test_split_bounds_follow_the_original_rule():
+    # 10 s at step 1 s: chunks start every second; those under 1 s are dropped
+    bounds = audio.split_bounds(10 * 44100, 44100, 3, 2)
+    assert [(a / 44100, b / 44100) for a, b in bounds] == \
+        [(s, min(s + 3, 10)) for s in range(10)]
+    assert audio.split_bounds(1000, 44100, 3, 2) == [(0, 1000)]  # too short: one chunk
+
+
+def test_frame_params_match_python_speech_features():
+    assert audio.frame_params(44100, 3) == (882, 258)
+    assert audio.frame_params(44100, 2) == (662, 300)  # 661.5 rounds half up
+
+
+def test_silent_chunk_gives_zero_image_not_nan():  # defect 3
+    sig = np.zeros(4 * 44100, dtype=np.float32)
+    specs, constant = audio.spectrograms(sig, audio.split_bounds(len(sig), 44100, 3, 2))
+    assert np.isfinite(specs).all() and specs.max() == 0
+    assert constant == list(range(len(specs)))
+
+
+def test_stereo_is_downmixed(tmp_path):  # defect 4
+    mono = event_signal(48000, 4)
+    path = write(tmp_path / 'stereo.wav', np.stack([mono, mono], axis=1), 48000)
+    sig, rate = audio.load_audio(path)
+    assert sig.ndim == 1 and rate == 48000
+    assert np.abs(sig - mono).max() < 1e-4
+    specs, *_ = audio.file_spectrograms(path)
+    assert specs.shape[1:] == (256, 512)
+
+
+@pytest.mark.parametrize('seconds, overlap, message', [
+    (3, 3, 'overlap'), (3, 4, 'overlap'), (3, -1, 'overlap'), (4, 2, 'one of 2, 3, 5, 10, 30')])
+def test_bad_length_or_overlap_is_a_clear_error(seconds, overlap, message):  # defect 10
+    with pytest.raises(ValueError, match=message):
+        audio.split_bounds(44100 * 10, 44100, seconds, overlap)
+
+
+def test_cli_rejects_bad_overlap(tmp_path, capsys):
+    (tmp_path / 'src' / 'a').mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        AED_spec.main(['--src', str(tmp_path / 'src'), '--dst', str(tmp_path / 'out'),
+                       '--speclength', '3', '--overlap', '3'])
+    assert 'overlap' in str(exit_info.value.code)
+
+
+def test_resample_linear_and_sinc_keep_duration():
+    sig = event_signal(22050, 2).astype(np.float32)
+    for method in ('linear', 'sinc'):
+        out = audio.resample(sig, 22050, 44100, method)
+        assert abs(len(out) - 2 * 44100) <= 1 and out.dtype == np.float32
+    with pytest.raises(ValueError, match='linear'):
+        audio.resample(sig, 22050, 44100, 'cubic')
+
+
+@pytest.fixture
+def messy_dataset(tmp_path):
+    """One class folder of real-world files: good, odd and broken."""
+    src = tmp_path / 'wav'
+    good = src / 'events'
+    sig = event_signal(44100, 4)
+    write(good / 'plain.wav', sig, 44100)
+    write(good / 'eight bit.wav', sig, 44100, 'PCM_U8')
+    write(good / 'deep.wav', sig, 44100, 'PCM_24')
+    write(good / 'float.wav', sig, 44100, 'FLOAT')
+    write(good / 'stereo48k.wav', np.stack([event_signal(48000, 4), event_signal(48000, 4, 1)], 1), 48000)
+    write(good / 'my recording.v2.ünï.wav', sig, 44100)
+    write(good / 'compressed.flac', sig, 44100, 'PCM_16')
+    write(good / 'short.wav', sig[:int(0.2 * 44100)], 44100)
+    write(good / 'silent.wav', np.zeros(3 * 44100), 44100)
+    (good / 'corrupt.wav').write_bytes(b'RIFF\x00\x00\x00\x00WAVEfmt garbage' * 10)
+    (good / 'empty.wav').write_bytes(b'')
+    (good / 'notes.txt').write_text('recorded on a rainy day')
+    (good / '.DS_Store').write_bytes(b'\x00\x01')
+    (src / 'no_audio_here').mkdir()
+    return src
+
+
+def run_spec(src, dst, *extra):
+    return AED_spec.main(['--src', str(src), '--dst', str(dst), '--workers', '1', *extra])
+
+
+def test_end_to_end_with_bad_files(messy_dataset, tmp_path, capsys):
+    dst = tmp_path / 'spec'
+    assert run_spec(messy_dataset, dst) == 0
+    out, err = capsys.readouterr()
+    out_dir = dst / 'events'
+    # 4 s files at step 1 s give chunks at 0, 1, 2, 3 s
+    for stem in ('plain', 'eight bit', 'deep', 'float', 'stereo48k', 'my recording.v2.ünï', 'compressed'):
+        assert sorted(p.name for p in out_dir.glob(f'{stem}_*.png')) == [f'{stem}_{n}.png' for n in range(4)]
+    assert [p.name for p in out_dir.glob('short_*.png')] == ['short_0.png']
+    # every image is a finite 256 x 512 grey image; the silent file is all zero, not NaN
+    for png in out_dir.glob('*.png'):
+        img = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+        assert img.shape == (256, 512) and img.dtype == np.uint8
+    silent = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in out_dir.glob('silent_*.png')]
+    assert len(silent) == 3 and all(img.max() == 0 for img in silent)
+    assert cv2.imread(str(out_dir / 'plain_0.png'), cv2.IMREAD_UNCHANGED).max() == 255
+    # each bad file: one message naming it and the reason, and no output at all
+    for name in ('corrupt.wav', 'empty.wav', 'notes.txt'):
+        lines = [line for line in err.splitlines() if name in line]
+        assert len(lines) == 1 and lines[0].startswith('ERROR') and ':' in lines[0]
+        assert not list(out_dir.glob(Path(name).stem + '_*'))
+    assert any('notes.txt' in line and 'not a readable audio file' in line for line in err.splitlines())
+    assert any('silent.wav' in line and 'all-zero' in line for line in err.splitlines())
+    assert any('short.wav' in line and 'shorter than 1 s' in line for line in err.splitlines())
+    assert any('no_audio_here' in line and 'no audio files' in line for line in err.splitlines())
+    assert '.DS_Store' not in err
+    assert not list(dst.rglob('*.part'))
+    assert 'DONE! FILES: 9 SPECS: 32 ERRORS: 3' in out
+    assert 'plain.wav SPECS: 4' in out
+
+
+def test_rerun_skips_finished_files_unless_overwrite(messy_dataset, tmp_path, capsys):
+    dst = tmp_path / 'spec'
+    run_spec(messy_dataset, dst)
+    first = (dst / 'events' / 'plain_0.png').stat().st_mtime_ns
+    capsys.readouterr()
+    run_spec(messy_dataset, dst)
+    assert 'SKIPPED (ALREADY DONE): 9' in capsys.readouterr().out
+    assert (dst / 'events' / 'plain_0.png').stat().st_mtime_ns == first
+    run_spec(messy_dataset, dst, '--overwrite')
+    assert 'SKIPPED (ALREADY DONE): 0' in capsys.readouterr().out
+
+
+def test_parallel_workers_give_identical_images(messy_dataset, tmp_path):
+    run_spec(messy_dataset, tmp_path / 'one')
+    AED_spec.main(['--src', str(messy_dataset), '--dst', str(tmp_path / 'two'), '--workers', '2'])
+    one = sorted((tmp_path / 'one').rglob('*.png'))
+    two = sorted((tmp_path / 'two').rglob('*.png'))
+    assert [p.relative_to(tmp_path / 'one') for p in one] == [p.relative_to(tmp_path / 'two') for p in two]
+    assert all(np.array_equal(cv2.imread(str(a)), cv2.imread(str(b))) for a, b in zip(one, two))
+
+
+def test_missing_source_folder_exits_with_message(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run_spec(tmp_path / 'nope', tmp_path / 'out')
+    assert 'does not exist' in str(exit_info.value.code)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_nothing_extracted_exits_non_zero(tmp_path, capsys):
+    src = tmp_path / 'wav'
+    (src / 'a').mkdir(parents=True)
+    (src / 'a' / 'broken.wav').write_bytes(b'not audio at all')
+    with pytest.raises(SystemExit) as exit_info:
+        run_spec(src, tmp_path / 'out')
+    assert exit_info.value.code not in (0, None)
+    assert 'broken.wav' in capsys.readouterr().err
+
+
+def test_same_stem_in_one_class_is_not_overwritten(tmp_path, capsys):
+    src = tmp_path / 'wav'
+    write(src / 'a' / 'take.wav', event_signal(44100, 2), 44100)
+    write(src / 'a' / 'take.flac', event_signal(44100, 2, seed=3), 44100)
+    run_spec(src, tmp_path / 'out')
+    err = capsys.readouterr().err
+    assert 'take.wav' in err and 'overwrite' in err
+    assert len(list((tmp_path / 'out' / 'a').glob('take_*.png'))) == 2
+
+
+def test_defaults_resolve_relative_to_the_repository():
+    args = AED_spec.parse_args([])
+    assert args.src == ROOT / 'dataset' / 'train' / 'wav'
+    assert args.dst == ROOT / 'dataset' / 'train' / 'spec'
