@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole pipeline on synthetic data, on a CPU, in a few minutes:
+# demo dataset -> spectrograms -> small training run -> folder evaluation -> prediction.
+# The small preset is nothing but the scripts' own command-line overrides.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
+
+echo "== 1/5 demo dataset"
+$PY dataset/make_demo.py
+echo "== 2/5 spectrograms"
+$PY AED_spec.py --src dataset/train/wav --dst dataset/train/spec
+echo "== 3/5 training (small preset: 128x64 images, 16 filters, 10 epochs)"
+$PY AED_train.py --dataset dataset/train/spec --run-name Demo --im-size 128 64 --filters 16 \
+    --epochs 10 --batch-size 32
+echo "== 4/5 evaluation on the demo test split"
+$PY AED_eval.py --testdir dataset/test --modelname AED_Demo_model_best.pt --quiet
+echo "== 5/5 prediction for two files"
+$PY AED_test.py --modelname AED_Demo_model_best.pt \
+    --filenames dataset/examples/siren_example.wav dataset/examples/clicks_example.wav
