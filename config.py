@@ -141,6 +141,15 @@ SAVE_AFTER_INTERRUPT = True
 # DataLoader worker processes for training (0 loads in the main process)
 TRAIN_WORKERS = 2
 
+# Mixed precision on CUDA GPUs (bf16 where supported, else fp16); CPU always trains in float32
+MIXED_PRECISION = True
+
+# Folder (relative to the repository) for the CSV epoch log and the training-curve plot
+LOG_PATH = 'logs/'
+
+# Folder (relative to the repository) for the per-epoch confusion-matrix plots
+CONFMATRIX_PATH = 'confmatrix/'
+
 ############################## AED_eval.py ##############################
 # Test files, one sub-folder per class (the ground truth)
 TEST_DIR = 'dataset/test/'
@@ -153,6 +162,12 @@ CONFIDENCE_THRESHOLD = 0.0001
 
 # Keep at most this many ranked predictions per file
 MAX_PREDICTIONS = 10
+
+# Processes that decode test files while the network predicts (0 = CPU cores - 1)
+EVAL_WORKERS = 0
+
+# Confusion-matrix plot of an evaluation; {model} becomes the checkpoint's file stem
+EVAL_CONFMATRIX = 'confmatrix/eval_{model}.png'
 
 ############################## AED_test.py ##############################
 # Number of ranked results printed per file

@@ -13,6 +13,7 @@ loading a file can never run code. Keys:
     spec                  {'length', 'overlap', 'sample_rate', 'resample'}
 """
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -69,10 +70,13 @@ def load_checkpoint(path, map_location='cpu'):
         raise CheckpointError(f'model file {path} not found')
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own text suggests weights_only=False, which must never be followed
+        raise CheckpointError(f'{path} is not an AED checkpoint (not a PyTorch file, or it '
+                              f'holds objects other than weights)') from None
     except Exception as e:
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint '
-                              f'({type(e).__name__}: {detail})') from None
+        raise CheckpointError(f'{path} is not an AED checkpoint (not a PyTorch file: '
+                              f'{type(e).__name__})') from None
     if not isinstance(data, dict) or data.get('format') != FORMAT:
         raise CheckpointError(f'{path} is not an AED checkpoint (no {FORMAT!r} marker)')
     missing = [k for k in REQUIRED if k not in data]

@@ -83,7 +83,7 @@ def plot_confusion_matrix(cm, classes, path, title, normalize=True, max_classes=
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=10)
     ticks = np.arange(n)
-    font = 9 if n <= 10 else 7
+    font = 10 if n <= 10 else 8
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
     ax.set_xticklabels(names, rotation=60, ha='right', fontsize=font)

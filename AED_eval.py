@@ -1,0 +1,219 @@
+"""Evaluate a trained model on a test folder whose sub-folders are the true classes.
+
+Every file's window predictions are averaged and ranked. AP is 1 / rank of the
+true class among the top MAX_PREDICTIONS predictions above
+CONFIDENCE_THRESHOLD, and 0 when it is not among them; MAP and ACCURACY
+(true class ranked first) are means over the files that could be decoded.
+Files that cannot be decoded are listed, counted in ERRORS and left out of MAP
+and ACCURACY, as in the original; the exit status is then 1. Files of a class
+the model does not know score as misses (AP 0). A per-class table, a
+confusion-matrix PNG and optional CSV/JSON reports follow the summary.
+
+    python AED_eval.py
+    python AED_eval.py --testdir dataset/test --modelname AED_Example_Run_model_best.pt --quiet
+    for m in model/*.pt; do python AED_eval.py --modelname "$m" --quiet --json "reports/$(basename "$m" .pt).json"; done
+"""
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import config as cfg
+from model.inference import (CheckpointError, average_precision, default_workers, file_loader,
+                             load_model, predict_stream, prediction_pooling, rank_predictions,
+                             spec_settings, true_rank)
+from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--testdir', type=Path, default=ROOT / cfg.TEST_DIR,
+                   help='folder with one sub-folder of audio files per class')
+    p.add_argument('--modelname', default=cfg.TRAINED_MODEL,
+                   help=f'checkpoint path, or file name under {cfg.MODEL_PATH}')
+    p.add_argument('--speclength', type=int, default=None,
+                   help=f"window length in seconds (None = the model's, else {cfg.SPEC_LENGTH})")
+    p.add_argument('--overlap', type=float, default=None,
+                   help=f"window overlap in seconds (None = the model's, else {cfg.SPEC_OVERLAP})")
+    p.add_argument('--batch-size', type=int, default=cfg.BATCH_SIZE,
+                   help='windows per network batch (filled across files)')
+    p.add_argument('--results', type=int, default=cfg.MAX_PREDICTIONS,
+                   help='ranked predictions kept per file for AP')
+    p.add_argument('--confidence', type=float, default=cfg.CONFIDENCE_THRESHOLD,
+                   help='predictions below this confidence are dropped')
+    p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
+    p.add_argument('--workers', type=int, default=cfg.EVAL_WORKERS,
+                   help='processes decoding files ahead of the network (0 = CPU cores - 1)')
+    p.add_argument('--confmatrix', default=str(ROOT / cfg.EVAL_CONFMATRIX),
+                   help="confusion-matrix PNG ({model} = checkpoint file stem; '' = none)")
+    p.add_argument('--json', type=Path, default=None, metavar='FILE',
+                   help='write summary, per-class and per-file results as JSON')
+    p.add_argument('--csv', type=Path, default=None, metavar='FILE',
+                   help='write one row per file as CSV')
+    p.add_argument('--quiet', action='store_true', help='a progress bar instead of the per-file lines')
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error('--batch-size must be at least 1')
+    if args.results < 1:
+        p.error('--results must be at least 1')
+    return args
+
+
+def list_test_files(test_dir):
+    """[(path, true label)] from class sub-folders (sorted), plus warnings about stray files."""
+    files, messages = [], []
+    entries = sorted(p for p in test_dir.iterdir() if not p.name.startswith('.'))
+    for stray in (p for p in entries if not p.is_dir()):
+        messages.append(f'WARNING: {stray}: not in a class folder, ignored')
+    for class_dir in (p for p in entries if p.is_dir()):
+        found = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith('.'))
+        if not found:
+            messages.append(f'WARNING: {class_dir}: class folder has no files')
+        files += [(p, class_dir.name) for p in found]
+    return files, messages
+
+
+def score(probs, classes, label, threshold, max_predictions):
+    """Pooled prediction of one file -> one row of the report."""
+    pooled = prediction_pooling(probs)
+    ranked = rank_predictions(pooled, classes, threshold, max_predictions)
+    top = int(np.argmax(pooled))
+    rank = true_rank(ranked, label)
+    return {'top_label': classes[top], 'confidence': float(pooled[top]), 'rank': rank,
+            'ap': average_precision(ranked, label), 'accuracy': int(rank == 1)}
+
+
+def class_table(rows, classes):
+    """Per-class precision/recall/F1/support over files of known classes; also the confusion matrix."""
+    index = {c: i for i, c in enumerate(classes)}
+    known = [r for r in rows if r['error'] is None and r['true_label'] in index]
+    cm = confusion_matrix([index[r['true_label']] for r in known],
+                          [index[r['top_label']] for r in known], len(classes))
+    precision, recall, f1 = class_metrics(cm)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    table = [{'label': c, 'precision': float(precision[i]), 'recall': float(recall[i]),
+              'f1': float(f1[i]), 'support': int(support[i])}
+             for i, c in enumerate(classes) if support[i] or predicted[i]]
+    return table, cm
+
+
+def write_reports(args, summary, table, rows):
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, 'w', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(['path', 'true_label', 'top_label', 'confidence', 'rank', 'ap', 'error'])
+            for r in rows:
+                conf = '' if r['confidence'] is None else f"{r['confidence']:.6f}"
+                writer.writerow([r['path'], r['true_label'], r['top_label'] or '', conf,
+                                 r['rank'] or '', '' if r['ap'] is None else r['ap'], r['error'] or ''])
+        print('CSV REPORT:', args.csv)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {'summary': summary, 'classes': table,
+                  'files': [{k: v for k, v in r.items() if k != 'accuracy'} for r in rows]}
+        args.json.write_text(json.dumps(report, indent=1) + '\n')
+        print('JSON REPORT:', args.json)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.testdir.is_dir():
+        print(f'ERROR: test folder {args.testdir} does not exist', file=sys.stderr)
+        sys.exit(2)
+    files, messages = list_test_files(args.testdir)
+    for msg in messages:
+        print(msg, file=sys.stderr)
+    if not files:
+        print(f'ERROR: {args.testdir} has no test files in class sub-folders', file=sys.stderr)
+        sys.exit(2)
+    print('NUMBER OF CLASSES:', len({label for _, label in files}))
+    print('NUMBER OF TEST SAMPLES:', len(files))
+
+    print('IMPORTING MODEL...', end=' ', flush=True)
+    try:
+        model = load_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device)
+        settings = spec_settings(model.spec, args.speclength, args.overlap,
+                                 fallback={'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
+                                           'sample_rate': cfg.SAMPLE_RATE,
+                                           'resample': cfg.RESAMPLE_METHOD})
+    except (CheckpointError, ValueError) as e:
+        print()
+        print(f'ERROR: {e}', file=sys.stderr)
+        sys.exit(2)
+    print('DONE!')
+    for label in sorted({label for _, label in files} - set(model.classes)):
+        print(f"WARNING: test class '{label}' is unknown to the model; its files score as misses",
+              file=sys.stderr)
+
+    print('TESTING MODEL...')
+    workers = min(args.workers or default_workers(), len(files))
+    loader = file_loader([p for p, _ in files], settings, model.im_size, workers,
+                         pin_memory=model.device.type == 'cuda', chunk=args.batch_size)
+    rows = []
+    start = time.perf_counter()
+    bar = tqdm(total=len(files), unit='file', desc='EVAL', disable=not args.quiet, file=sys.stderr)
+    try:
+        for item in predict_stream(model, loader, args.batch_size):
+            path, label = files[item['index']]
+            row = {'path': str(path), 'true_label': label, 'top_label': None, 'confidence': None,
+                   'rank': None, 'ap': None, 'accuracy': None, 'error': item['error']}
+            rel = path.relative_to(args.testdir).as_posix()
+            if item['error'] is None:
+                row.update(score(item['probs'], model.classes, label, args.confidence, args.results))
+                if not args.quiet:
+                    print(item['index'] + 1, rel, 'LABEL:', (row['top_label'], round(row['confidence'], 4)),
+                          'AVGP:', round(row['ap'], 4), flush=True)
+            else:
+                bar.write(f"ERROR: {path}: {item['error']}", file=sys.stderr)
+            rows.append(row)
+            bar.update()
+    except KeyboardInterrupt:  # as the original: stop, and report what was done
+        bar.write('INTERRUPTED', file=sys.stderr)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+
+    scored = [r for r in rows if r['error'] is None]
+    errors = len(rows) - len(scored)
+    mean_ap = float(np.mean([r['ap'] for r in scored])) if scored else 0.0
+    accuracy = float(np.mean([r['accuracy'] for r in scored])) if scored else 0.0
+    print('TESTING DONE!')
+    print('ERRORS:', errors, '/', len(rows))
+    print(f'MAP: {mean_ap:.4f}')
+    print(f'ACCURACY: {accuracy:.4f}')
+
+    table, cm = class_table(rows, model.classes)
+    print(f"{'CLASS':<24} {'PRECISION':>9} {'RECALL':>7} {'F1':>7} {'SUPPORT':>7}")
+    for t in table:
+        print(f"{t['label']:<24} {t['precision']:>9.4f} {t['recall']:>7.4f} {t['f1']:>7.4f} {t['support']:>7d}")
+    model_stem = Path(model.path).stem
+    if args.confmatrix and scored:
+        png = plot_confusion_matrix(cm, model.classes, Path(args.confmatrix.replace('{model}', model_stem)),
+                                    f'{model_stem} on {args.testdir.name}: MAP {mean_ap:.3f}',
+                                    normalize=cfg.NORMALIZE_CONFMATRIX, max_classes=cfg.CONFMATRIX_MAX_CLASSES)
+        print('CONFUSION MATRIX:', png)
+
+    summary = {'model': model.path, 'test_dir': str(args.testdir), 'files': len(rows),
+               'scored': len(scored), 'errors': errors, 'map': mean_ap, 'accuracy': accuracy,
+               'seconds': round(seconds, 3), 'settings': {**settings, 'batch_size': args.batch_size,
+                                                          'max_predictions': args.results,
+                                                          'confidence_threshold': args.confidence}}
+    write_reports(args, summary, table, rows)
+    if not scored:
+        print('ERROR: no test file could be evaluated', file=sys.stderr)
+    if errors or len(rows) < len(files):
+        sys.exit(1)
+    return summary
+
+
+if __name__ == '__main__':
+    main()

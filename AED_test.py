@@ -1,0 +1,169 @@
+"""Predict the sound events in audio files with a trained model.
+
+Each file is cut into overlapping windows as in AED_spec.py; the window
+predictions are averaged and the best classes printed. --timeline also lists
+every window's top class, which turns a long recording into event detection.
+
+    python AED_test.py --filenames dataset/examples/siren_example.wav
+    python AED_test.py --filenames "['a.wav', 'b.wav']" --results 3 --confidence 0.05
+    python AED_test.py --filenames recordings/ --modelname my_model.pt --timeline --json > out.jsonl
+"""
+import argparse
+import ast
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+
+import config as cfg
+from model.audio import AUDIO_EXTENSIONS
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--filenames', nargs='+', required=True, metavar='PATH',
+                   help="audio files, folders, quoted glob patterns or a list like \"['a.wav', 'b.wav']\"")
+    p.add_argument('--modelname', default=cfg.TRAINED_MODEL,
+                   help=f'checkpoint path, or file name under {cfg.MODEL_PATH}')
+    p.add_argument('--speclength', type=int, default=None,
+                   help=f"window length in seconds (None = the model's, else {cfg.SPEC_LENGTH})")
+    p.add_argument('--overlap', type=float, default=None,
+                   help=f"window overlap in seconds (None = the model's, else {cfg.SPEC_OVERLAP})")
+    p.add_argument('--results', type=int, default=cfg.NUM_RESULTS, help='number of results per file')
+    p.add_argument('--confidence', type=float, default=cfg.MIN_CONFIDENCE,
+                   help='hide results below this confidence')
+    p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
+    p.add_argument('--timeline', action='store_true',
+                   help="also list every window's start and end second and its top class")
+    p.add_argument('--json', action='store_true',
+                   help='print one JSON object per file and line on stdout, nothing else')
+    p.add_argument('--timing', action='store_true',
+                   help='print import, model-load and prediction times on stderr')
+    return p.parse_args(argv)
+
+
+def _literal_list(text):
+    """The original's "['a.wav', 'b.wav']" form as a list of strings, or None (defect 8)."""
+    if not text.lstrip().startswith(('[', '(')):
+        return None
+    try:
+        value = ast.literal_eval(text)  # literals only: never runs code
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None  # e.g. a glob pattern like [ab]*.wav
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def expand_filenames(args):
+    """Turn the --filenames arguments into [(path, error or None)] in the order given."""
+    out = []
+    for arg in args:
+        listed = _literal_list(arg)
+        if listed is not None:
+            out += expand_filenames(listed)
+            continue
+        path = Path(arg)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                           and not any(part.startswith('.') for part in p.relative_to(path).parts))
+            out += [(str(f), None) for f in files] or [(arg, 'folder has no audio files')]
+        elif path.exists():
+            out.append((arg, None))
+        elif any(c in arg for c in '*?['):  # a pattern the shell did not expand
+            matches = sorted(m for m in glob.glob(arg, recursive=True) if Path(m).is_file())
+            out += [(m, None) for m in matches] or [(arg, 'no file matches this pattern')]
+        else:
+            out.append((arg, 'no such file'))
+    return out
+
+
+def main(argv=None):
+    t_start = time.perf_counter()
+    args = parse_args(argv)
+    # torch takes seconds to import: flags are parsed first so -h and typos answer at once
+    from model.inference import (AudioError, CheckpointError, load_model, predict_file,
+                                 prediction_pooling, rank_predictions, spec_settings, timeline)
+    t_imported = time.perf_counter()
+    say = (lambda *a, **k: None) if args.json else print  # status lines stay off JSON output
+
+    files = expand_filenames(args.filenames)
+    say('IMPORTING MODEL...', end=' ', flush=True)
+    try:
+        model = load_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device)
+        settings = spec_settings(model.spec, args.speclength, args.overlap,
+                                 fallback={'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
+                                           'sample_rate': cfg.SAMPLE_RATE,
+                                           'resample': cfg.RESAMPLE_METHOD})
+    except (CheckpointError, ValueError) as e:
+        say()
+        print(f'ERROR: {e}', file=sys.stderr)
+        sys.exit(2)
+    say('DONE!')
+    trained_length = model.spec.get('length')
+    if trained_length is not None and trained_length != settings['length']:
+        print(f"WARNING: the model was trained on {trained_length} s windows, "
+              f"testing with {settings['length']} s", file=sys.stderr)
+    t_loaded = time.perf_counter()
+
+    failed = 0
+    for path, error in files:
+        say('TESTING:', path)
+        start = time.perf_counter()
+        if error is None:
+            try:
+                result = predict_file(model, path, settings, cfg.BATCH_SIZE)
+            except AudioError as e:
+                error = str(e)
+            except Exception as e:  # report, and go on with the other files
+                error = f'{type(e).__name__}: {e}'
+        if error is not None:
+            failed += 1
+            print(f'ERROR: {path}: {error}', file=sys.stderr)
+            if args.json:
+                print(json.dumps({'file': path, 'error': error}), flush=True)
+            say()
+            continue
+        ranked = rank_predictions(prediction_pooling(result.probs), model.classes,
+                                  args.confidence, args.results)
+        duration = time.perf_counter() - start
+        count = len(result.probs)
+        windows = timeline(result.probs, result.bounds, result.rate, model.classes) if args.timeline else []
+        if result.constant:
+            print(f'WARNING: {path}: {len(result.constant)} silent window(s)', file=sys.stderr)
+        if args.json:
+            record = {'file': path, 'sample_rate': result.source_rate,
+                      'predictions': [{'label': label, 'confidence': round(conf, 6)} for label, conf in ranked],
+                      'specs': count, 'ms': round(duration * 1000, 1)}
+            if args.timeline:
+                record['timeline'] = [{'start': round(a, 3), 'end': round(b, 3), 'label': label,
+                                       'confidence': round(conf, 6)} for a, b, label, conf in windows]
+            print(json.dumps(record), flush=True)
+            continue
+        print('SAMPLE RATE:', result.source_rate, 'TOP PREDICTION(S):')
+        for label, conf in ranked:
+            print(f'\t{label} {int(conf * 100)} %')
+        if args.timeline:
+            print('TIMELINE:')
+            for a, b, label, conf in windows:
+                print(f'\t{a:.2f}-{b:.2f} s {label} {int(conf * 100)} %')
+        print(f'PREDICTION FOR {count} SPECS TOOK {int(duration * 1000)} ms '
+              f'( {int(duration / count * 1000)} ms/spec )')
+        print(flush=True)
+
+    if args.timing:
+        end = time.perf_counter()
+        print(f'TIMING: imports {(t_imported - t_start) * 1000:.0f} ms, model load '
+              f'{(t_loaded - t_imported) * 1000:.0f} ms, files {(end - t_loaded) * 1000:.0f} ms, '
+              f'main total {(end - t_start) * 1000:.0f} ms', file=sys.stderr)
+    if failed:
+        sys.exit(1)
+    return 0
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,483 @@
+"""Training data: dataset split, image loading, augmentation and batching.
+
+Pure functions with explicit parameters (the scripts pass config values in),
+plus a torch Dataset and DataLoader factory built on them. Images are
+(C, H, W) float32 arrays in [0, 1]; targets are one-hot float32 vectors.
+Random draws use numpy Generators seeded from (seed, epoch, index), so an
+epoch's batches do not depend on the number of loader workers.
+"""
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+
+IMAGE_EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
+
+# Known augmentations, in the order augment() applies them
+AUGMENTATIONS = ('crop', 'flip', 'roll', 'mean', 'noise', 'brightness')
+
+_SCALE = np.float32(255)
+
+
+class DatasetError(Exception):
+    """The dataset folder cannot be used for training; the message says why."""
+
+
+class ImageError(Exception):
+    """A file that cannot be loaded as an image; the message says why."""
+
+
+# ----------------------------------------------------------------- dataset split
+
+def _is_hidden(path):
+    return path.name.startswith('.')
+
+
+def _class_files(folder):
+    """Image files of one class folder, sorted by name (hidden and other files skipped)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not _is_hidden(p) and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val_split=0.1,
+                  seed=1337):
+    """Split a folder of class sub-folders into training and validation items.
+
+    Port of AED_train.parseDataset. Returns (classes, train, val, stats): the
+    class names, lists of (image path, class index) and {class: image count}
+    (after capping at max_samples and oversampling up to min_samples, like the
+    original's CLASS LABELS line). One numpy Generator seeded with `seed` drives
+    the class shuffle (sort_classes=False), the oversampling and the split
+    shuffle, so the result depends only on the folder contents and the seed.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f'dataset folder {root} does not exist')
+    if not 0 <= val_split < 1:
+        raise DatasetError(f'validation split must be at least 0 and below 1, got {val_split}')
+    if max_samples is not None and max_samples < 1:
+        raise DatasetError(f'max samples per class must be None or at least 1, got {max_samples}')
+
+    rng = np.random.default_rng(seed)
+    try:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+        files = {c: _class_files(root / c)[:max_samples] for c in classes}
+    except OSError as e:
+        raise DatasetError(f'cannot list {e.filename or root}: {e.strerror or e}') from None
+    if len(classes) < 2:
+        raise DatasetError(f'{root} holds {len(classes)} class folder(s); training needs at '
+                           f'least 2 (one sub-folder of images per class)')
+    if not sort_classes:
+        classes = [classes[k] for k in rng.permutation(len(classes))]
+
+    empty = [c for c in classes if not files[c]]
+    if empty:
+        raise DatasetError(f'class folder(s) without images in {root}: {", ".join(empty)}')
+
+    items, stats = [], {}
+    for label, c in enumerate(classes):
+        c_items = [(p, label) for p in files[c]]
+        # Oversampled repeats may end up in validation too, as in the original
+        extra = max(0, min_samples - len(c_items))
+        c_items += [c_items[k] for k in rng.integers(0, len(files[c]), extra)]
+        stats[c] = len(c_items)
+        items += c_items
+
+    items = [items[k] for k in rng.permutation(len(items))]
+    n_val = int(len(items) * val_split)
+    # Slicing by n_train, not [:-n_val], so val_split=0 keeps everything (defect 5)
+    n_train = len(items) - n_val
+    return classes, items[:n_train], items[n_train:], stats
+
+
+# ----------------------------------------------------------------- images
+
+def read_image_uint8(path, im_size, im_dim):
+    """Decode an image file into uint8 (im_dim, H, W), resized to im_size=(width, height).
+
+    The decoding half of AED_train.openImage: colour images are made grey with
+    cv2's BGR->GRAY weights and grey images copied to three BGR channels, as
+    the original's cv2.imread + cvtColor did; 16-bit images become 8-bit and
+    alpha is dropped. Raises ImageError with the reason.
+    """
+    if im_dim not in (1, 3):
+        raise ValueError(f'image channels must be 1 or 3, got {im_dim}')
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # works for unicode paths on every OS
+    except OSError as e:
+        raise ImageError(f'cannot read file ({e.strerror or e})') from None
+    if data.size == 0:
+        raise ImageError('file is empty')
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR)  # 8-bit, grey or BGR
+    except cv2.error:
+        img = None
+    if img is None or img.size == 0:
+        raise ImageError('not a readable image')
+
+    if img.ndim == 3 and im_dim == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    elif img.ndim == 2 and im_dim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    width, height = im_size
+    if img.shape[:2] != (height, width):
+        img = cv2.resize(img, (width, height))  # default bilinear, as the original
+    if im_dim == 1:
+        return img[None]  # (1, H, W)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))  # (3, H, W)
+
+
+def to_float(img):
+    """uint8 array -> float32 in [0, 1]; exactly the original's float32(img / 255.)."""
+    return np.divide(img, _SCALE, dtype=np.float32)
+
+
+def load_image(path, im_size, im_dim):
+    """Float32 (im_dim, H, W) image in [0, 1], resized to im_size=(width, height).
+
+    Port of AED_train.openImage (without its dict cache; see build_cache).
+    Raises ImageError('<reason>') for a missing, empty or undecodable file.
+    """
+    return to_float(read_image_uint8(path, im_size, im_dim))
+
+
+# ----------------------------------------------------------------- augmentation
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _is_pair(v):
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(a) for a in v)
+
+
+def check_augmentation(augmentation):
+    """Raise ValueError naming the first bad entry of an {name: [p, value]} dict."""
+    if not augmentation:
+        return
+    if not isinstance(augmentation, dict):
+        raise ValueError(f'augmentation must be a dict of name: [probability, value], '
+                         f'got {augmentation!r}')
+    for name, entry in augmentation.items():
+        if name not in AUGMENTATIONS:
+            raise ValueError(f'unknown augmentation {name!r} (known: {", ".join(AUGMENTATIONS)})')
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and _is_number(entry[0])
+                and 0 <= entry[0] <= 1):
+            raise ValueError(f'augmentation {name!r} must be [probability in 0..1, value], '
+                             f'got {entry!r}')
+        v = entry[1]
+        if name == 'roll' and not (_is_pair(v) and min(v) >= 0):
+            raise ValueError(f"augmentation 'roll' value must be (x_fraction, y_fraction) "
+                             f"with both >= 0, got {v!r}")
+        if name == 'noise' and not (_is_number(v) and v >= 0):
+            raise ValueError(f"augmentation 'noise' value must be a variance >= 0, got {v!r}")
+        if name == 'brightness' and not (_is_pair(v) and 0 <= v[0] <= v[1]):
+            raise ValueError(f"augmentation 'brightness' value must be (low, high) with "
+                             f"0 <= low <= high, got {v!r}")
+        if name == 'crop' and not (_is_number(v) and 0 <= v < 0.5):
+            raise ValueError(f"augmentation 'crop' value must be a fraction in [0, 0.5), got {v!r}")
+        if name == 'flip' and not (_is_number(v) and int(v) == v):
+            raise ValueError(f"augmentation 'flip' value must be a cv2 flip code "
+                             f"(1 horizontal, 0 vertical, -1 both), got {v!r}")
+        if name == 'mean' and not _is_number(v):
+            raise ValueError(f"augmentation 'mean' value must be a number, got {v!r}")
+
+
+def _crop_border(rng, size, frac):
+    """Border width for one axis: 1..int(size * frac) - 1 like the original's randint,
+    1 when that range is empty but a 1-pixel border fits, 0 when size * frac < 1."""
+    high = int(size * frac)
+    if high < 1:
+        return 0
+    border = 1 if high < 2 else int(rng.integers(1, high))
+    return min(border, (size - 1) // 2)
+
+
+def augment(img, rng, augmentation, copy=True):
+    """Randomly augment one (C, H, W) float32 image; returns a new array.
+
+    Port of AED_train.imageAugmentation. `augmentation` is {name: [p, value]};
+    the steps run in the original's order, each with its own probability:
+    crop (cut a random border of 1..frac*size pixels off both sides, resize
+    back), flip (cv2 flip code), roll (wrap-around shift of the rows by
+    int(H*U(-vy, vy)) and of the columns by int(W*U(-vx, vx)) for value
+    (vx, vy)), mean (add mean * factor; not clipped, as in the original), noise
+    (Gaussian with std U(0, sqrt(var)), then clip to [0, 1]) and brightness
+    (multiply by U(lo, hi), then clip). Unknown names raise ValueError.
+    The input is never modified; copy=False returns it as is when no step ran.
+    """
+    check_augmentation(augmentation)
+    out = img
+    if not augmentation:
+        return out.copy() if copy else out
+
+    def draw(name):
+        return name in augmentation and rng.random() < augmentation[name][0]
+
+    _, h, w = out.shape
+    if draw('crop'):
+        frac = augmentation['crop'][1]
+        bx, by = _crop_border(rng, w, frac), _crop_border(rng, h, frac)
+        if bx or by:
+            part = out[:, by:h - by, bx:w - bx]
+            if part.shape[0] == 1:
+                out = cv2.resize(part[0], (w, h))[None]
+            else:
+                out = cv2.resize(np.ascontiguousarray(part.transpose(1, 2, 0)), (w, h))
+                out = np.ascontiguousarray(out.transpose(2, 0, 1))
+    if draw('flip'):
+        code = int(augmentation['flip'][1])
+        # cv2 codes: > 0 mirrors columns, 0 mirrors rows, < 0 both
+        rows = slice(None, None, -1) if code <= 0 else slice(None)
+        cols = slice(None, None, -1) if code != 0 else slice(None)
+        out = np.ascontiguousarray(out[:, rows, cols])
+    if draw('roll'):
+        vx, vy = augmentation['roll'][1]
+        dy = int(h * rng.uniform(-vy, vy))
+        dx = int(w * rng.uniform(-vx, vx))
+        out = np.roll(out, (dy, dx), axis=(1, 2))
+    if draw('mean'):
+        out = out + np.float32(out.mean() * augmentation['mean'][1])
+    if draw('noise'):
+        std = rng.uniform(0, augmentation['noise'][1] ** 0.5)
+        noisy = rng.standard_normal(out.shape, dtype=np.float32)
+        noisy *= np.float32(std)
+        noisy += out
+        out = np.clip(noisy, 0.0, 1.0, out=noisy)
+    if draw('brightness'):
+        lo, hi = augmentation['brightness'][1]
+        bright = out * np.float32(rng.uniform(lo, hi))
+        out = np.clip(bright, 0.0, 1.0, out=bright)
+    return out.copy() if copy and out is img else out
+
+
+def batch_augment(x, y, mean_targets, rng, max_steps=None):
+    """Mix images of a batch until it has mean_targets targets per image on average.
+
+    Port of AED_train.getAugmentedBatches (MULTI_LABEL training), in place on
+    numpy arrays or torch tensors: x (B, C, H, W) float in [0, 1], y (B, K) 0/1.
+    Each step adds image j onto image i (i != j), re-normalises image i to
+    [0, 1] and ORs the targets. The original drew any pair and could loop
+    forever (defect 6); here a step draws uniformly among the pairs that add at
+    least one new target to image i, so every step makes progress, and mixing
+    stops when no such pair is left or after max_steps (default 4 * B).
+    Returns (x, y).
+    """
+    is_torch = isinstance(y, torch.Tensor)
+    targets = (y.detach().cpu().numpy() if is_torch else np.asarray(y)) > 0.5  # (B, K)
+    b = targets.shape[0]
+    max_steps = 4 * b if max_steps is None else max_steps
+    changed = set()
+    for _ in range(max_steps):
+        if b < 2 or targets.sum(axis=1).mean() >= mean_targets:
+            break
+        # gain[i, j]: image j has a target that image i lacks
+        gain = (targets[None, :, :] & ~targets[:, None, :]).any(axis=2)
+        candidates = np.flatnonzero(gain)
+        if candidates.size == 0:
+            break
+        i, j = divmod(int(candidates[rng.integers(candidates.size)]), b)
+        x[i] += x[j]
+        x[i] -= x[i].min()
+        top = float(x[i].max())
+        if top > 0:  # a constant image stays at zero instead of becoming NaN
+            x[i] /= top
+        targets[i] |= targets[j]
+        changed.add(i)
+    for i in changed:
+        row = targets[i].astype(np.float32)
+        y[i] = torch.from_numpy(row).to(y.device, y.dtype) if is_torch else row
+    return x, y
+
+
+# ----------------------------------------------------------------- cache
+
+class ImageCache:
+    """Decoded uint8 images of a set of files: images (N, C, H, W), ok (N,) bool,
+    errors {path: reason} and rows {path string: row}; built by build_cache."""
+
+    def __init__(self, paths, im_size, im_dim):
+        self.im_size, self.im_dim = tuple(im_size), im_dim
+        self.rows = {str(p): k for k, p in enumerate(paths)}
+        self.images = np.zeros((len(paths), im_dim, im_size[1], im_size[0]), dtype=np.uint8)
+        self.ok = np.zeros(len(paths), dtype=bool)
+        self.errors = {}
+
+    def __len__(self):
+        return len(self.rows)
+
+    @property
+    def nbytes(self):
+        return self.images.nbytes
+
+
+def build_cache(items, im_size, im_dim, workers=0, progress=True):
+    """Decode every distinct image of items once into one uint8 array (USE_CACHE).
+
+    Replaces the original's {path: float image} dict cache. RAM: one byte per
+    pixel and channel per distinct file, W * H * C bytes: 128 KiB per 512x256
+    grey image, so 10,000 images take 1.25 GiB (a quarter of a float cache).
+    Pass the result to SpecDataset(cache=...); one cache can serve both the
+    training and the validation set. On Linux, DataLoader workers are forked
+    and share the array instead of copying it. Unreadable files get ok=False
+    and their reason in cache.errors. `workers` > 0 decodes in that many
+    threads (cv2 releases the GIL).
+    """
+    from tqdm import tqdm
+    paths = list(dict.fromkeys(Path(p) for p, _ in items))
+    cache = ImageCache(paths, im_size, im_dim)
+
+    def fill(row):
+        try:
+            cache.images[row] = read_image_uint8(paths[row], im_size, im_dim)
+            cache.ok[row] = True
+        except ImageError as e:
+            cache.errors[str(paths[row])] = str(e)
+
+    with tqdm(total=len(paths), unit='img', desc='CACHING IMAGES', disable=not progress) as bar:
+        if workers > 0:
+            with ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(fill, range(len(paths))):
+                    bar.update()
+        else:
+            for row in range(len(paths)):
+                fill(row)
+                bar.update()
+    return cache
+
+
+# ----------------------------------------------------------------- torch dataset
+
+class SpecDataset(Dataset):
+    """(image, one-hot target, ok) items for training or validation.
+
+    items are (path, class index) pairs from parse_dataset. With augmentation
+    (an {name: [p, value]} dict), item i of epoch e is augmented with
+    numpy.random.default_rng([seed, e, i]), so an epoch's images do not depend
+    on worker count or order. The epoch lives in shared memory, so
+    set_epoch() reaches persistent DataLoader workers too. An unreadable file
+    gives ok=False with a zero image and one warning line on stderr (once per
+    file and process); collate drops it.
+    """
+
+    def __init__(self, items, num_classes, im_size, im_dim, augmentation=None, seed=1337,
+                 cache=None):
+        check_augmentation(augmentation)
+        if cache is not None and (cache.im_size != tuple(im_size) or cache.im_dim != im_dim):
+            raise ValueError(f'cache holds {cache.im_size} x {cache.im_dim} images, '
+                             f'dataset wants {tuple(im_size)} x {im_dim}')
+        self.items = [(Path(p), int(label)) for p, label in items]
+        bad = [label for _, label in self.items if not 0 <= label < num_classes]
+        if bad:
+            raise ValueError(f'class index {bad[0]} outside 0..{num_classes - 1}')
+        self.num_classes = num_classes
+        self._one_hot = torch.eye(num_classes, dtype=torch.float32)
+        self.im_size, self.im_dim = tuple(im_size), im_dim
+        self.augmentation = augmentation or None
+        self.seed = seed
+        self.cache = cache
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._warned = set()  # per process: each worker warns once per bad file
+
+    def set_epoch(self, epoch):
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self):
+        return int(self._epoch)
+
+    def __len__(self):
+        return len(self.items)
+
+    def _load(self, path):
+        cache = self.cache
+        if cache is not None:
+            row = cache.rows.get(str(path))
+            if row is not None:
+                if not cache.ok[row]:
+                    raise ImageError(cache.errors.get(str(path), 'not a readable image'))
+                return to_float(cache.images[row])
+        return load_image(path, self.im_size, self.im_dim)
+
+    def __getitem__(self, i):
+        path, label = self.items[i]
+        target = self._one_hot[label].clone()
+        try:
+            img = self._load(path)
+        except ImageError as e:
+            if path not in self._warned:
+                self._warned.add(path)
+                print(f'WARNING {path}: {e}, skipped', file=sys.stderr, flush=True)
+            shape = (self.im_dim, self.im_size[1], self.im_size[0])
+            return torch.zeros(shape, dtype=torch.float32), target, False
+        if self.augmentation:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            img = augment(img, rng, self.augmentation, copy=False)  # img is ours already
+        return torch.from_numpy(img), target, True
+
+
+def collate(batch):
+    """[(image, target, ok)] -> (x (B, C, H, W), y (B, K), n_bad) without the ok=False items."""
+    good = [(x, y) for x, y, ok in batch if ok]
+    n_bad = len(batch) - len(good)
+    if not good:
+        x0, y0, _ = batch[0]
+        return x0.new_empty((0,) + tuple(x0.shape)), y0.new_empty((0,) + tuple(y0.shape)), n_bad
+    xs, ys = zip(*good)
+    return _stack(xs), _stack(ys), n_bad
+
+
+def _stack(tensors):
+    if get_worker_info() is not None:
+        # stacks straight into shared memory, saving a copy on the way to the main process
+        return default_collate(tensors)
+    # in the main process numpy's single-threaded copy beats torch.stack, whose
+    # intra-op threads compete with training for the same cores
+    return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
+
+
+class EpochShuffler(Sampler):
+    """A new permutation per epoch, drawn from torch.Generator seeded by (seed, epoch):
+    the order of epoch e is the same whether training ran from epoch 1 or resumed."""
+
+    def __init__(self, dataset, seed=1337):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __iter__(self):
+        epoch = getattr(self.dataset, 'epoch', 0)
+        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0]
+        gen = torch.Generator().manual_seed(int(state))
+        return iter(torch.randperm(len(self.dataset), generator=gen).tolist())
+
+
+def make_loader(dataset, batch_size, shuffle, workers, pin_memory=False, sampler=None,
+                seed=1337, drop_last=False, prefetch=2):
+    """DataLoader over a SpecDataset yielding (x, y, n_bad) batches.
+
+    shuffle=True draws a fresh order each epoch from a torch.Generator seeded
+    with (seed, dataset.epoch); call dataset.set_epoch(e) before iterating.
+    A given sampler replaces that shuffle.
+    workers > 0 keeps persistent worker processes, each prefetching `prefetch`
+    batches; on Linux they are forked so an ImageCache is shared, not copied.
+    With workers, cv2's own threading is switched off in this process: the
+    workers give the parallelism, and a forked child that inherits cv2's
+    thread pool can deadlock when it touches it (seen with setNumThreads).
+    """
+    if sampler is None and shuffle:
+        sampler = EpochShuffler(dataset, seed)
+    kwargs = {}
+    if workers > 0:
+        cv2.setNumThreads(0)
+        kwargs.update(persistent_workers=True, prefetch_factor=prefetch)
+        if sys.platform.startswith('linux'):
+            kwargs['multiprocessing_context'] = 'fork'
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(seed), **kwargs)

@@ -1,0 +1,333 @@
+"""Training helpers for AED_train.py: schedule, loss, accuracy, optimiser, loops, logs.
+
+Every function takes its settings as arguments (none reads config.py), so the
+script, the tests and the benchmark share exactly the same code.
+"""
+import csv
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# the original clipped sigmoid outputs before the log-loss
+PROB_CLIP = 1e-7
+
+
+######################## schedule and optimiser ########################
+
+def learning_rate(schedule, epoch, epochs, descent):
+    """The learning rate of an epoch from a {epoch: rate} schedule.
+
+    With descent, rates are interpolated linearly between the SORTED epoch
+    keys (defect 12: the original relied on Python 2 dict order) plus the
+    point (epochs, last rate), and the curve is read at
+    max(first key, epoch - 1), as the original did. Without descent it is a
+    step schedule: the rate of the largest key <= epoch (the first key's rate
+    before that).
+    """
+    if not schedule:
+        raise ValueError('the learning-rate schedule is empty')
+    keys = sorted(schedule)
+    rates = [float(schedule[k]) for k in keys]
+    if not descent:
+        rate = rates[0]
+        for key, value in zip(keys, rates):
+            if key <= epoch:
+                rate = value
+        return rate
+    # like the original, the point (epochs, last rate) joins the curve, so a
+    # shorter run reaches the final rate at its own last epoch
+    points = sorted(list(zip(keys, rates)) + [(epochs, rates[-1])], key=lambda p: p[0])
+    xs, ys = zip(*points)
+    return float(np.interp(max(keys[0], epoch - 1), xs, ys))
+
+
+def set_learning_rate(optimizer, rate):
+    for group in optimizer.param_groups:
+        group['lr'] = rate
+
+
+def make_optimizer(name, params, rate):
+    """'adam' (beta1 = 0.5, as the original) or 'nesterov' (momentum 0.9)."""
+    if name == 'adam':
+        return torch.optim.Adam(params, lr=rate, betas=(0.5, 0.999))
+    if name == 'nesterov':
+        return torch.optim.SGD(params, lr=rate, momentum=0.9, nesterov=True)
+    raise ValueError(f"optimizer must be 'adam' or 'nesterov', got {name!r}")
+
+
+######################## loss and accuracy ########################
+
+def compute_loss(logits, targets, multi_label):
+    """Mean categorical cross-entropy on logits, or for multi-label the mean
+    binary cross-entropy of the sigmoid outputs clipped to [1e-7, 1 - 1e-7]
+    over all elements. Computed in float32 (safe inside autocast)."""
+    logits, targets = logits.float(), targets.float()
+    if not multi_label:
+        return F.cross_entropy(logits, targets)
+    p = torch.sigmoid(logits).clamp(PROB_CLIP, 1.0 - PROB_CLIP)
+    # written out because F.binary_cross_entropy refuses to run under autocast
+    return -(targets * torch.log(p) + (1.0 - targets) * torch.log1p(-p)).mean()
+
+
+def l2_penalty(net):
+    """Sum of squared weights of conv and dense layers (no biases, no batch norm)."""
+    terms = [m.weight.pow(2).sum() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return torch.stack(terms).sum()
+
+
+def accuracy_counts(logits, targets, binary):
+    """(correct, total) as tensors: top-1 hits per image, or with binary the
+    elements where sigmoid > 0.5 agrees with target > 0.5."""
+    if binary:
+        hits = (torch.sigmoid(logits.float()) > 0.5) == (targets > 0.5)
+        return hits.sum(), torch.tensor(hits.numel(), device=hits.device)
+    hits = logits.argmax(dim=1) == targets.argmax(dim=1)
+    return hits.sum(), torch.tensor(hits.numel(), device=hits.device)
+
+
+def accuracy(logits, targets, binary=False):
+    correct, total = accuracy_counts(logits, targets, binary)
+    return correct.item() / max(1, total.item())
+
+
+######################## devices and precision ########################
+
+def select_device(name='auto'):
+    """'auto' picks CUDA, then Apple MPS, then CPU; anything else is passed to torch.device."""
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        mps = getattr(torch.backends, 'mps', None)
+        if mps is not None and mps.is_available():
+            return torch.device('mps')
+        return torch.device('cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {name} requested but CUDA is not available')
+    mps = getattr(torch.backends, 'mps', None)
+    if device.type == 'mps' and not (mps is not None and mps.is_available()):
+        raise ValueError(f'device {name} requested but MPS is not available')
+    return device
+
+
+class Precision:
+    """Mixed precision on CUDA: bf16 autocast where supported, else fp16 with a
+    GradScaler. Elsewhere (or with enabled=False) plain float32."""
+
+    def __init__(self, device, enabled=True):
+        self.enabled = bool(enabled) and device.type == 'cuda'
+        self.dtype = None
+        if self.enabled:
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.enabled and self.dtype == torch.float16)
+        self.device_type = device.type
+
+    def autocast(self):
+        if not self.enabled:
+            return nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def __str__(self):
+        return {None: 'float32', torch.bfloat16: 'bf16 autocast',
+                torch.float16: 'fp16 autocast + GradScaler'}[self.dtype]
+
+
+def configure_backend(device, deterministic):
+    """cudnn autotuning for speed, or deterministic algorithms for reproducible runs."""
+    if deterministic:
+        # cuBLAS needs this before its first use to be deterministic
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        # warn_only: an op without a deterministic kernel warns instead of ending the run
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def to_device(x, device, channels_last=False):
+    """Move an image batch (B, C, H, W) to device, optionally in channels-last layout."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+######################## loops ########################
+
+def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
+    """One optimiser step on a batch already on the device; returns the loss tensor (detached)."""
+    optimizer.zero_grad(set_to_none=True)
+    with precision.autocast():
+        logits = net(x)
+    loss = compute_loss(logits, y, multi_label)
+    if l2_weight:
+        loss = loss + l2_weight * l2_penalty(net)
+    precision.scaler.scale(loss).backward()
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    return loss.detach()
+
+
+def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight=0.0,
+                batch_transform=None, channels_last=False, progress=None):
+    """Train over loader once; returns (mean batch loss, batches, unreadable images).
+
+    loader yields (x, y, n_bad) as model.data.collate makes them.
+    batch_transform(x, y) -> (x, y) runs on the CPU tensors before the copy to
+    the device (batch augmentation). Batches of fewer than 2 images are
+    skipped: batch norm cannot normalise a single image in training mode.
+    progress: optional tqdm bar, advanced once per batch.
+    """
+    net.train()
+    loss_sum = torch.zeros((), device=device)
+    batches = bad = 0
+    for x, y, n_bad in loader:
+        bad += int(n_bad)
+        if batch_transform is not None and x.shape[0]:
+            x, y = batch_transform(x, y)
+        if x.shape[0] >= 2:
+            x = to_device(x, device, channels_last)
+            y = y.to(device, non_blocking=True)
+            loss_sum += train_step(net, x, y, optimizer, precision, multi_label, l2_weight)
+            batches += 1
+        if progress is not None:
+            progress.update()
+            # reading the loss syncs the GPU, so only now and then
+            if batches and batches % 10 == 0:
+                progress.set_postfix(loss=f'{loss_sum.item() / batches:.4f}')
+    mean = loss_sum.item() / batches if batches else float('nan')
+    return mean, batches, bad
+
+
+@torch.no_grad()
+def evaluate(net, loader, device, precision, num_classes, multi_label, binary_accuracy,
+             batch_transform=None, channels_last=False):
+    """Validate; returns dict with loss_sum, correct, total, images, bad (floats/ints)
+    and cm (confusion matrix tensor (K, K), rows = argmax of targets).
+
+    Sums, not means, so results of several processes can simply be added.
+    """
+    net.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.float64)
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    cm = torch.zeros(num_classes, num_classes, device=device, dtype=torch.float64)
+    images = bad = 0
+    for x, y, n_bad in loader:
+        bad += int(n_bad)
+        if batch_transform is not None and x.shape[0]:
+            x, y = batch_transform(x, y)
+        if not x.shape[0]:
+            continue
+        x = to_device(x, device, channels_last)
+        y = y.to(device, non_blocking=True)
+        with precision.autocast():
+            logits = net(x)
+        logits = logits.float()
+        loss_sum += compute_loss(logits, y, multi_label).double() * x.shape[0]
+        c, t = accuracy_counts(logits, y, binary_accuracy)
+        correct += c
+        total += t
+        # one-hot product instead of bincount: deterministic on CUDA too
+        truth = F.one_hot(y.argmax(dim=1), num_classes).double()
+        guess = F.one_hot(logits.argmax(dim=1), num_classes).double()
+        cm += truth.T @ guess
+        images += x.shape[0]
+    return {'loss_sum': loss_sum, 'correct': correct, 'total': total, 'cm': cm,
+            'images': images, 'bad': bad}
+
+
+class Timer:
+    """Wall-clock seconds that wait for queued GPU work first."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def now(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+######################## logs and plots ########################
+
+LOG_FIELDS = ('epoch', 'train_loss', 'val_loss', 'val_accuracy', 'lr', 'time_s', 'bad_images')
+
+
+def write_epoch_log(path, rows):
+    """(Re)write the CSV log of all epochs so far, atomically; returns the Path.
+
+    rows: dicts with the LOG_FIELDS keys (missing values are left empty).
+    Rewriting the whole file keeps it consistent after a resumed run.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.part')
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction='ignore')
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ('' if row.get(k) is None else row.get(k)) for k in LOG_FIELDS})
+    os.replace(tmp, path)
+    return path
+
+
+def plot_training_curves(rows, path, title):
+    """Loss (train, val) and validation accuracy per epoch as one PNG; returns the Path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r['epoch'] for r in rows]
+
+    def series(key):
+        return [np.nan if r.get(key) is None else float(r[key]) for r in rows]
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax_loss.plot(epochs, series('train_loss'), 'o-', label='train')
+    ax_loss.plot(epochs, series('val_loss'), 's-', label='validation')
+    ax_loss.set_xlabel('epoch')
+    ax_loss.set_ylabel('loss')
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_acc.plot(epochs, series('val_accuracy'), 'o-', color='tab:green')
+    ax_acc.set_xlabel('epoch')
+    ax_acc.set_ylabel('validation accuracy (%)')
+    ax_acc.set_ylim(0, 100)
+    ax_acc.grid(alpha=0.3)
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    fig.clear()
+    return path
+
+
+######################## random state for resuming ########################
+
+def rng_state(np_rng):
+    """Torch (CPU and CUDA) and numpy Generator states, in types weights_only can load."""
+    state = {'torch': torch.get_rng_state(), 'numpy': np_rng.bit_generator.state}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state, np_rng):
+    torch.set_rng_state(state['torch'])
+    np_rng.bit_generator.state = state['numpy']
+    if state.get('cuda') and torch.cuda.is_available():
+        cuda = state['cuda'][:torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,139 @@
+"""AED_test.py: file arguments, the original's output lines, --json, --timeline, errors."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import AED_test
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def examples(demo_data):
+    return sorted((demo_data / 'examples').glob('*.wav'))
+
+
+def run(capsys, *argv):
+    """(exit status, stdout, stderr) of AED_test.main."""
+    try:
+        status = AED_test.main([str(a) for a in argv])
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def files_tested(out):
+    return [line.split('TESTING: ', 1)[1] for line in out.splitlines() if line.startswith('TESTING: ')]
+
+
+def test_single_file_prints_the_original_lines(capsys, tiny_model, examples):
+    status, out, err = run(capsys, '--filenames', examples[2], '--modelname', tiny_model)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0] == 'IMPORTING MODEL... DONE!'
+    assert lines[1] == f'TESTING: {examples[2]}'
+    assert lines[2] == 'SAMPLE RATE: 44100 TOP PREDICTION(S):'
+    results = [line for line in lines if line.startswith('\t')]
+    assert 1 <= len(results) <= 5
+    assert all(re.fullmatch(r'\t\w+ \d{1,3} %', line) for line in results)
+    assert re.fullmatch(r'PREDICTION FOR 4 SPECS TOOK \d+ ms \( \d+ ms/spec \)', lines[-2])
+    assert lines[-1] == ''
+
+
+def test_list_form_several_paths_folder_and_glob(capsys, tiny_model, examples, demo_data):
+    a, b = str(examples[0]), str(examples[1])
+    # defect 8: the original treated the list as one file name
+    status, out, _ = run(capsys, '--filenames', f"['{a}', '{b}']", '--modelname', tiny_model,
+                         '--results', 1)
+    assert status == 0 and files_tested(out) == [a, b]
+    assert sum(line.startswith('\t') for line in out.splitlines()) == 2  # --results 1
+
+    status, out, _ = run(capsys, '--filenames', a, b, str(examples[4]), '--modelname', tiny_model)
+    assert status == 0 and files_tested(out) == [a, b, str(examples[4])]
+
+    status, out, _ = run(capsys, '--filenames', demo_data / 'examples', '--modelname', tiny_model)
+    assert status == 0 and files_tested(out) == [str(p) for p in examples]
+
+    pattern = str(demo_data / 'examples' / 's*.wav')  # quoted: the script expands it
+    status, out, _ = run(capsys, '--filenames', pattern, '--modelname', tiny_model)
+    assert status == 0 and files_tested(out) == [str(p) for p in examples if p.name.startswith('s')]
+
+
+def test_list_form_is_parsed_as_a_literal_never_evaluated():
+    assert AED_test._literal_list("['a.wav', 'b.wav']") == ['a.wav', 'b.wav']
+    assert AED_test._literal_list("[__import__('os').getcwd()]") is None
+    assert AED_test._literal_list('[ab]*.wav') is None  # a glob pattern stays a pattern
+
+
+def test_json_lines(capsys, tiny_model, examples):
+    status, out, err = run(capsys, '--filenames', examples[0], examples[3], '--modelname', tiny_model,
+                           '--json', '--confidence', 0)
+    assert status == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r['file'] for r in records] == [str(examples[0]), str(examples[3])]
+    for r in records:
+        assert r['sample_rate'] == 44100 and r['specs'] == 4 and r['ms'] >= 0
+        confs = [p['confidence'] for p in r['predictions']]
+        assert len(confs) == 5 and confs == sorted(confs, reverse=True)
+        assert sum(confs) == pytest.approx(1, abs=1e-4)
+        assert 'timeline' not in r
+
+
+def test_timeline_window_bounds_of_a_10_s_file(capsys, tiny_model, tmp_path):
+    t = np.arange(10 * 44100) / 44100
+    sf.write(tmp_path / 'ten.wav', 0.2 * np.sin(2 * np.pi * 1000 * t), 44100)
+    status, out, _ = run(capsys, '--filenames', tmp_path / 'ten.wav', '--modelname', tiny_model,
+                         '--speclength', 3, '--overlap', 2, '--timeline', '--json')
+    assert status == 0
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    # 1 s steps; chunks of at least 1 s are kept, the tail ones shorter than 3 s
+    expected = [(i, min(i + 3, 10)) for i in range(10)]
+    assert [(w['start'], w['end']) for w in record['timeline']] == expected
+    assert record['specs'] == 10
+
+    status, out, _ = run(capsys, '--filenames', tmp_path / 'ten.wav', '--modelname', tiny_model,
+                         '--timeline')
+    windows = re.findall(r'^\t(\d+\.\d\d)-(\d+\.\d\d) s \w+ \d+ %$', out, flags=re.M)
+    assert [(float(a), float(b)) for a, b in windows] == expected
+
+
+def test_bad_files_are_reported_and_the_rest_still_run(capsys, tiny_model, examples, tmp_path):
+    broken = tmp_path / 'broken.wav'
+    broken.write_bytes(b'RIFF....WAVEfmt this is no audio')
+    status, out, err = run(capsys, '--filenames', examples[0], broken, tmp_path / 'missing.wav',
+                           str(tmp_path / 'nomatch*.wav'), examples[1], '--modelname', tiny_model)
+    assert status == 1
+    assert out.count('SAMPLE RATE: 44100 TOP PREDICTION(S):') == 2
+    errors = err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith('ERROR: ') for line in errors)
+    assert errors[0].startswith(f'ERROR: {broken}: ')
+    assert 'no such file' in errors[1] and 'no file matches' in errors[2]
+
+    status, out, err = run(capsys, '--filenames', broken, examples[0], '--modelname', tiny_model, '--json')
+    records = [json.loads(line) for line in out.splitlines()]
+    assert status == 1 and 'error' in records[0] and records[1]['predictions']
+
+
+def test_missing_or_foreign_model_is_one_clear_error(capsys, tmp_path, examples):
+    status, out, err = run(capsys, '--filenames', examples[0], '--modelname', tmp_path / 'none.pt')
+    assert status == 2 and 'TESTING' not in out
+    assert err.strip().count('\n') == 0 and err.startswith('ERROR: ') and 'not found' in err
+    fake = tmp_path / 'fake.pt'
+    fake.write_bytes(b'\x00' * 64)
+    status, _, err = run(capsys, '--filenames', examples[0], '--modelname', fake, '--json')
+    assert status == 2 and err.strip().count('\n') == 0 and err.startswith(f'ERROR: {fake}')
+
+
+def test_process_exit_status_without_traceback(tmp_path, examples):
+    done = subprocess.run([sys.executable, str(ROOT / 'AED_test.py'), '--filenames', str(examples[0]),
+                           '--modelname', str(tmp_path / 'absent.pt')],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert 'Traceback' not in done.stderr and done.stderr.startswith('ERROR: ')

@@ -1,0 +1,425 @@
+"""AED_train.py and model/training.py: schedule, loss, network, saving, resuming, bad input.
+
+Training runs use tiny settings (64x64 images, 4 filters, 1-3 epochs) on the
+spectrograms that conftest's demo_data makes once with dataset/make_demo.py and AED_spec.py.
+Every output goes under tmp_path.
+"""
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import AED_train
+import config as cfg
+from model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.net import AEDNet, count_params, weighted_layers
+from model.training import (accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
+                            plot_training_curves, select_device, write_epoch_log)
+
+TINY = ['--im-size', '64', '64', '--filters', '4', '--batch-size', '16', '--device', 'cpu']
+
+
+@pytest.fixture(autouse=True)
+def quiet_torch():
+    """One thread (tiny models; no spin-waiting against other load) and no
+    leftover deterministic mode from a --deterministic run."""
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+
+
+@pytest.fixture(scope='module')
+def specs(demo_data):
+    """80 spectrogram PNGs of 5 classes: make_demo.py audio through AED_spec.py (conftest)."""
+    return demo_data / 'train' / 'spec'
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    """Logs and confusion matrices go under tmp_path; returns the folder."""
+    monkeypatch.setattr(cfg, 'LOG_PATH', str(tmp_path / 'logs'))
+    monkeypatch.setattr(cfg, 'CONFMATRIX_PATH', str(tmp_path / 'confmatrix'))
+    monkeypatch.setattr(cfg, 'SNAPSHOT_EPOCHS', [-1])
+    return tmp_path
+
+
+def train_args(dataset, out, *extra, epochs=2, workers=0):
+    return (['--dataset', str(dataset), '--model-path', str(out / 'models'), '--epochs', str(epochs),
+             '--workers', str(workers)] + TINY + list(extra))
+
+
+def subset(specs, dst, classes, per_class=None):
+    """Copy some class folders (optionally only the first files) into dst."""
+    for c in classes:
+        files = sorted((specs / c).glob('*.png'))[:per_class]
+        (dst / c).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, dst / c / f.name)
+    return dst
+
+
+def states_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def error_of(excinfo):
+    msg = str(excinfo.value.code)
+    assert msg.startswith('ERROR: ') and '\n' not in msg, msg
+    return msg
+
+
+# ------------------------------------------------------------------ network
+
+def test_parameter_count_at_20_classes():
+    net = AEDNet(20)
+    assert count_params(net) == 23_456_724
+    assert weighted_layers(net) == 8
+
+
+@pytest.mark.parametrize('im_size', [(64, 64), (128, 64), (256, 128), (512, 256)])
+def test_forward_shape(im_size):
+    net = AEDNet(7, im_size, 1, 4).eval()
+    with torch.no_grad():
+        y = net(torch.rand(2, 1, im_size[1], im_size[0]))
+    assert y.shape == (2, 7)
+
+
+# ------------------------------------------------------------------ pure helpers
+
+def test_learning_rate_descent_sorted_keys():
+    sched = {55: 0.000001, 0: 0.001}  # keys deliberately out of order (defect 12)
+    assert learning_rate(sched, 1, 55, True) == pytest.approx(0.001)
+    # epoch 12 reads the curve at 11: 0.001 + (0.000001 - 0.001) * 11 / 55
+    assert learning_rate(sched, 12, 55, True) == pytest.approx(0.0008002)
+    assert learning_rate(sched, 55, 55, True) == pytest.approx(0.001 - 0.000999 * 54 / 55)
+    # the last rate is carried on to EPOCHS
+    sched = {10: 0.001, 0: 0.01}
+    assert learning_rate(sched, 6, 20, True) == pytest.approx(0.0055)
+    assert learning_rate(sched, 16, 20, True) == pytest.approx(0.001)
+    # evaluated at max(first key, epoch - 1)
+    assert learning_rate({5: 0.1, 10: 0.2}, 1, 10, True) == pytest.approx(0.1)
+    assert learning_rate({5: 0.1, 10: 0.2}, 9, 10, True) == pytest.approx(0.16)
+    # a run shorter than the schedule reaches the last rate at its own last epoch,
+    # as the original's (EPOCHS, last rate) point did: 0.001 + (1e-6 - 0.001) * 9 / 10
+    assert learning_rate({0: 0.001, 55: 0.000001}, 10, 10, True) == pytest.approx(0.0001009)
+
+
+def test_learning_rate_steps():
+    sched = {20: 0.0001, 0: 0.001, 10: 0.0005}
+    assert [learning_rate(sched, e, 30, False) for e in (1, 9, 10, 15, 20, 30)] == \
+        [0.001, 0.001, 0.0005, 0.0005, 0.0001, 0.0001]
+    assert learning_rate({5: 0.1, 10: 0.01}, 1, 20, False) == 0.1
+
+
+def test_loss_single_and_multi_label():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    expected = -(math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-1))) + math.log(1 / 3)) / 2
+    assert compute_loss(logits, targets, False).item() == pytest.approx(expected, rel=1e-6)
+    # multi-label: sigmoid, clipped to [1e-7, 1 - 1e-7], mean over all 6 elements
+    logits = torch.tensor([[100.0, -100.0, 0.0], [0.0, 100.0, 0.0]])
+    targets = torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    upper = float(np.float32(1 - 1e-7))  # the clip bound as float32 holds it
+    terms = [-math.log(1 - upper), 0.0, math.log(2), math.log(2), 0.0, math.log(2)]
+    assert compute_loss(logits, targets, True).item() == pytest.approx(sum(terms) / 6, rel=1e-4)
+
+
+def test_l2_penalty_counts_conv_and_dense_weights_only():
+    net = AEDNet(3, (64, 64), 1, 2)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.fill_(7.0)  # batch-norm scales/shifts and the output bias
+        n = 0
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.fill_(1.0)
+                n += m.weight.numel()
+    assert l2_penalty(net).item() == pytest.approx(n)
+
+
+def test_accuracy_top1_and_binary():
+    logits = torch.tensor([[3.0, 1.0, -2.0], [0.0, 2.0, 1.0], [5.0, 0.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    assert accuracy(logits, targets) == pytest.approx(2 / 3)
+    # sigmoid > 0.5 where logit > 0: rows give [T, T, F], [F, T, T], [T, F, F]
+    multi = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
+    assert accuracy(logits, multi, binary=True) == pytest.approx(7 / 9)
+
+
+def test_optimizer_factory():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    adam = make_optimizer('adam', params, 0.01)
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]['betas'] == (0.5, 0.999)
+    sgd = make_optimizer('nesterov', params, 0.01)
+    assert sgd.param_groups[0]['momentum'] == 0.9 and sgd.param_groups[0]['nesterov']
+    with pytest.raises(ValueError):
+        make_optimizer('rmsprop', params, 0.01)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU fallback')
+def test_select_device_without_gpu():
+    if not torch.backends.mps.is_available():
+        assert select_device('auto').type == 'cpu'
+    assert select_device('cpu').type == 'cpu'
+    with pytest.raises(ValueError, match='CUDA'):
+        select_device('cuda')
+
+
+def test_epoch_log_and_curves(tmp_path):
+    rows = [{'epoch': 1, 'train_loss': 1.5, 'val_loss': 1.2, 'val_accuracy': 40.0, 'lr': 0.001,
+             'time_s': 2.0, 'bad_images': 0},
+            {'epoch': 2, 'train_loss': 1.1, 'val_loss': None, 'val_accuracy': None, 'lr': 0.0005,
+             'time_s': 2.1, 'bad_images': 1}]
+    path = write_epoch_log(tmp_path / 'logs' / 'run.csv', rows)
+    lines = path.read_text().splitlines()
+    assert lines[0] == 'epoch,train_loss,val_loss,val_accuracy,lr,time_s,bad_images'
+    assert lines[1] == '1,1.5,1.2,40.0,0.001,2.0,0' and lines[2] == '2,1.1,,,0.0005,2.1,1'
+    png = plot_training_curves(rows, tmp_path / 'curves.png', 'run')
+    assert png.read_bytes()[:4] == b'\x89PNG'
+
+
+# ------------------------------------------------------------------ training runs
+
+EPOCH_LINE = re.compile(r'^EPOCH (\d+) TRAIN LOSS: [\d.]+ VAL LOSS: [\d.]+ VAL ACCURACY: [\d.]+ % '
+                        r'LR: [\d.e-]+ TIME: [\d.]+ s$', re.M)
+
+
+def test_end_to_end_tiny_run(specs, out, capsys):
+    assert AED_train.main(train_args(specs, out, '--run-name', 'Tiny', workers=1)) == 0
+    stdout = capsys.readouterr().out
+    for line in ('CLASSES: 5', 'TRAINING IMAGES: 72', 'VALIDATION IMAGES: 8',
+                 'MODEL HAS 8 WEIGHTED LAYERS', f'MODEL HAS {count_params(AEDNet(5, (64, 64), 1, 4))} PARAMS',
+                 'TRAINING DONE!'):
+        assert line in stdout.splitlines()
+    assert "CLASS LABELS: [('beeps', 16)" in stdout
+    assert [int(e) for e in EPOCH_LINE.findall(stdout)] == [1, 2]
+    assert re.search(r'^MAX ACC: [\d.]+$', stdout, re.M)
+
+    models = out / 'models'
+    for name in ('AED_Tiny_model_epoch_1.pt', 'AED_Tiny_model_epoch_2.pt', 'AED_Tiny_model_best.pt',
+                 'AED_Tiny_last.pt'):
+        assert (models / name).is_file(), name
+    net, ckpt = model_from_checkpoint(models / 'AED_Tiny_model_best.pt')
+    assert ckpt['classes'] == ['beeps', 'clicks', 'hum', 'noise_bursts', 'siren']
+    assert tuple(ckpt['im_size']) == (64, 64) and ckpt['filters'] == 4 and ckpt['multi_label'] is False
+    assert ckpt['spec'] == {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
+                            'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}
+    with torch.no_grad():
+        assert net(torch.rand(3, 1, 64, 64)).shape == (3, 5)
+    for epoch in (1, 2):
+        assert (out / 'confmatrix' / f'Tiny_{epoch}.png').read_bytes()[:4] == b'\x89PNG'
+    assert len((out / 'logs' / 'Tiny.csv').read_text().splitlines()) == 3
+    assert (out / 'logs' / 'Tiny_curves.png').is_file()
+
+
+def fake_accuracies(monkeypatch, fractions):
+    """Make validation report the given accuracy per epoch (in call order)."""
+    real = AED_train.evaluate
+    calls = iter(fractions)
+
+    def evaluate(*args, **kwargs):
+        stats = real(*args, **kwargs)
+        stats['correct'] = stats['total'] * next(calls)
+        return stats
+    monkeypatch.setattr(AED_train, 'evaluate', evaluate)
+
+
+@pytest.mark.parametrize('fractions, best', [([0.9, 0.5, 0.7], 1), ([0.5, 0.9, 0.9], 3)])
+def test_best_epoch_weights_are_saved_not_the_last(specs, out, monkeypatch, capsys, fractions, best):
+    fake_accuracies(monkeypatch, fractions)
+    assert AED_train.main(train_args(specs, out, epochs=3)) == 0
+    assert f'MAX ACC: {max(fractions) * 100:.1f}' in capsys.readouterr().out
+    models = out / 'models'
+    saved = load_checkpoint(models / 'AED_Example_Run_model_best.pt')
+    assert saved['epoch'] == best
+    snapshot = load_checkpoint(models / f'AED_Example_Run_model_epoch_{best}.pt')
+    assert states_equal(saved['state_dict'], snapshot['state_dict'])
+    if best != 3:  # defect 1: the original saved the last epoch's weights
+        last = load_checkpoint(models / 'AED_Example_Run_model_epoch_3.pt')
+        assert not states_equal(saved['state_dict'], last['state_dict'])
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = AEDNet(4, (64, 64), 1, 4)
+    meta = {'classes': list('abcd'), 'run_name': 'x', 'epoch': 3, 'im_size': [64, 64], 'im_dim': 1,
+            'filters': 4, 'dropout': 0.5, 'nonlinearity': 'relu', 'multi_label': False,
+            'spec': {'length': 3, 'overlap': 2, 'sample_rate': 44100, 'resample': 'linear'}}
+    save_checkpoint(tmp_path / 'm.pt', net, meta)
+    loaded, ckpt = model_from_checkpoint(tmp_path / 'm.pt')
+    assert states_equal(loaded.state_dict(), net.state_dict()) and ckpt['epoch'] == 3
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net.eval()(x))
+
+
+def test_pretrained_transfer_to_other_class_count(specs, out, monkeypatch, capsys):
+    assert AED_train.main(train_args(specs, out, '--run-name', 'Five', epochs=1)) == 0
+    source = load_checkpoint(out / 'models' / 'AED_Five_model_best.pt')
+    three = subset(specs, out / 'three', ['beeps', 'hum', 'siren'], per_class=8)
+    # the same output layer does not fit 3 classes: a clear error that names the fix
+    with pytest.raises(SystemExit) as e:
+        AED_train.main(train_args(three, out, '--pretrained', 'AED_Five_model_best.pt',
+                                  '--run-name', 'Three', epochs=1))
+    assert 'LOAD_OUTPUT_LAYER' in error_of(e)
+    # all but the output layer; a zero learning rate keeps the transferred weights as they are
+    monkeypatch.setattr(cfg, 'LOAD_OUTPUT_LAYER', False)
+    monkeypatch.setattr(cfg, 'LEARNING_RATE', {0: 0.0})
+    assert AED_train.main(train_args(three, out, '--pretrained', 'AED_Five_model_best.pt',
+                                     '--run-name', 'Three', epochs=1)) == 0
+    assert 'IMPORTED MODEL PARAMS' in capsys.readouterr().out
+    target = load_checkpoint(out / 'models' / 'AED_Three_model_best.pt')
+    assert target['classes'] == ['beeps', 'hum', 'siren']
+    assert target['state_dict']['output.weight'].shape == (3, 512)
+    for key, value in source['state_dict'].items():
+        if key.endswith('weight') and not key.startswith('output.') and value.dim() > 1:
+            assert torch.equal(target['state_dict'][key], value), key
+
+
+def test_pretrained_with_other_architecture_or_not_a_checkpoint(specs, out, tmp_path):
+    other = AEDNet(5, (64, 64), 1, 8)
+    meta = {'classes': ['beeps', 'clicks', 'hum', 'noise_bursts', 'siren'], 'im_size': [64, 64],
+            'im_dim': 1, 'filters': 8}
+    save_checkpoint(tmp_path / 'wide.pt', other, meta)
+    (tmp_path / 'notes.txt').write_text('not a model\n')
+    for name, reason in ((tmp_path / 'wide.pt', 'shape'), (tmp_path / 'notes.txt', 'not an AED checkpoint'),
+                         (tmp_path / 'missing.pt', 'not found')):
+        with pytest.raises(SystemExit) as e:
+            AED_train.main(train_args(specs, out, '--pretrained', str(name), epochs=1))
+        assert reason in error_of(e)
+
+
+@pytest.mark.parametrize('case', ['missing', 'one_class', 'empty_class', 'val_split_1', 'tiny_image',
+                                  'all_unreadable'])
+def test_bad_dataset_or_settings_give_one_line_error(specs, out, monkeypatch, case):
+    dataset = out / 'data'
+    extra = []
+    if case == 'one_class':
+        subset(specs, dataset, ['hum'])
+    elif case == 'empty_class':
+        subset(specs, dataset, ['hum', 'siren'])
+        (dataset / 'void').mkdir()
+    elif case == 'val_split_1':
+        subset(specs, dataset, ['hum', 'siren'], per_class=2)
+        monkeypatch.setattr(cfg, 'VAL_SPLIT', 1)
+    elif case == 'tiny_image':
+        subset(specs, dataset, ['hum', 'siren'], per_class=2)
+        extra = ['--im-size', '32', '32']
+    elif case == 'all_unreadable':
+        for c in ('hum', 'siren'):
+            (dataset / c).mkdir(parents=True)
+            for i in range(3):
+                (dataset / c / f'{i}.png').write_bytes(b'garbage')
+    with pytest.raises(SystemExit) as e:
+        AED_train.main(train_args(dataset, out, *extra, epochs=1))
+    msg = error_of(e)
+    expected = {'missing': 'does not exist', 'one_class': 'at least 2', 'empty_class': 'void',
+                'val_split_1': 'VAL_SPLIT', 'tiny_image': 'too small',
+                'all_unreadable': 'no training batch could be loaded'}[case]
+    assert expected in msg
+    assert not list(out.glob('models/*model*.pt'))  # no model written
+
+
+def test_val_split_zero_trains_on_everything(specs, out, monkeypatch, capsys):
+    monkeypatch.setattr(cfg, 'VAL_SPLIT', 0)
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 4)
+    # 20 images and a batch size of 64: clamped with a warning
+    assert AED_train.main(train_args(specs, out, '--batch-size', '64', epochs=2)) == 0
+    captured = capsys.readouterr()
+    assert 'TRAINING IMAGES: 20' in captured.out and 'VALIDATION IMAGES: 0' in captured.out
+    assert 'NO VALIDATION SET' in captured.out
+    assert 'batch size 64 is larger than the training set' in captured.err
+    assert re.search(r'^EPOCH 2 TRAIN LOSS: [\d.]+ VAL LOSS: - ', captured.out, re.M)
+    assert (out / 'models' / 'AED_Example_Run_model_best.pt').is_file()
+    assert not (out / 'confmatrix').exists()
+
+
+def test_image_cache_trains(specs, out, monkeypatch, capsys):
+    monkeypatch.setattr(cfg, 'USE_CACHE', True)
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 4)
+    assert AED_train.main(train_args(specs, out, epochs=1)) == 0
+    assert re.search(r'^EPOCH 1 TRAIN LOSS: [\d.]+ VAL LOSS: [\d.]+ ', capsys.readouterr().out, re.M)
+
+
+def test_unreadable_images_are_skipped_and_counted(specs, out, capsys):
+    dataset = subset(specs, out / 'data', ['hum', 'siren'], per_class=6)
+    (dataset / 'hum' / 'broken.png').write_bytes(b'this is not a png')
+    (dataset / 'siren' / 'empty.png').write_bytes(b'')
+    assert AED_train.main(train_args(dataset, out, '--batch-size', '4', epochs=2)) == 0
+    captured = capsys.readouterr()
+    assert 'broken.png' in captured.err and 'empty.png' in captured.err
+    assert re.search(r'epoch 1: [12] unreadable image\(s\) skipped', captured.err)
+    assert 'TRAINING DONE!' in captured.out
+
+
+def test_resume_continues_from_saved_epoch(specs, out, capsys, monkeypatch):
+    # a schedule that ends before epoch 2, so stopping after epoch 2 of a 3-epoch
+    # run and running 2 epochs then resuming see the same rates
+    monkeypatch.setattr(cfg, 'LEARNING_RATE', {0: 0.002, 1: 0.001})
+    common = ['--deterministic']
+    assert AED_train.main(train_args(specs, out / 'a', '--run-name', 'Straight', *common, epochs=3)) == 0
+    assert AED_train.main(train_args(specs, out / 'b', '--run-name', 'Split', *common, epochs=2)) == 0
+    capsys.readouterr()
+    last = out / 'b' / 'models' / 'AED_Split_last.pt'
+    assert load_checkpoint(last)['epoch'] == 2
+    assert AED_train.main(train_args(specs, out / 'b', '--resume', str(last), *common, epochs=3)) == 0
+    stdout = capsys.readouterr().out
+    assert 'RESUMING Split AT EPOCH 3' in stdout
+    assert [int(e) for e in EPOCH_LINE.findall(stdout)] == [3]
+    assert len((out / 'logs' / 'Split.csv').read_text().splitlines()) == 4  # header + 3 epochs
+    # the resumed run ends exactly where the uninterrupted one does
+    straight = load_checkpoint(out / 'a' / 'models' / 'AED_Straight_last.pt')
+    resumed = load_checkpoint(last)
+    assert resumed['epoch'] == 3
+    assert states_equal(straight['state_dict'], resumed['state_dict'])
+    assert states_equal(straight['best_state'] or straight['state_dict'],
+                        resumed['best_state'] or resumed['state_dict'])
+
+
+def test_resume_rejects_a_plain_model(specs, out):
+    assert AED_train.main(train_args(specs, out, epochs=1)) == 0
+    with pytest.raises(SystemExit) as e:
+        AED_train.main(train_args(specs, out, '--resume',
+                                  str(out / 'models' / 'AED_Example_Run_model_best.pt'), epochs=2))
+    assert 'not a resume checkpoint' in error_of(e)
+
+
+@pytest.mark.parametrize('save', [True, False])
+def test_ctrl_c_stops_and_saves_best(specs, out, monkeypatch, capsys, save):
+    monkeypatch.setattr(cfg, 'SAVE_AFTER_INTERRUPT', save)
+    monkeypatch.setattr(cfg, 'SNAPSHOT_EPOCHS', [10])
+    real, calls = AED_train.train_epoch, []
+
+    def train_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(AED_train, 'train_epoch', train_epoch)
+    assert AED_train.main(train_args(specs, out, epochs=3)) == 130
+    assert len(calls) == 2
+    assert 'interrupted in epoch 2' in capsys.readouterr().err
+    best = out / 'models' / 'AED_Example_Run_model_best.pt'
+    assert best.is_file() == save
+    if save:
+        assert load_checkpoint(best)['epoch'] == 1
+
+
+def test_multi_label_uses_sigmoid_loss_and_batch_augmentation(specs, out, monkeypatch, capsys):
+    monkeypatch.setattr(cfg, 'MULTI_LABEL', True)
+    monkeypatch.setattr(cfg, 'VAL_HAS_MULTI_LABEL', True)
+    real, sizes = AED_train.batch_augment, []
+
+    def batch_augment(x, y, *args, **kwargs):
+        sizes.append(x.shape[0])
+        return real(x, y, *args, **kwargs)
+    monkeypatch.setattr(AED_train, 'batch_augment', batch_augment)
+    assert AED_train.main(train_args(specs, out, epochs=1)) == 0
+    # 72 training images in batches of 16: four full batches and one of 8 (>= 16 / 2)
+    assert sizes[:5] == [16, 16, 16, 16, 8]
+    assert load_checkpoint(out / 'models' / 'AED_Example_Run_model_best.pt')['multi_label'] is True
+    assert re.search(r'VAL ACCURACY: [\d.]+ %', capsys.readouterr().out)
