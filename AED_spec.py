@@ -16,7 +16,7 @@ import cv2
 from tqdm import tqdm
 
 import config as cfg
-from model.audio import AudioError, check_spec_params, file_spectrograms, to_uint8
+from model.audio import AudioError, check_spec_params, file_spectrograms
 
 ROOT = Path(__file__).resolve().parent
 
@@ -44,16 +44,16 @@ def list_jobs(src, dst, overwrite):
     messages, jobs, skipped = [], [], 0
     entries = sorted(p for p in src.iterdir() if not p.name.startswith('.'))
     for stray in (p for p in entries if not p.is_dir()):
-        messages.append(f'WARNING {stray}: not a class folder, ignored')
+        messages.append(f'WARNING: {stray}: not a class folder, ignored')
     for class_dir in (p for p in entries if p.is_dir()):
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith('.'))
         if not files:
-            messages.append(f'WARNING {class_dir}: class folder has no audio files')
+            messages.append(f'WARNING: {class_dir}: class folder has no audio files')
         out_dir = dst / class_dir.name
         stems = {}
         for path in files:
             if path.stem in stems:
-                messages.append(f'ERROR {path}: skipped, its spectrograms would overwrite '
+                messages.append(f'ERROR: {path}: skipped, its spectrograms would overwrite '
                                 f'those of {stems[path.stem].name}')
                 continue
             stems[path.stem] = path
@@ -74,15 +74,15 @@ def extract_file(job, seconds, overlap, rate, method, compression):
                   cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
     try:
-        specs, _, bounds, constant = file_spectrograms(path, seconds, overlap, rate, method)
-        images = to_uint8(specs)
+        images, _, bounds, constant = file_spectrograms(path, seconds, overlap, rate, method,
+                                                        uint8=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         parts = []
         try:
             for n, image in enumerate(images):
                 ok, png = cv2.imencode('.png', image, png_params)
                 part = out_dir / f'.{path.stem}_{n}.png.part'
-                part.write_bytes(png.tobytes())
+                part.write_bytes(png)  # the encoded buffer, without a copy
                 parts.append(part)
             for n in reversed(range(len(parts))):
                 os.replace(parts[n], out_dir / f'{path.stem}_{n}.png')
@@ -90,14 +90,14 @@ def extract_file(job, seconds, overlap, rate, method, compression):
             for part in parts:
                 part.unlink(missing_ok=True)
     except AudioError as e:
-        return path, 0, f'ERROR {path}: {e}'
+        return path, 0, f'ERROR: {path}: {e}'
     except Exception as e:  # one bad file must never end a 10,000-file run
-        return path, 0, f'ERROR {path}: {type(e).__name__}: {e}'
+        return path, 0, f'ERROR: {path}: {type(e).__name__}: {e}'
     note = None
     if constant:
-        note = f'WARNING {path}: {len(constant)} silent chunk(s) saved as all-zero images'
+        note = f'WARNING: {path}: {len(constant)} silent chunk(s) saved as all-zero images'
     elif bounds[0][1] - bounds[0][0] < rate:
-        note = f'WARNING {path}: shorter than 1 s, saved as one zero-padded spectrogram'
+        note = f'WARNING: {path}: shorter than 1 s, saved as one zero-padded spectrogram'
     return path, len(images), note
 
 

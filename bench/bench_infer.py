@@ -14,8 +14,8 @@ weights) is written to a temporary folder. Then, side by side in one run:
 
 Runs alternate so that a noisy machine hits all measurements alike; medians.
 
-    python bench/bench_infer.py
-    python bench/bench_infer.py --repeats 5 --seconds 60
+    python -m bench.bench_infer
+    python -m bench.bench_infer --repeats 5 --seconds 60
 """
 import argparse
 import json

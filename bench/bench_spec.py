@@ -2,12 +2,19 @@
 
 Writes ten 60 s test files at 44.1 kHz and at 22.05 kHz into a temporary
 folder, then times each extractor as a whole process (imports included, as a
-user sees it), several times, and prints medians, specs/s and ratios.
+user sees it), several times, and prints medians, specs/s and ratios. "CPU s"
+is user + system time of all its processes; on a shared machine it moves less
+than the wall time, and the load average printed with the table says how
+busy the machine was.
 
-    python bench/bench_spec.py
-    python bench/bench_spec.py --repeats 5 --files 10 --seconds 60
+    python -m bench.bench_spec
+    python -m bench.bench_spec --repeats 5 --files 10 --seconds 60
+    python -m bench.bench_spec --rates 44100 --tmp /var/tmp
 """
 import argparse
+import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,9 +48,13 @@ def write_files(folder, n_files, seconds, rate, seed=0):
 
 
 def timed(cmd):
+    """Wall-clock and CPU seconds (user + system, all processes) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def count_specs(folder):
@@ -57,18 +68,23 @@ def run(rows, label, src, tmp, repeats, workers):
         commands[f'AED_spec.py --workers {w}'] = [py, str(ROOT / 'AED_spec.py'), '--src', str(src),
                                                   '--workers', str(w), '--overwrite', '--dst']
     times = {name: [] for name in commands}
+    cpu = {name: [] for name in commands}
     n_specs = {}
     for r in range(repeats):  # interleave runs so that machine noise hits all alike
-        for name, cmd in commands.items():
-            dst = Path(tmp) / f'out_{label}_{len(n_specs)}_{r}'
-            times[name].append(timed(cmd + [str(dst)]))
+        for i, (name, cmd) in enumerate(commands.items()):
+            dst = Path(tmp) / f'out_{label}_{i}_{r}'
+            wall, cpu_s = timed(cmd + [str(dst)])
+            times[name].append(wall)
+            cpu[name].append(cpu_s)
             n_specs[name] = count_specs(dst)
+            shutil.rmtree(dst)  # keep the disk cache and free space the same for every run
     base = None
     for name, ts in times.items():
         med = statistics.median(ts)
         rate = n_specs[name] / med
         base = base or rate
-        rows.append((label, name, n_specs[name], med, 1000 * med / n_specs[name], rate, rate / base))
+        rows.append((label, name, n_specs[name], med, statistics.median(cpu[name]),
+                     1000 * med / n_specs[name], rate, rate / base))
 
 
 def main(argv=None):
@@ -77,19 +93,26 @@ def main(argv=None):
     p.add_argument('--seconds', type=float, default=60)
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--workers', type=int, nargs='+', default=[1, 2])
+    p.add_argument('--rates', type=int, nargs='+', default=[44100, 22050],
+                   help='sample rates of the test files')
+    p.add_argument('--tmp', type=Path, default=None,
+                   help='folder for the test files and outputs (default: the system temp folder)')
     args = p.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for rate in (44100, 22050):
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for rate in args.rates:
             src = Path(tmp) / f'src_{rate}'
             (src / 'events').mkdir(parents=True)
             write_files(src / 'events', args.files, args.seconds, rate)
             run(rows, f'{rate / 1000:g} kHz', src, tmp, args.repeats, args.workers)
-    print(f'\n{args.files} files x {args.seconds:g} s, median of {args.repeats} whole-process runs')
-    print('| input | extractor | specs | wall s | ms/spec | specs/s | vs reference |')
-    print('|---|---|---:|---:|---:|---:|---:|')
-    for label, name, n, med, ms, rate, ratio in rows:
-        print(f'| {label} | {name} | {n} | {med:.2f} | {ms:.2f} | {rate:.0f} | {ratio:.2f}x |')
+    print(f'\n{args.files} files x {args.seconds:g} s, median of {args.repeats} whole-process runs '
+          f'(load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; '
+          f'{os.cpu_count()} cores)')
+    print('| input | extractor | specs | wall s | CPU s | ms/spec | specs/s | vs reference |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|')
+    for label, name, n, med, cpu_s, ms, rate, ratio in rows:
+        print(f'| {label} | {name} | {n} | {med:.2f} | {cpu_s:.2f} | {ms:.2f} | {rate:.0f} | {ratio:.2f}x |')
     return rows
 
 

@@ -15,16 +15,15 @@ The ratio full / synthetic says how much the input pipeline costs (goal >= 0.90)
 Rounds alternate the two modes so machine noise hits both alike. Step times
 come from CUDA events on a GPU (no host sync inside the loop), wall clock on a CPU.
 
-    python bench/bench_train.py
-    python bench/bench_train.py --steps 4 --batch 16 --workers 2
-    python bench/bench_train.py --device cuda --amp off --steps 50 --workers 8
+    python -m bench.bench_train
+    python -m bench.bench_train --steps 4 --batch 16 --workers 2
+    python -m bench.bench_train --device cuda --amp off --steps 50 --workers 8
 """
 import argparse
 import contextlib
 import importlib.util
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -179,6 +178,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    # run as `python bench/bench_train.py`, Python only sees bench/: make the repo importable
-    sys.path.insert(0, str(ROOT))
     main()

@@ -4,9 +4,11 @@ Each benchmark runs as its own process (so its timings include nothing of the
 others) and prints a Markdown table; this script gathers the tables, adds the
 machine they came from, prints the result and writes it to bench/results.md.
 
-    python bench/run_all.py
-    python bench/run_all.py --quick
-    python bench/run_all.py --out /tmp/results.md
+    python -m bench.run_all
+    python -m bench.run_all --quick
+    python -m bench.run_all --out /tmp/results.md
+
+Run it from the repository root (the benchmarks import the model package).
 """
 import argparse
 import datetime
@@ -17,12 +19,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 # (title, script, arguments for a full run, arguments for --quick)
 BENCHMARKS = [
-    ('Spectrogram extraction (AED_spec.py)', 'bench_spec.py', [], ['--repeats', '1', '--files', '4']),
-    ('Training throughput (AED_train.py)', 'bench_train.py', [], ['--steps', '6']),
-    ('Inference (AED_test.py)', 'bench_infer.py', [], ['--repeats', '1']),
+    ('Spectrogram extraction (AED_spec.py)', 'bench_spec', [], ['--repeats', '1', '--files', '4']),
+    ('Training throughput (AED_train.py)', 'bench_train', [], ['--steps', '2']),
+    ('Inference (AED_test.py)', 'bench_infer', [], ['--repeats', '1']),
 ]
 
 
@@ -48,8 +51,8 @@ def main(argv=None):
     failed = []
     for title, script, full, quick in BENCHMARKS:
         print(f'== {title}', flush=True)
-        cmd = [sys.executable, str(HERE / script)] + (quick if args.quick else full)
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [sys.executable, '-m', f'bench.{script}'] + (quick if args.quick else full)
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if run.returncode != 0:
             failed.append(script)
             print(run.stdout + run.stderr, file=sys.stderr)
@@ -57,7 +60,7 @@ def main(argv=None):
         print(run.stdout, flush=True)
         lines = [line for line in run.stdout.splitlines() if line.startswith('|') or line.startswith('#')
                  or 'median' in line]
-        sections.append(f'## {title}\n\n`python bench/{script} {" ".join(full)}`'.rstrip() + '\n\n'
+        sections.append(f'## {title}\n\n`python -m bench.{script} {" ".join(full)}`'.rstrip() + '\n\n'
                         + '\n'.join(lines) + '\n')
     args.out.write_text('\n'.join(sections))
     print(f'wrote {args.out}')

@@ -1,10 +1,15 @@
 """Audio loading, resampling, chunking and the paper's magnitude spectrogram.
 
 Everything here is a pure function with explicit parameters. The spectrogram
-code accepts numpy arrays (scipy.fft on the CPU, the fastest backend we
-measured) or torch tensors (torch.fft, so it also runs on a GPU).
+code accepts numpy arrays (on the CPU, with the 511-point DFT done as two small
+BLAS matrix products, faster than scipy.fft) or torch tensors (torch.fft, so
+it also runs on a GPU).
 """
+import contextlib
+import functools
+import math
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +20,10 @@ SPEC_SETTINGS = {2: (0.015, 0.0068), 3: (0.02, 0.00585), 5: (0.05, 0.0097),
 NFFT = 511
 SPEC_HEIGHT, SPEC_WIDTH = 256, 512
 
-# Extensions tried first with soundfile; anything else still gets a try.
+# Formats libsndfile decodes itself; librosa is tried only for other files
+LIBSNDFILE_EXTENSIONS = {'.wav', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.aiff', '.au',
+                         '.snd', '.w64', '.caf', '.opus'}
+# Files that folder inputs (AED_test.py --filenames DIR) treat as audio
 AUDIO_EXTENSIONS = {'.wav', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.aiff',
                     '.au', '.snd', '.w64', '.caf', '.opus', '.m4a', '.wma', '.aac'}
 
@@ -40,11 +48,22 @@ def load_audio(path):
     Returns (signal, rate): float32 of shape (N,), scaled to [-1, 1].
     """
     import soundfile as sf
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise AudioError('file is empty')
     try:
-        data, rate = sf.read(str(path), dtype='float32', always_2d=True)  # (N, C)
+        with sf.SoundFile(str(path)) as f:
+            rate = f.samplerate
+            if f.subtype == 'PCM_16':  # numpy converts 15x faster than libsndfile
+                raw = f.read(dtype='int16', always_2d=True)  # (N, C)
+                # the same values as libsndfile's float read: int / 32768
+                data = np.multiply(raw, np.float32(1 / 32768), dtype=np.float32)
+            else:
+                data = f.read(dtype='float32', always_2d=True)
         data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     except Exception as sf_error:  # libsndfile raises several types
         try:
+            if Path(path).suffix.lower() in LIBSNDFILE_EXTENSIONS:
+                raise sf_error  # librosa would only call libsndfile again
             import warnings
             import librosa
             with warnings.catch_warnings():
@@ -73,8 +92,15 @@ def resample(sig, rate, target_rate=44100, method='linear'):
         n_new = int(len(sig) * target_rate / rate)
         if len(sig) < 2:
             return np.full(n_new, sig[0] if len(sig) else 0, dtype=np.float32)
-        positions = np.linspace(0, len(sig) - 1, n_new)
-        return np.interp(positions, np.arange(len(sig)), sig).astype(np.float32)
+        # np.interp in blocks of 32k points: all at once it builds ~150 MB of
+        # float64 temporaries per minute of audio and runs 2x slower
+        step = (len(sig) - 1) / max(n_new - 1, 1)
+        out = np.empty(n_new, dtype=np.float32)
+        for start in range(0, n_new, 1 << 15):
+            positions = np.arange(start, min(start + (1 << 15), n_new)) * step
+            lo, hi = int(positions[0]), min(int(positions[-1]) + 2, len(sig))
+            out[start:start + len(positions)] = np.interp(positions, np.arange(lo, hi), sig[lo:hi])
+        return out
     if method == 'sinc':
         import torch
         import torchaudio.functional as AF
@@ -108,13 +134,18 @@ def frame_params(rate, seconds):
     return _round_half_up(winlen * rate), _round_half_up(winstep * rate)
 
 
+def _frame_count(n, frame_len, frame_step):
+    """Frames of a chunk of n samples, as python_speech_features.framesig counts them."""
+    return 1 if n <= frame_len else 1 + -(-(n - frame_len) // frame_step)
+
+
 def _frames(chunk, frame_len, frame_step, width, torch_mode):
     """Rectangular frames of one chunk, keeping the first `width` samples of each.
 
     Same frame count and zero padding as python_speech_features.framesig.
     """
     n = len(chunk)
-    n_frames = 1 if n <= frame_len else 1 + int(np.ceil((n - frame_len) / frame_step))
+    n_frames = _frame_count(n, frame_len, frame_step)
     need = (n_frames - 1) * frame_step + width
     if torch_mode:
         import torch.nn.functional as F
@@ -126,32 +157,164 @@ def _frames(chunk, frame_len, frame_step, width, torch_mode):
     return np.lib.stride_tricks.sliding_window_view(chunk, width)[::frame_step][:n_frames]
 
 
-def spectrograms(sig, bounds, rate=44100, seconds=3, nfft=NFFT):
-    """Magnitude spectrogram images of the chunks of one signal, in one batch.
+@functools.lru_cache(maxsize=None)
+def _dft511_weights():
+    """The small DFT matrices of dft511_magnitudes and the image row of each bin."""
+    # stage 1, the 73-point DFT at bins j = 0..36 of real input x[0..72]:
+    # cos is even and sin odd in m <-> 73 - m, so with u[m] = x[m] + x[73 - m] and
+    # v[m] = x[m] - x[73 - m] (m = 1..36): re = x[0] + cos @ u, im = -sin @ v
+    j, m = np.arange(37)[:, None], np.arange(1, 37)
+    angle = 2 * np.pi * j * m / 73                                   # (37, 36)
+    re_weights = np.concatenate([np.ones((37, 1)), np.cos(angle)], axis=1)  # on [x[0]; u]
+    im_weights = -np.sin(angle)                                      # on v; row 0 is zero
+    # stage 2: block j holds the seven bins k < 256 with k % 73 in {j, 73 - j};
+    # for those at 73 - j the 73-point DFT value is the conjugate of bin j's
+    bins = np.concatenate([j + 73 * np.arange(4), 73 - j + 73 * np.arange(3)], axis=1)  # (37, 7)
+    sign = np.array([1, 1, 1, 1, -1, -1, -1])[:, None]             # +1 or conjugate
+    theta = -2 * np.pi * bins[:, :, None] * np.arange(7) / 511      # (37, 7 bins, 7 r)
+    c, s = np.cos(theta), np.sin(theta)
+    # bin k = sum_r (c + i s) * (re_r + i sign im_r): rows 0-6 real parts, 7-13
+    # imaginary parts, on the block's inputs (re_0..re_6, im_0..im_6)
+    mix = np.block([[c, -sign * s], [s, sign * c]])                  # (37, 14, 14)
+    mix[0, [4, 5, 6, 11, 12, 13]] = 0  # block 0's last three bins repeat its first three
+    row_of_bin = np.empty(256, dtype=np.intp)
+    row_of_bin[bins[1:].ravel()] = np.arange(7, 259)
+    row_of_bin[bins[0, :4]] = np.arange(4)
+    return (re_weights.astype(np.float32), im_weights.astype(np.float32),
+            mix.astype(np.float32), row_of_bin[::-1].copy())
+
+
+def dft511_workspace(max_frames):
+    """Scratch memory for dft511_magnitudes calls of up to max_frames frames."""
+    return {'x': np.empty(518 * max_frames, np.float32),   # frames, then stage 2 output
+            'uv': np.empty(511 * max_frames, np.float32),  # folded input, then magnitudes
+            'a': np.empty(518 * max_frames, np.float32),   # stage 1 output
+            'out': np.empty(256 * max_frames, np.float32)}
+
+
+def dft511_magnitudes(frames, work=None):
+    """abs(rfft(frames, n=511)) of real frames (F, 511), as (256, F) image rows, top bin first.
+
+    The same numbers as scipy.fft.rfft to float32 precision, but faster and
+    without importing scipy.fft: 511 = 7 * 73, so the DFT splits (Cooley-Tukey,
+    decimation in time) into 73-point DFTs of the 7 decimated sequences
+    x[7m + r] and then a 7-term twiddled sum per bin. Both stages are small
+    dense matrix products that BLAS runs near peak speed; FFT libraries handle
+    the prime factor 73 with a slow generic pass.
+
+    `work` (from dft511_workspace) is reused instead of allocating a few MB per
+    call; fresh memory costs page faults that take longer than the maths. The
+    result is then a view into `work`, valid until the next call.
+    """
+    import cv2
+    re_weights, im_weights, mix, rows = _dft511_weights()
+    f = frames.shape[0]
+    work = work or dft511_workspace(f)
+
+    def scratch(name, *shape):
+        return work[name][:math.prod(shape)].reshape(shape)
+
+    x = cv2.transpose(np.asarray(frames, dtype=np.float32), dst=scratch('x', 511, f))
+    x = x.reshape(73, 7 * f)                 # row m holds x[7m + r] for all (r, frame)
+    u, v = scratch('uv', 73, 7 * f)[:37], scratch('uv', 73, 7 * f)[37:]
+    u[0] = x[0]
+    np.add(x[1:37], x[72:36:-1], out=u[1:])
+    np.subtract(x[1:37], x[72:36:-1], out=v)
+    a = scratch('a', 37, 2, 7 * f)           # (j, re/im, (r, frame))
+    np.matmul(re_weights, u, out=a[:, 0])
+    np.matmul(im_weights, v, out=a[:, 1])
+    y = np.matmul(mix, a.reshape(37, 14, f), out=scratch('x', 37, 14, f)).reshape(37, 14 * f)
+    mag = cv2.magnitude(y[:, :7 * f], y[:, 7 * f:], magnitude=scratch('uv', 37, 7 * f))
+    return np.take(mag.reshape(259, f), rows, axis=0, out=scratch('out', 256, f), mode='clip')
+
+
+def _magnitude_rows(frames, nfft, work):
+    """abs(rfft(frames, n=nfft)) as image rows (bins, F), the highest bin first."""
+    if nfft == 511:
+        if frames.shape[1] < nfft:  # short frames are zero-padded, as rfft(n=nfft) does
+            frames = np.pad(frames, ((0, 0), (0, nfft - frames.shape[1])))
+        return dft511_magnitudes(frames, work)
+    import scipy.fft
+    return np.ascontiguousarray(np.abs(scipy.fft.rfft(frames, n=nfft)).T[::-1])
+
+
+def spectrograms(sig, bounds, rate=44100, seconds=3, nfft=NFFT, uint8=False):
+    """Magnitude spectrogram images of the chunks of one signal.
 
     Port of AED_spec.getSpecFromSignal. `sig` is a 1-D numpy array or torch
     tensor; `bounds` comes from split_bounds. Returns float32 images of shape
     (n_chunks, 256, 512) in [0, 1], same type and device as `sig`: row 0 is the
     highest frequency bin, each image is scaled by its own min and max, and an
     all-constant chunk gives an all-zero image. Also returns a list of the
-    chunk indices that were constant (so callers can warn).
+    chunk indices that were constant (so callers can warn). With uint8=True
+    (numpy only) the images are the grey levels round(spec * 255) as uint8,
+    which skips the float images (what AED_spec writes).
     """
-    torch_mode = not isinstance(sig, np.ndarray)
+    if not isinstance(sig, np.ndarray):
+        if uint8:
+            raise ValueError('uint8=True needs a numpy signal')
+        return _torch_spectrograms(sig, bounds, rate, seconds, nfft)
+    import cv2
     frame_len, frame_step = frame_params(rate, seconds)
     width = min(frame_len, nfft)  # rfft(n=nfft) keeps only the first nfft samples
-    frames = [_frames(sig[a:b], frame_len, frame_step, width, torch_mode) for a, b in bounds]
-    counts = [len(f) for f in frames]
-    if torch_mode:
-        import torch
-        mags = torch.fft.rfft(torch.cat(frames).float(), n=nfft).abs()  # (F, 256)
-        out = torch.zeros((len(bounds), SPEC_HEIGHT, SPEC_WIDTH), dtype=torch.float32, device=sig.device)
-    else:
-        import scipy.fft
-        mags = np.abs(scipy.fft.rfft(np.concatenate(frames).astype(np.float32, copy=False), n=nfft))
-        out = np.zeros((len(bounds), SPEC_HEIGHT, SPEC_WIDTH), dtype=np.float32)
+    sig = np.asarray(sig, dtype=np.float32)
+    # every frame of the whole signal, as a view: (N - width + 1, width)
+    windows = np.lib.stride_tricks.sliding_window_view(sig, width) if len(sig) >= width else None
+    counts = [_frame_count(b - a, frame_len, frame_step) for a, b in bounds]
+    work = dft511_workspace(max(counts, default=1)) if nfft == 511 else None
+    out = np.zeros((len(bounds), SPEC_HEIGHT, SPEC_WIDTH), dtype=np.uint8 if uint8 else np.float32)
+    constant = []
+    with _one_blas_thread():
+        for i, ((a, b), n_frames) in enumerate(zip(bounds, counts)):
+            last = a + (n_frames - 1) * frame_step
+            if last + width <= b:  # no zero padding needed: slice the view
+                frames = windows[a:last + 1:frame_step]
+            else:
+                frames = _frames(sig[a:b], frame_len, frame_step, width, False)
+            mag = _magnitude_rows(frames, nfft, work)  # (bins, frames)
+            low, high = cv2.minMaxLoc(mag)[:2]
+            peak = high - low
+            if not peak > 0:
+                constant.append(i)
+                continue
+            # scaled by the whole image, then cropped to 256 x 512 (zero padding on the right)
+            mag = mag[:SPEC_HEIGHT, :SPEC_WIDTH]
+            dst = out[i, :mag.shape[0], :mag.shape[1]]
+            if uint8:  # one pass: round((mag - low) / peak * 255)
+                cv2.convertScaleAbs(mag, dst=dst, alpha=255 / peak, beta=-low * 255 / peak)
+            else:
+                np.subtract(mag, np.float32(low), out=dst)
+                np.divide(dst, np.float32(peak), out=dst)
+    return out, constant
+
+
+def _one_blas_thread():
+    """Run numpy's BLAS on one thread (a context manager).
+
+    The matrix products of dft511_magnitudes are too small to gain from
+    threads, and threaded BLAS stalls whenever another process holds a core:
+    AED_spec.py took 7x longer with one worker and 9x with two on a 2-core
+    machine. threadpoolctl comes with librosa (through scikit-learn); without
+    it this does nothing.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api='blas')
+
+
+def _torch_spectrograms(sig, bounds, rate, seconds, nfft):
+    """spectrograms() for a torch tensor, all chunks in one torch.fft call (CPU or GPU)."""
+    import torch
+    frame_len, frame_step = frame_params(rate, seconds)
+    width = min(frame_len, nfft)
+    frames = [_frames(sig[a:b], frame_len, frame_step, width, True) for a, b in bounds]
+    mags = torch.fft.rfft(torch.cat(frames).float(), n=nfft).abs()  # (frames, bins)
+    out = torch.zeros((len(bounds), SPEC_HEIGHT, SPEC_WIDTH), dtype=torch.float32, device=sig.device)
     constant = []
     offset = 0
-    for i, count in enumerate(counts):
+    for i, count in enumerate(len(f) for f in frames):
         mag = mags[offset:offset + count]  # (frames, bins)
         offset += count
         mag = mag - mag.min()
@@ -162,18 +325,18 @@ def spectrograms(sig, bounds, rate=44100, seconds=3, nfft=NFFT):
             constant.append(i)
         # rotate 90 deg counter-clockwise: (bins, frames) with the top bin first,
         # then crop to 256 x 512 and leave the zero padding on the right
-        rotated = mag.T.flip(0) if torch_mode else mag.T[::-1]
-        rotated = rotated[:SPEC_HEIGHT, :SPEC_WIDTH]
+        rotated = mag.T.flip(0)[:SPEC_HEIGHT, :SPEC_WIDTH]
         out[i, :rotated.shape[0], :rotated.shape[1]] = rotated
     return out, constant
 
 
 def file_spectrograms(path, seconds=3, overlap=2, rate=44100, resample_method='linear',
-                      device=None):
+                      device=None, uint8=False):
     """Read, downmix, resample, split and transform one file.
 
     Port of AED_spec.getMultiSpec. Returns (specs, source_rate, bounds, constant):
-    specs is (n, 256, 512) float32 numpy, or a torch tensor on `device` if given.
+    specs is (n, 256, 512) float32 numpy, or a torch tensor on `device` if given,
+    or with uint8=True the uint8 grey levels round(spec * 255) (numpy only).
     """
     sig, source_rate = load_audio(path)
     sig = resample(sig, source_rate, rate, resample_method)
@@ -181,7 +344,7 @@ def file_spectrograms(path, seconds=3, overlap=2, rate=44100, resample_method='l
     if device is not None:
         import torch
         sig = torch.from_numpy(sig).to(device)
-    specs, constant = spectrograms(sig, bounds, rate, seconds)
+    specs, constant = spectrograms(sig, bounds, rate, seconds, uint8=uint8)
     return specs, source_rate, bounds, constant
 
 

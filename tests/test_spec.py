@@ -165,6 +165,7 @@ def test_end_to_end_with_bad_files(messy_dataset, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith('ERROR') and ':' in lines[0]
         assert not list(out_dir.glob(Path(name).stem + '_*'))
     assert any('notes.txt' in line and 'not a readable audio file' in line for line in err.splitlines())
+    assert any('empty.wav' in line and 'file is empty' in line for line in err.splitlines())
     assert any('silent.wav' in line and 'all-zero' in line for line in err.splitlines())
     assert any('short.wav' in line and 'shorter than 1 s' in line for line in err.splitlines())
     assert any('no_audio_here' in line and 'no audio files' in line for line in err.splitlines())
