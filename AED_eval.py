@@ -25,11 +25,14 @@ from tqdm import tqdm
 
 import config as cfg
 from model.inference import (CheckpointError, average_precision, default_workers, file_loader,
-                             load_model, predict_stream, prediction_pooling, rank_predictions,
-                             spec_settings, true_rank)
+                             open_model, predict_stream, prediction_pooling, rank_predictions,
+                             true_rank)
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
 
 ROOT = Path(__file__).resolve().parent
+# spectrogram settings for a checkpoint that carries none
+SPEC_DEFAULTS = {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
+                 'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}
 
 
 def parse_args(argv):
@@ -140,11 +143,8 @@ def main(argv=None):
 
     print('IMPORTING MODEL...', end=' ', flush=True)
     try:
-        model = load_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device)
-        settings = spec_settings(model.spec, args.speclength, args.overlap,
-                                 fallback={'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                                           'sample_rate': cfg.SAMPLE_RATE,
-                                           'resample': cfg.RESAMPLE_METHOD})
+        model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device,
+                                     args.speclength, args.overlap, SPEC_DEFAULTS)
     except (CheckpointError, ValueError) as e:
         print()
         print(f'ERROR: {e}', file=sys.stderr)

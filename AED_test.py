@@ -20,6 +20,9 @@ import config as cfg
 from model.audio import AUDIO_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parent
+# spectrogram settings for a checkpoint that carries none
+SPEC_DEFAULTS = {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
+                 'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}
 
 
 def parse_args(argv):
@@ -86,19 +89,16 @@ def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
     # torch takes seconds to import: flags are parsed first so -h and typos answer at once
-    from model.inference import (AudioError, CheckpointError, load_model, predict_file,
-                                 prediction_pooling, rank_predictions, spec_settings, timeline)
+    from model.inference import (AudioError, CheckpointError, open_model, predict_file,
+                                 prediction_pooling, rank_predictions, timeline)
     t_imported = time.perf_counter()
     say = (lambda *a, **k: None) if args.json else print  # status lines stay off JSON output
 
     files = expand_filenames(args.filenames)
     say('IMPORTING MODEL...', end=' ', flush=True)
     try:
-        model = load_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device)
-        settings = spec_settings(model.spec, args.speclength, args.overlap,
-                                 fallback={'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                                           'sample_rate': cfg.SAMPLE_RATE,
-                                           'resample': cfg.RESAMPLE_METHOD})
+        model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device,
+                                     args.speclength, args.overlap, SPEC_DEFAULTS)
     except (CheckpointError, ValueError) as e:
         say()
         print(f'ERROR: {e}', file=sys.stderr)

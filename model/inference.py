@@ -116,6 +116,15 @@ def spec_settings(model_spec, length=None, overlap=None, sample_rate=None, resam
     return {k: merged[k] for k in DEFAULT_SPEC}
 
 
+def open_model(name, model_dir, device, length=None, overlap=None, fallback=None):
+    """load_model, then spec_settings for it: how AED_eval and AED_test start.
+
+    Returns (LoadedModel, settings); raises CheckpointError or ValueError.
+    """
+    model = load_model(name, model_dir, device)
+    return model, spec_settings(model.spec, length, overlap, fallback=fallback)
+
+
 def prepare_windows(specs, im_size):
     """(n, 256, 512) spectrograms (numpy or tensor) -> float32 tensor (n, 1, H, W).
 

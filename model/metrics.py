@@ -97,6 +97,11 @@ def plot_confusion_matrix(cm, classes, path, title, normalize=True, max_classes=
             text = f'{v:.0f}' if normalize else f'{int(v)}'
             ax.text(j, i, text, ha='center', va='center', fontsize=font - 1,
                     color='white' if v > threshold else 'black')
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """Write a matplotlib Figure to path (folders made as needed) and free it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

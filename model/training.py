@@ -284,6 +284,7 @@ def plot_training_curves(rows, path, title):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
+    from model.metrics import save_figure
 
     epochs = [r['epoch'] for r in rows]
 
@@ -307,12 +308,7 @@ def plot_training_curves(rows, path, title):
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    fig.clear()
-    return path
+    return save_figure(fig, path)
 
 
 ######################## random state for resuming ########################
