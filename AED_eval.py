@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 import config as cfg
+from model.audio import class_folders
 from model.inference import (CheckpointError, average_precision, default_workers, file_loader,
                              open_model, predict_stream, prediction_pooling, rank_predictions,
                              true_rank)
@@ -72,15 +73,8 @@ def parse_args(argv):
 
 def list_test_files(test_dir):
     """[(path, true label)] from class sub-folders (sorted), plus warnings about stray files."""
-    files, messages = [], []
-    entries = sorted(p for p in test_dir.iterdir() if not p.name.startswith('.'))
-    for stray in (p for p in entries if not p.is_dir()):
-        messages.append(f'WARNING: {stray}: not in a class folder, ignored')
-    for class_dir in (p for p in entries if p.is_dir()):
-        found = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith('.'))
-        if not found:
-            messages.append(f'WARNING: {class_dir}: class folder has no files')
-        files += [(p, class_dir.name) for p in found]
+    folders, messages = class_folders(test_dir)
+    files = [(p, class_dir.name) for class_dir, found in folders for p in found]
     return files, messages
 
 

@@ -16,7 +16,7 @@ import cv2
 from tqdm import tqdm
 
 import config as cfg
-from model.audio import AudioError, check_spec_params, file_spectrograms
+from model.audio import AudioError, check_spec_params, class_folders, file_spectrograms
 
 ROOT = Path(__file__).resolve().parent
 
@@ -41,14 +41,9 @@ def parse_args(argv):
 
 def list_jobs(src, dst, overwrite):
     """One (source file, output folder) job per audio file, plus messages and skip count."""
-    messages, jobs, skipped = [], [], 0
-    entries = sorted(p for p in src.iterdir() if not p.name.startswith('.'))
-    for stray in (p for p in entries if not p.is_dir()):
-        messages.append(f'WARNING: {stray}: not a class folder, ignored')
-    for class_dir in (p for p in entries if p.is_dir()):
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith('.'))
-        if not files:
-            messages.append(f'WARNING: {class_dir}: class folder has no audio files')
+    jobs, skipped = [], 0
+    folders, messages = class_folders(src)
+    for class_dir, files in folders:
         out_dir = dst / class_dir.name
         stems = {}
         for path in files:

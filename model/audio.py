@@ -32,6 +32,24 @@ class AudioError(Exception):
     """A file that cannot be turned into spectrograms; the message says why."""
 
 
+def class_folders(root):
+    """The dataset layout shared by AED_spec and AED_eval: sub-folders are classes.
+
+    Returns ([(class folder, sorted files)], warnings); hidden entries are
+    ignored, and stray files at the top or an empty class folder are warned about.
+    """
+    folders, messages = [], []
+    entries = sorted(p for p in Path(root).iterdir() if not p.name.startswith('.'))
+    for stray in (p for p in entries if not p.is_dir()):
+        messages.append(f'WARNING: {stray}: not in a class folder, ignored')
+    for class_dir in (p for p in entries if p.is_dir()):
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith('.'))
+        if not files:
+            messages.append(f'WARNING: {class_dir}: class folder has no audio files')
+        folders.append((class_dir, files))
+    return folders, messages
+
+
 def check_spec_params(seconds, overlap):
     """Validate chunk length and overlap; raise ValueError with a clear message."""
     if seconds not in SPEC_SETTINGS:
