@@ -17,8 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.fft  # noqa: F401  (imported up front so no file's timing includes it)
-import soundfile  # noqa: F401  (likewise; model.audio imports both lazily)
+import soundfile  # noqa: F401  (imported up front so no file's timing includes it)
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
