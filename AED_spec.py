@@ -16,7 +16,8 @@ import cv2
 from tqdm import tqdm
 
 import config as cfg
-from model.audio import AudioError, check_spec_params, class_folders, file_spectrograms
+from model.audio import (AudioError, check_spec_params, class_folders, file_spectrograms,
+                         read_spec_settings, write_spec_settings)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -81,6 +82,11 @@ def extract_file(job, seconds, overlap, rate, method, compression):
                 parts.append(part)
             for n in reversed(range(len(parts))):
                 os.replace(parts[n], out_dir / f'{path.stem}_{n}.png')
+            # an --overwrite with other settings may leave more old chunks than new ones
+            n = len(parts)
+            while (stale := out_dir / f'{path.stem}_{n}.png').exists():
+                stale.unlink()
+                n += 1
         finally:
             for part in parts:
                 part.unlink(missing_ok=True)
@@ -109,15 +115,20 @@ def main(argv=None):
     if not args.src.is_dir():
         sys.exit(f'ERROR: source folder {args.src} does not exist')
 
+    settings = {'length': args.speclength, 'overlap': args.overlap,
+                'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}
+    previous = read_spec_settings(args.dst)
+    if previous is not None and previous != settings and not args.overwrite:
+        sys.exit(f'ERROR: {args.dst} holds spectrograms made with {previous}; use --overwrite '
+                 f'or another --dst to extract with {settings}')
     jobs, messages, skipped = list_jobs(args.src, args.dst, args.overwrite)
     for msg in messages:
         print(msg, file=sys.stderr)
     errors = sum(msg.startswith('ERROR') for msg in messages)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     workers = max(1, min(args.workers or cores, len(jobs)))
-    settings = (args.speclength, args.overlap, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD,
-                cfg.PNG_COMPRESSION)
-    tasks = [(job,) + settings for job in jobs]
+    tasks = [(job, args.speclength, args.overlap, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD,
+              cfg.PNG_COMPRESSION) for job in jobs]
 
     files = specs = 0
     with tqdm(total=len(jobs), unit='file', desc='SPECTROGRAMS', disable=not jobs) as bar:
@@ -140,6 +151,8 @@ def main(argv=None):
         finally:
             if pool is not None:
                 pool.terminate()
+    if files:
+        write_spec_settings(args.dst, settings)
     print(f'DONE! FILES: {files} SPECS: {specs} ERRORS: {errors} SKIPPED (ALREADY DONE): {skipped}')
     if files == 0 and skipped == 0:
         sys.exit('ERROR: no spectrogram could be extracted')

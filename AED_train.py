@@ -29,6 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import config as cfg
+from model.audio import read_spec_settings
 from model.checkpoint import (CheckpointError, build_model, clean_state_dict, load_checkpoint,
                               load_weights, resolve_model_path, save_checkpoint)
 from model.data import DatasetError, SpecDataset, batch_augment, build_cache, make_loader, parse_dataset
@@ -205,8 +206,10 @@ def train(args):
     meta = {'classes': list(classes), 'run_name': run_name, 'im_size': list(im_size),
             'im_dim': im_dim, 'filters': filters, 'dropout': dropout, 'nonlinearity': nonlinearity,
             'multi_label': bool(cfg.MULTI_LABEL),
-            'spec': {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                     'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}}
+            # what AED_spec.py recorded for these images, else config.py's settings
+            'spec': read_spec_settings(args.dataset) or {
+                'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
+                'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}}
 
     channels_last = device.type == 'cuda'
     net = net.to(device, memory_format=torch.channels_last) if channels_last else net.to(device)

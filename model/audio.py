@@ -50,6 +50,28 @@ def class_folders(root):
     return folders, messages
 
 
+# Written by AED_spec.py next to the class folders, read by AED_train.py, so a
+# checkpoint records the settings its images were really made with
+SETTINGS_FILE = '.spec_settings.json'
+
+
+def write_spec_settings(folder, settings):
+    """Record the extraction settings (a dict) of a spectrogram folder."""
+    import json
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / SETTINGS_FILE).write_text(json.dumps(settings, sort_keys=True) + '\n')
+
+
+def read_spec_settings(folder):
+    """The settings AED_spec.py recorded for a folder, or None (none, or unreadable)."""
+    import json
+    try:
+        settings = json.loads((Path(folder) / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
 def check_spec_params(seconds, overlap):
     """Validate chunk length and overlap; raise ValueError with a clear message."""
     if seconds not in SPEC_SETTINGS:

@@ -240,3 +240,20 @@ def test_defaults_resolve_relative_to_the_repository():
     args = AED_spec.parse_args([])
     assert args.src == ROOT / 'dataset' / 'train' / 'wav'
     assert args.dst == ROOT / 'dataset' / 'train' / 'spec'
+
+
+def test_settings_are_recorded_and_a_mix_is_refused(tmp_path, capsys):
+    src, dst = tmp_path / 'wav', tmp_path / 'spec'
+    write(src / 'a' / 'long.wav', event_signal(44100, 6), 44100)
+    run_spec(src, dst)
+    assert audio.read_spec_settings(dst) == {'length': 3, 'overlap': 2, 'sample_rate': 44100,
+                                             'resample': 'linear'}
+    assert len(list((dst / 'a').glob('long_*.png'))) == 6
+    # other settings into the same folder would mix two kinds of images
+    with pytest.raises(SystemExit) as exit_info:
+        run_spec(src, dst, '--overlap', '0')
+    assert 'overwrite' in str(exit_info.value.code)
+    # --overwrite redoes every file and removes the chunks the new settings no longer make
+    run_spec(src, dst, '--overlap', '0', '--overwrite')
+    assert sorted(p.name for p in (dst / 'a').glob('long_*.png')) == ['long_0.png', 'long_1.png']
+    assert audio.read_spec_settings(dst)['overlap'] == 0

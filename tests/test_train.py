@@ -423,3 +423,13 @@ def test_multi_label_uses_sigmoid_loss_and_batch_augmentation(specs, out, monkey
     assert sizes[:5] == [16, 16, 16, 16, 8]
     assert load_checkpoint(out / 'models' / 'AED_Example_Run_model_best.pt')['multi_label'] is True
     assert re.search(r'VAL ACCURACY: [\d.]+ %', capsys.readouterr().out)
+
+
+def test_checkpoint_records_the_settings_the_images_were_made_with(specs, out, tmp_path):
+    from model.audio import read_spec_settings, write_spec_settings
+    assert read_spec_settings(specs)['length'] == 3  # written by AED_spec.py in conftest
+    data = subset(specs, tmp_path / 'five', ['beeps', 'clicks'], per_class=6)
+    write_spec_settings(data, {'length': 5, 'overlap': 4, 'sample_rate': 44100, 'resample': 'linear'})
+    assert AED_train.main(train_args(data, out, '--run-name', 'Five', epochs=1)) == 0
+    best = load_checkpoint(out / 'models' / 'AED_Five_model_best.pt')
+    assert best['spec']['length'] == 5 and best['spec']['overlap'] == 4
