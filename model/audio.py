@@ -5,7 +5,6 @@ code accepts numpy arrays (on the CPU, with the 511-point DFT done as two small
 BLAS matrix products, faster than scipy.fft) or torch tensors (torch.fft, so
 it also runs on a GPU).
 """
-import contextlib
 import functools
 import math
 from decimal import ROUND_HALF_UP, Decimal
@@ -328,20 +327,22 @@ def spectrograms(sig, bounds, rate=44100, seconds=3, nfft=NFFT, uint8=False):
     return out, constant
 
 
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    # finding the loaded BLAS libraries takes ~1 ms: once per process, not per file
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()
+
+
 def _one_blas_thread():
     """Run numpy's BLAS on one thread (a context manager).
 
     The matrix products of dft511_magnitudes are too small to gain from
     threads, and threaded BLAS stalls whenever another process holds a core:
     AED_spec.py took 7x longer with one worker and 9x with two on a 2-core
-    machine. threadpoolctl comes with librosa (through scikit-learn); without
-    it this does nothing.
+    machine.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api='blas')
+    return _blas_controller().limit(limits=1, user_api='blas')
 
 
 def _torch_spectrograms(sig, bounds, rate, seconds, nfft):
