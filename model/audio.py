@@ -387,8 +387,3 @@ def file_spectrograms(path, seconds=3, overlap=2, rate=44100, resample_method='l
         sig = torch.from_numpy(sig).to(device)
     specs, constant = spectrograms(sig, bounds, rate, seconds, uint8=uint8)
     return specs, source_rate, bounds, constant
-
-
-def to_uint8(specs):
-    """Grey levels as written to PNG: round(spec * 255)."""
-    return np.rint(np.asarray(specs) * 255.0).astype(np.uint8)

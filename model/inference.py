@@ -42,7 +42,6 @@ class LoadedModel:
     spec: dict  # the checkpoint's spectrogram settings (may be empty)
     device: torch.device
     path: str = ''
-    checkpoint: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -92,8 +91,7 @@ def load_model(name, model_dir, device='auto'):
     w, h = (int(v) for v in ckpt['im_size'])
     return LoadedModel(net=net, classes=[str(c) for c in ckpt['classes']], im_size=(w, h),
                        im_dim=int(ckpt['im_dim']), multi_label=bool(ckpt.get('multi_label', False)),
-                       spec=dict(ckpt.get('spec') or {}), device=device, path=str(path),
-                       checkpoint={k: v for k, v in ckpt.items() if k != 'state_dict'})
+                       spec=dict(ckpt.get('spec') or {}), device=device, path=str(path))
 
 
 def spec_settings(model_spec, length=None, overlap=None, sample_rate=None, resample_method=None,

@@ -6,7 +6,6 @@ As in Lasagne's batch_norm(), the convolution and dense layers before a batch
 norm carry no bias. The network returns logits: apply softmax (or sigmoid for
 multi-label) to get the original's outputs.
 """
-import torch
 from torch import nn
 
 # Lasagne's BatchNormLayer defaults: epsilon 1e-4, running-average alpha 0.1
