@@ -371,6 +371,13 @@ def _torch_spectrograms(sig, bounds, rate, seconds, nfft):
     return out, constant
 
 
+def read_chunked(path, seconds=3, overlap=2, rate=44100, resample_method='linear'):
+    """Read, downmix, resample and split one file: (signal, source rate, chunk bounds)."""
+    sig, source_rate = load_audio(path)
+    sig = resample(sig, source_rate, rate, resample_method)
+    return sig, source_rate, split_bounds(len(sig), rate, seconds, overlap)
+
+
 def file_spectrograms(path, seconds=3, overlap=2, rate=44100, resample_method='linear',
                       device=None, uint8=False):
     """Read, downmix, resample, split and transform one file.
@@ -379,9 +386,7 @@ def file_spectrograms(path, seconds=3, overlap=2, rate=44100, resample_method='l
     specs is (n, 256, 512) float32 numpy, or a torch tensor on `device` if given,
     or with uint8=True the uint8 grey levels round(spec * 255) (numpy only).
     """
-    sig, source_rate = load_audio(path)
-    sig = resample(sig, source_rate, rate, resample_method)
-    bounds = split_bounds(len(sig), rate, seconds, overlap)
+    sig, source_rate, bounds = read_chunked(path, seconds, overlap, rate, resample_method)
     if device is not None:
         import torch
         sig = torch.from_numpy(sig).to(device)

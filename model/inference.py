@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from model.audio import (SPEC_HEIGHT, SPEC_WIDTH, AudioError, check_spec_params, load_audio,
-                         resample, spectrograms, split_bounds)
+from model.audio import (SPEC_HEIGHT, SPEC_WIDTH, AudioError, check_spec_params, read_chunked,
+                         spectrograms)
 from model.checkpoint import CheckpointError, model_from_checkpoint, resolve_model_path
 from model.training import select_device
 
@@ -200,11 +200,8 @@ def timeline(probs, bounds, rate, classes):
 
 def read_signal(path, settings):
     """Mono signal at the analysis rate, its source rate and its window bounds."""
-    sig, source_rate = load_audio(path)
-    rate = settings['sample_rate']
-    sig = resample(sig, source_rate, rate, settings['resample'])
-    bounds = split_bounds(len(sig), rate, settings['length'], settings['overlap'])
-    return sig, source_rate, bounds
+    return read_chunked(path, settings['length'], settings['overlap'], settings['sample_rate'],
+                        settings['resample'])
 
 
 def window_batches(sig, bounds, settings, im_size, batch_size=32, device=None):
