@@ -77,6 +77,8 @@ def extract_file(job, seconds, overlap, rate, method, compression):
         try:
             for n, image in enumerate(images):
                 ok, png = cv2.imencode('.png', image, png_params)
+                if not ok:
+                    raise RuntimeError('PNG encoding failed')
                 part = out_dir / f'.{path.stem}_{n}.png.part'
                 part.write_bytes(png)  # the encoded buffer, without a copy
                 parts.append(part)
