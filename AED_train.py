@@ -228,11 +228,17 @@ def train(args):
         module = net
         if ddp:
             net = DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
-        return _fit(args, net, module, optimizer, precision, device, channels_last, classes,
-                    train_items, val_items, batch_size, meta, run_name, resume, np_rng,
-                    rank, world, say, warn)
+        result = _fit(args, net, module, optimizer, precision, device, channels_last, classes,
+                      train_items, val_items, batch_size, meta, run_name, resume, np_rng,
+                      rank, world, say, warn)
+        if ddp:
+            dist.barrier()  # no process tears its group down while another still uses it
+        return result
     finally:
         if ddp:
+            # the DDP reducer holds the process group: freeing it after the group is
+            # destroyed could hang in gloo's destructor (seen in the 2-process test)
+            del net
             dist.destroy_process_group()
 
 

@@ -7,9 +7,11 @@ only rank 0 may print or write files.
 """
 import os
 import socket
+import time
 
 import cv2
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -57,7 +59,14 @@ def worker(rank, world, port, root):
 
 def test_two_cpu_processes_end_with_identical_weights(tmp_path, capfd):
     make_images(tmp_path / 'data')
-    mp.spawn(worker, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    # a hung process group must fail this test, not stall the whole suite
+    context = mp.start_processes(worker, args=(2, free_port(), tmp_path), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail('the 2-process run did not finish within 120 s')
     ra = torch.load(tmp_path / 'rank0.pt', weights_only=True)
     rb = torch.load(tmp_path / 'rank1.pt', weights_only=True)
     # 22 training images, 11 per process in batches of 4: each rank saw only its
