@@ -153,6 +153,25 @@ def configure_backend(device, deterministic):
         torch.backends.cudnn.allow_tf32 = True
 
 
+def maybe_compile(net, enabled):
+    """torch.compile(net) when enabled; returns (network, warning or None).
+
+    Where torch.compile is missing or cannot build on this platform, the plain
+    network is returned with a one-line warning instead of failing the run.
+    Compilation itself is lazy: errors at the first forward are not caught here.
+    """
+    if not enabled:
+        return net, None
+    compile_fn = getattr(torch, 'compile', None)
+    if compile_fn is None:
+        return net, f'torch {torch.__version__} has no torch.compile; running uncompiled'
+    try:
+        return compile_fn(net), None
+    except (RuntimeError, NotImplementedError) as e:  # e.g. unsupported Python or platform
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return net, f'torch.compile is unavailable ({reason}); running uncompiled'
+
+
 def to_device(x, device, channels_last=False):
     """Move an image batch (B, C, H, W) to device, optionally in channels-last layout."""
     x = x.to(device, non_blocking=True)
