@@ -27,6 +27,11 @@ AUDIO_EXTENSIONS = {'.wav', '.flac', '.ogg', '.oga', '.mp3', '.aif', '.aiff',
                     '.au', '.snd', '.w64', '.caf', '.opus', '.m4a', '.wma', '.aac'}
 
 
+# Full scale of integer PCM sample types, as libsndfile's float read divides by it
+INT_SCALES = {'PCM_U8': 2 ** 7, 'PCM_S8': 2 ** 7, 'PCM_16': 2 ** 15, 'PCM_24': 2 ** 23,
+              'PCM_32': 2 ** 31}
+
+
 class AudioError(Exception):
     """A file that cannot be turned into spectrograms; the message says why."""
 
@@ -84,14 +89,17 @@ def check_spec_params(seconds, overlap):
 def load_audio(path):
     """Read any file soundfile can decode (librosa as fallback), downmixed to mono.
 
-    Returns (signal, rate): float32 of shape (N,), scaled to [-1, 1].
+    Returns (signal, rate, int_scale): float32 of shape (N,), scaled to
+    [-1, 1], and the full scale of the source's integer samples (32768 for
+    16-bit PCM; see INT_SCALES), or None for float and compressed sources.
+    Stereo is averaged to mono in float32, with no rounding.
     """
     import soundfile as sf
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise AudioError('file is empty')
     try:
         with sf.SoundFile(str(path)) as f:
-            rate = f.samplerate
+            rate, int_scale = f.samplerate, INT_SCALES.get(f.subtype)
             if f.subtype == 'PCM_16':  # numpy converts 15x faster than libsndfile
                 raw = f.read(dtype='int16', always_2d=True)  # (N, C)
                 # the same values as libsndfile's float read: int / 32768
@@ -108,6 +116,7 @@ def load_audio(path):
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')  # librosa warns before audioread
                 data, rate = librosa.load(str(path), sr=None, mono=True)
+                int_scale = None
         except Exception:
             reason = str(sf_error).strip().splitlines()[0] if str(sf_error).strip() else 'unknown format'
             raise AudioError(f'not a readable audio file ({reason})') from None
@@ -115,18 +124,31 @@ def load_audio(path):
         raise AudioError('file has no audio samples')
     if not np.isfinite(data).all():
         raise AudioError('file contains NaN or infinite samples')
-    return np.ascontiguousarray(data, dtype=np.float32), int(rate)
+    return np.ascontiguousarray(data, dtype=np.float32), int(rate), int_scale
 
 
-def resample(sig, rate, target_rate=44100, method='linear'):
+def resample(sig, rate, target_rate=44100, method='linear', int_scale=None):
     """Resample a mono signal to target_rate.
 
     'linear' is the original's interpolation onto int(N * target / rate) points
     spanning the same duration (port of AED_spec.changeSampleRate); 'sinc' uses
-    torchaudio's band-limited resampler.
+    torchaudio's band-limited resampler. With int_scale (an integer source's
+    full scale, from load_audio) the result is rounded back onto that integer
+    grid, as the original cast interpolated samples back to the source's type;
+    for quiet recordings that rounding is visible in the spectrogram.
     """
     if rate == target_rate:
         return sig
+    out = _resample(sig, rate, target_rate, method)
+    if int_scale:
+        # round half to even on the integer scale, as np.round(...).astype(int16) did
+        out *= np.float32(int_scale)
+        np.round(out, out=out)
+        out *= np.float32(1 / int_scale)
+    return out
+
+
+def _resample(sig, rate, target_rate, method):
     if method == 'linear':
         n_new = int(len(sig) * target_rate / rate)
         if len(sig) < 2:
@@ -373,8 +395,8 @@ def _torch_spectrograms(sig, bounds, rate, seconds, nfft):
 
 def read_chunked(path, seconds=3, overlap=2, rate=44100, resample_method='linear'):
     """Read, downmix, resample and split one file: (signal, source rate, chunk bounds)."""
-    sig, source_rate = load_audio(path)
-    sig = resample(sig, source_rate, rate, resample_method)
+    sig, source_rate, int_scale = load_audio(path)
+    sig = resample(sig, source_rate, rate, resample_method, int_scale)
     return sig, source_rate, split_bounds(len(sig), rate, seconds, overlap)
 
 

@@ -103,7 +103,7 @@ def test_load_audio_matches_soundfile_float_read(tmp_path, subtype, channels):
     data = np.random.default_rng(2).uniform(-1, 1, (22050, channels))
     path = tmp_path / 'x.wav'
     sf.write(str(path), data, 22050, subtype=subtype)
-    sig, rate = audio.load_audio(path)
+    sig, rate, _ = audio.load_audio(path)
     ref, _ = sf.read(str(path), dtype='float32', always_2d=True)
     assert rate == 22050 and sig.dtype == np.float32 and sig.shape == (22050,)
     assert np.array_equal(sig, ref.mean(axis=1) if channels > 1 else ref[:, 0])

@@ -86,7 +86,7 @@ def test_silent_chunk_gives_zero_image_not_nan():  # defect 3
 def test_stereo_is_downmixed(tmp_path):  # defect 4
     mono = event_signal(48000, 4)
     path = write(tmp_path / 'stereo.wav', np.stack([mono, mono], axis=1), 48000)
-    sig, rate = audio.load_audio(path)
+    sig, rate, _ = audio.load_audio(path)
     assert sig.ndim == 1 and rate == 48000
     assert np.abs(sig - mono).max() < 1e-4
     specs, *_ = audio.file_spectrograms(path)
