@@ -38,19 +38,98 @@ def write(path, sig, rate, subtype='PCM_16'):
     return path
 
 
+def parity_diff(path, seconds, overlap, int_scale=True):
+    """Grey levels of AED_spec.py minus the reference's (the original's pipeline) for one file."""
+    ref = load_reference()
+    expected = np.rint(np.array(ref.file_spectrograms(str(path), seconds, overlap)) * 255)
+    sig, rate, scale = audio.load_audio(path)
+    sig = audio.resample(sig, rate, 44100, 'linear', scale if int_scale else None)
+    bounds = audio.split_bounds(len(sig), 44100, seconds, overlap)
+    # the uint8 grey levels exactly as AED_spec.py writes them
+    got, constant = audio.spectrograms(sig, bounds, 44100, seconds, uint8=True)
+    assert not constant and got.shape == expected.shape == (len(bounds), 256, 512)
+    return np.abs(got.astype(int) - expected)
+
+
+def matches_pixel_for_pixel(diff):
+    return diff.max() <= 1 and (diff > 0).mean() < 0.01  # off by one only at rounding ties
+
+
 @pytest.mark.parametrize('rate', [44100, 22050, 48000])
 @pytest.mark.parametrize('seconds', [2, 3, 5])
 def test_pixel_parity_with_reference(tmp_path, rate, seconds):
-    ref = load_reference()
     path = write(tmp_path / 'a.wav', event_signal(rate, seconds + 2.6), rate)
-    expected = np.rint(np.array(ref.file_spectrograms(str(path), seconds, seconds - 1)) * 255)
-    # the uint8 grey levels exactly as AED_spec.py writes them
-    specs, source_rate, bounds, constant = audio.file_spectrograms(path, seconds, seconds - 1, uint8=True)
-    got = specs.astype(int)
-    assert source_rate == rate and not constant
-    assert got.shape == expected.shape == (len(bounds), 256, 512)
-    assert np.abs(got - expected).max() <= 1
-    assert (got != expected).mean() < 0.01  # off-by-one only at rounding ties
+    specs, source_rate, bounds, _ = audio.file_spectrograms(path, seconds, seconds - 1, uint8=True)
+    assert source_rate == rate and specs.shape == (len(bounds), 256, 512)
+    assert matches_pixel_for_pixel(parity_diff(path, seconds, seconds - 1))
+
+
+@pytest.mark.parametrize('rate', [8000, 22050, 48000])
+@pytest.mark.parametrize('peak', [20, 40, 60])
+def test_pixel_parity_for_quiet_recordings(tmp_path, rate, peak):
+    # a field recording peaking at `peak` LSB (-64 to -55 dBFS) at 16 bits: the
+    # original rounded resampled samples back to int16, which shows at this level
+    sig = event_signal(rate, 5.6, seed=peak)
+    quiet = np.round(sig / np.abs(sig).max() * peak).astype(np.int16)
+    path = write(tmp_path / 'quiet.wav', quiet, rate)
+    assert matches_pixel_for_pixel(parity_diff(path, 3, 2))
+    # the check is sharp enough: resampled floats, not rounded, would fail it
+    assert not matches_pixel_for_pixel(parity_diff(path, 3, 2, int_scale=False))
+
+
+@pytest.mark.parametrize('rate', [8000, 22050, 48000])
+def test_resampled_integers_are_the_originals_samples(rate):
+    ref = load_reference()
+    pcm = np.random.default_rng(rate).integers(-32768, 32768, 2 * rate).astype(np.int16)
+    expected, _ = ref.resample_linear(pcm, rate)  # interpolated, then np.round to int16
+    got = audio.resample(pcm / np.float32(32768), rate, 44100, 'linear', int_scale=32768)
+    assert got.dtype == np.float32 and np.array_equal(got * 32768, expected)
+
+
+@pytest.mark.parametrize('fmt, subtype, scale', [
+    ('WAV', 'PCM_U8', 2 ** 7), ('WAV', 'PCM_16', 2 ** 15), ('WAV', 'PCM_24', 2 ** 23),
+    ('WAV', 'PCM_32', 2 ** 31), ('FLAC', 'PCM_16', 2 ** 15), ('FLAC', 'PCM_24', 2 ** 23),
+    ('WAV', 'FLOAT', None), ('OGG', 'VORBIS', None), ('MP3', 'MPEG_LAYER_III', None)])
+def test_resampled_integer_sources_stay_on_their_grid(tmp_path, fmt, subtype, scale):
+    t = np.arange(22050) / 22050
+    sig = 0.5 * np.sin(2 * np.pi * 440 * t) + 1e-3 * np.sin(2 * np.pi * 3000 * t)
+    path = tmp_path / f'clip.{fmt.lower()}'
+    try:
+        sf.write(str(path), sig, 22050, format=fmt, subtype=subtype)
+    except (sf.LibsndfileError, ValueError, TypeError) as e:  # an old libsndfile without MP3
+        pytest.skip(f'this libsndfile cannot write {fmt}: {e}')
+    sig, rate, int_scale = audio.load_audio(path)
+    assert int_scale == scale
+    out = audio.resample(sig, rate, 44100, 'linear', int_scale) * np.float64(scale or 2 ** 15)
+    on_grid = np.mean(out == np.round(out))
+    # integer PCM: every sample is a whole number of LSBs; float and lossy: kept as they are
+    assert on_grid == 1 if scale else on_grid < 0.5
+
+
+def test_stereo_is_averaged_then_resampled_then_rounded(tmp_path):
+    rng = np.random.default_rng(4)
+    left, right = rng.integers(-200, 200, (2, 22050)).astype(np.int16)
+    path = write(tmp_path / 'stereo.wav', np.stack([left, right], axis=1), 22050)
+    sig, rate, int_scale = audio.load_audio(path)
+    assert int_scale == 32768 and np.array_equal(sig * 32768, (left / 2 + right / 2))
+    mean = (left.astype(float) + right) / 2  # half-LSB values stay until resampling
+    expected = np.round(np.interp(np.linspace(0, 22049, 44100), np.arange(22050), mean))
+    assert np.array_equal(audio.resample(sig, rate, 44100, 'linear', int_scale) * 32768, expected)
+
+
+def test_8bit_wav_is_centred(tmp_path):  # defect 13
+    # scipy reads 8-bit WAV as uint8, so the original kept the offset of 128: a
+    # huge DC bin that sets the image maximum and leaves the events near black
+    sig = event_signal(22050, 4.6)
+    eight = audio.file_spectrograms(write(tmp_path / 'u8.wav', sig, 22050, 'PCM_U8'), uint8=True)[0]
+    sixteen = audio.file_spectrograms(write(tmp_path / 's16.wav', sig, 22050), uint8=True)[0]
+    original = np.rint(np.array(load_reference().file_spectrograms(str(tmp_path / 'u8.wav'))) * 255)
+    assert eight.shape == sixteen.shape == original.shape
+    for ours, theirs, reference in zip(eight.astype(float), original, sixteen.astype(float)):
+        assert np.corrcoef(ours.ravel(), reference.ravel())[0, 1] > 0.99
+        assert np.abs(ours - reference).mean() < 0.5
+        assert ours[:-1].max() == 255  # the events are the brightest pixels, not DC
+        assert theirs[:-1].max() < 64 and np.corrcoef(theirs.ravel(), reference.ravel())[0, 1] < 0.5
 
 
 def test_torch_backend_matches_numpy():
@@ -121,13 +200,25 @@ def test_compressed_formats_are_read(tmp_path, fmt, subtype):
     assert specs.max() == 1.0
 
 
-def test_resample_linear_and_sinc_keep_duration():
-    sig = event_signal(22050, 2).astype(np.float32)
-    for method in ('linear', 'sinc'):
-        out = audio.resample(sig, 22050, 44100, method)
-        assert abs(len(out) - 2 * 44100) <= 1 and out.dtype == np.float32
+@pytest.mark.parametrize('method', ['linear', 'sinc'])
+@pytest.mark.parametrize('rate', [22050, 48000])
+def test_resample_keeps_duration_timing_and_pitch(method, rate):
+    # 2 s: a 1 kHz tone of amplitude 0.5 from 0.5 s to 1.5 s, silence around it
+    t = np.arange(2 * rate) / rate
+    sig = (0.5 * np.sin(2 * np.pi * 1000 * t) * ((t >= 0.5) & (t < 1.5))).astype(np.float32)
+    out = audio.resample(sig, rate, 44100, method)
+    assert out.dtype == np.float32 and abs(len(out) - 2 * 44100) <= 1
+    loud = np.flatnonzero(np.abs(out) > 0.25) / 44100
+    assert abs(loud[0] - 0.5) < 1e-3 and abs(loud[-1] - 1.5) < 1e-3  # the event stays in place
+    tone = out[int(0.6 * 44100):int(1.4 * 44100)]
+    peak_hz = np.argmax(np.abs(np.fft.rfft(tone))) * 44100 / len(tone)
+    assert abs(peak_hz - 1000) < 2 and abs(np.abs(tone).max() - 0.5) < 0.02
+    assert np.abs(out[:int(0.45 * 44100)]).max() < 0.01  # silence stays silent
+
+
+def test_unknown_resample_method_is_refused():
     with pytest.raises(ValueError, match='linear'):
-        audio.resample(sig, 22050, 44100, 'cubic')
+        audio.resample(np.zeros(100, np.float32), 22050, 44100, 'cubic')
 
 
 @pytest.fixture
