@@ -64,6 +64,12 @@ def test_pixel_parity_with_reference(tmp_path, rate, seconds):
     assert matches_pixel_for_pixel(parity_diff(path, seconds, seconds - 1))
 
 
+@pytest.mark.parametrize('subtype', ['PCM_24', 'PCM_32'])
+def test_pixel_parity_for_other_bit_depths(tmp_path, subtype):
+    path = write(tmp_path / 'deep.wav', event_signal(48000, 4.6), 48000, subtype)
+    assert matches_pixel_for_pixel(parity_diff(path, 3, 2))
+
+
 @pytest.mark.parametrize('rate', [8000, 22050, 48000])
 @pytest.mark.parametrize('peak', [20, 40, 60])
 def test_pixel_parity_for_quiet_recordings(tmp_path, rate, peak):
