@@ -16,18 +16,24 @@ import cv2
 from tqdm import tqdm
 
 import config as cfg
-from model.audio import (AudioError, check_spec_params, class_folders, file_spectrograms,
+from model.audio import (SPEC_SETTINGS, AudioError, class_folders, file_spectrograms,
                          read_spec_settings, write_spec_settings)
 
 ROOT = Path(__file__).resolve().parent
+RESAMPLE_METHODS = ('linear', 'sinc')
+
+
+def repo_path(value):
+    """A config path relative to the repository; anything else is left for check_settings."""
+    return ROOT / value if isinstance(value, (str, os.PathLike)) else value
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--src', type=Path, default=ROOT / cfg.SRC_DIR,
+    p.add_argument('--src', type=Path, default=repo_path(cfg.SRC_DIR),
                    help='folder with one sub-folder of audio files per class')
-    p.add_argument('--dst', type=Path, default=ROOT / cfg.SPEC_DIR,
+    p.add_argument('--dst', type=Path, default=repo_path(cfg.SPEC_DIR),
                    help='output folder for the spectrogram PNGs')
     p.add_argument('--speclength', type=int, default=cfg.SPEC_LENGTH,
                    help='chunk length in seconds (2, 3, 5, 10 or 30)')
@@ -38,6 +44,39 @@ def parse_args(argv):
     p.add_argument('--overwrite', action='store_true',
                    help='re-extract files whose spectrograms already exist')
     return p.parse_args(argv)
+
+
+def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_settings(args):
+    """Every problem with the settings of this run (flags over config.py), one line each."""
+    errors = []
+    if not isinstance(args.src, Path) or not args.src.is_dir():
+        errors.append(f'--src (SRC_DIR): source folder {args.src} does not exist')
+    if not isinstance(args.dst, Path) or args.dst.exists() and not args.dst.is_dir():
+        errors.append(f'--dst (SPEC_DIR): {args.dst} is not a folder')
+    elif isinstance(args.src, Path) and args.dst.resolve() == args.src.resolve():
+        errors.append(f'--dst (SPEC_DIR) must differ from --src: {args.dst} holds the audio')
+    supported = ', '.join(str(s) for s in sorted(SPEC_SETTINGS))
+    if args.speclength not in SPEC_SETTINGS:
+        errors.append(f'--speclength (SPEC_LENGTH) must be one of {supported} s, '
+                      f'got {args.speclength!r}')
+    elif not isinstance(args.overlap, (int, float)) or not 0 <= args.overlap < args.speclength:
+        errors.append(f'--overlap (SPEC_OVERLAP) is {args.overlap!r} s; chunks of '
+                      f'{args.speclength} s need 0 <= overlap < {args.speclength}')
+    if not is_int(cfg.SAMPLE_RATE) or cfg.SAMPLE_RATE <= 0:
+        errors.append(f'SAMPLE_RATE must be a whole number of Hz above 0, got {cfg.SAMPLE_RATE!r}')
+    if cfg.RESAMPLE_METHOD not in RESAMPLE_METHODS:
+        errors.append(f"RESAMPLE_METHOD must be 'linear' or 'sinc', got {cfg.RESAMPLE_METHOD!r}")
+    if not is_int(cfg.PNG_COMPRESSION) or not 0 <= cfg.PNG_COMPRESSION <= 9:
+        errors.append(f'PNG_COMPRESSION must be a whole number from 0 to 9, '
+                      f'got {cfg.PNG_COMPRESSION!r}')
+    if not is_int(args.workers) or args.workers < 0:
+        errors.append(f'--workers (SPEC_WORKERS) must be 0 (one per CPU core) or more, '
+                      f'got {args.workers!r}')
+    return errors
 
 
 def list_jobs(src, dst, overwrite):
@@ -78,7 +117,7 @@ def extract_file(job, seconds, overlap, rate, method, compression):
             for n, image in enumerate(images):
                 ok, png = cv2.imencode('.png', image, png_params)
                 if not ok:
-                    raise RuntimeError('PNG encoding failed')
+                    raise ValueError('PNG encoding failed')
                 part = out_dir / f'.{path.stem}_{n}.png.part'
                 part.write_bytes(png)  # the encoded buffer, without a copy
                 parts.append(part)
@@ -94,7 +133,8 @@ def extract_file(job, seconds, overlap, rate, method, compression):
                 part.unlink(missing_ok=True)
     except AudioError as e:
         return path, 0, f'ERROR: {path}: {e}'
-    except Exception as e:  # one bad file must never end a 10,000-file run
+    # what else one bad file (or a full disk) raises; a bug in the code still stops the run
+    except (OSError, ValueError, cv2.error) as e:
         return path, 0, f'ERROR: {path}: {type(e).__name__}: {e}'
     note = None
     if constant:
@@ -110,12 +150,11 @@ def _extract_star(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        check_spec_params(args.speclength, args.overlap)
-    except ValueError as e:
-        sys.exit(f'ERROR: {e}')
-    if not args.src.is_dir():
-        sys.exit(f'ERROR: source folder {args.src} does not exist')
+    problems = check_settings(args)
+    for problem in problems:
+        print(f'ERROR: {problem}', file=sys.stderr)
+    if problems:
+        sys.exit(2)
 
     settings = {'length': args.speclength, 'overlap': args.overlap,
                 'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}
@@ -153,6 +192,7 @@ def main(argv=None):
         finally:
             if pool is not None:
                 pool.terminate()
+                pool.join()
     if files:
         write_spec_settings(args.dst, settings)
     print(f'DONE! FILES: {files} SPECS: {specs} ERRORS: {errors} SKIPPED (ALREADY DONE): {skipped}')

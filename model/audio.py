@@ -107,7 +107,7 @@ def load_audio(path):
             else:
                 data = f.read(dtype='float32', always_2d=True)
         data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    except Exception as sf_error:  # libsndfile raises several types
+    except (sf.SoundFileError, OSError, ValueError, EOFError) as sf_error:  # not decodable
         try:
             if Path(path).suffix.lower() in LIBSNDFILE_EXTENSIONS:
                 raise sf_error  # librosa would only call libsndfile again
@@ -117,7 +117,7 @@ def load_audio(path):
                 warnings.simplefilter('ignore')  # librosa warns before audioread
                 data, rate = librosa.load(str(path), sr=None, mono=True)
                 int_scale = None
-        except Exception:
+        except _decode_errors():
             reason = str(sf_error).strip().splitlines()[0] if str(sf_error).strip() else 'unknown format'
             raise AudioError(f'not a readable audio file ({reason})') from None
     if data.size == 0:
@@ -125,6 +125,18 @@ def load_audio(path):
     if not np.isfinite(data).all():
         raise AudioError('file contains NaN or infinite samples')
     return np.ascontiguousarray(data, dtype=np.float32), int(rate), int_scale
+
+
+def _decode_errors():
+    """What soundfile, librosa and audioread raise for a file they cannot decode."""
+    import librosa
+    import soundfile as sf
+    try:
+        from audioread import DecodeError
+    except ImportError:  # a librosa without the audioread fallback
+        DecodeError = sf.SoundFileError
+    return (sf.SoundFileError, DecodeError, librosa.util.exceptions.LibrosaError,
+            OSError, ValueError, EOFError, RuntimeError)
 
 
 def resample(sig, rate, target_rate=44100, method='linear', int_scale=None):

@@ -185,14 +185,6 @@ def test_bad_length_or_overlap_is_a_clear_error(seconds, overlap, message):  # d
         audio.split_bounds(44100 * 10, 44100, seconds, overlap)
 
 
-def test_cli_rejects_bad_overlap(tmp_path, capsys):
-    (tmp_path / 'src' / 'a').mkdir(parents=True)
-    with pytest.raises(SystemExit) as exit_info:
-        AED_spec.main(['--src', str(tmp_path / 'src'), '--dst', str(tmp_path / 'out'),
-                       '--speclength', '3', '--overlap', '3'])
-    assert 'overlap' in str(exit_info.value.code)
-
-
 @pytest.mark.parametrize('fmt, subtype', [('MP3', None), ('OGG', 'VORBIS'), ('FLAC', 'PCM_24')])
 def test_compressed_formats_are_read(tmp_path, fmt, subtype):
     sig = event_signal(44100, 2.5)
@@ -307,13 +299,6 @@ def test_parallel_workers_give_identical_images(messy_dataset, tmp_path):
     assert all(np.array_equal(cv2.imread(str(a)), cv2.imread(str(b))) for a, b in zip(one, two))
 
 
-def test_missing_source_folder_exits_with_message(tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        run_spec(tmp_path / 'nope', tmp_path / 'out')
-    assert 'does not exist' in str(exit_info.value.code)
-    assert not (tmp_path / 'out').exists()
-
-
 def test_nothing_extracted_exits_non_zero(tmp_path, capsys):
     src = tmp_path / 'wav'
     (src / 'a').mkdir(parents=True)
@@ -355,3 +340,108 @@ def test_settings_are_recorded_and_a_mix_is_refused(tmp_path, capsys):
     run_spec(src, dst, '--overlap', '0', '--overwrite')
     assert sorted(p.name for p in (dst / 'a').glob('long_*.png')) == ['long_0.png', 'long_1.png']
     assert audio.read_spec_settings(dst)['overlap'] == 0
+
+
+def settings_errors(capsys, argv):
+    """Run AED_spec.py expecting a settings error: (exit code, its ERROR lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        AED_spec.main(argv)
+    captured = capsys.readouterr()
+    assert 'SPECTROGRAMS' not in captured.err and 'DONE' not in captured.out  # no work began
+    return exit_info.value.code, [line for line in captured.err.splitlines() if line.startswith('ERROR')]
+
+
+@pytest.mark.parametrize('flags, constants, expected', [
+    (['--workers', '-3'], {}, '--workers (SPEC_WORKERS) must be 0 (one per CPU core) or more'),
+    ([], {'SPEC_WORKERS': -1}, 'SPEC_WORKERS'),
+    (['--speclength', '2'], {}, 'chunks of 2 s need 0 <= overlap < 2'),
+    (['--speclength', '3', '--overlap', '-1'], {}, '0 <= overlap < 3'),
+    ([], {'SPEC_OVERLAP': 3}, '--overlap (SPEC_OVERLAP) is 3 s'),
+    (['--speclength', '4'], {}, '--speclength (SPEC_LENGTH) must be one of 2, 3, 5, 10, 30 s'),
+    ([], {'SPEC_LENGTH': 3.5}, 'SPEC_LENGTH'),
+    ([], {'SAMPLE_RATE': 0}, 'SAMPLE_RATE'),
+    ([], {'SAMPLE_RATE': '44100'}, 'SAMPLE_RATE'),
+    ([], {'RESAMPLE_METHOD': 'cubic'}, "RESAMPLE_METHOD must be 'linear' or 'sinc'"),
+    ([], {'PNG_COMPRESSION': 10}, 'PNG_COMPRESSION'),
+    ([], {'PNG_COMPRESSION': None}, 'PNG_COMPRESSION'),
+])
+def test_each_bad_setting_is_one_error_line(tmp_path, capsys, monkeypatch, flags, constants, expected):
+    (tmp_path / 'wav' / 'a').mkdir(parents=True)
+    for name, value in constants.items():
+        monkeypatch.setattr(AED_spec.cfg, name, value)
+    code, errors = settings_errors(capsys, ['--src', str(tmp_path / 'wav'),
+                                            '--dst', str(tmp_path / 'spec'), *flags])
+    assert code == 2 and len(errors) == 1 and expected in errors[0], errors
+    assert not (tmp_path / 'spec').exists()
+
+
+def test_bad_paths_are_error_lines(tmp_path, capsys, monkeypatch):
+    (tmp_path / 'wav' / 'a').mkdir(parents=True)
+    (tmp_path / 'file.txt').write_text('not a folder')
+    code, errors = settings_errors(capsys, ['--src', str(tmp_path / 'nope'), '--dst', str(tmp_path / 'file.txt')])
+    assert code == 2 and len(errors) == 2
+    assert 'SRC_DIR' in errors[0] and 'does not exist' in errors[0] and 'SPEC_DIR' in errors[1]
+    code, errors = settings_errors(capsys, ['--src', str(tmp_path / 'wav'), '--dst', str(tmp_path / 'wav')])
+    assert code == 2 and errors == [f'ERROR: --dst (SPEC_DIR) must differ from --src: '
+                                    f'{tmp_path / "wav"} holds the audio']
+    monkeypatch.setattr(AED_spec.cfg, 'SRC_DIR', None)  # a config typo, not a crash
+    code, errors = settings_errors(capsys, ['--dst', str(tmp_path / 'spec')])
+    assert code == 2 and len(errors) == 1 and 'SRC_DIR' in errors[0]
+
+
+def test_a_bug_is_a_traceback_not_a_bad_file(tmp_path, capsys, monkeypatch):
+    write(tmp_path / 'wav' / 'a' / 'fine.wav', event_signal(44100, 2), 44100)
+
+    def broken(*args, **kwargs):
+        raise TypeError('a programming error')
+
+    monkeypatch.setattr(audio, 'spectrograms', broken)  # inside file_spectrograms
+    with pytest.raises(TypeError, match='a programming error'):
+        run_spec(tmp_path / 'wav', tmp_path / 'spec')
+    assert 'ERROR' not in capsys.readouterr().err
+    # the same for a bug inside the audio reader: not "not a readable audio file"
+    monkeypatch.setattr(sf.SoundFile, 'read', broken)
+    with pytest.raises(TypeError):
+        audio.load_audio(tmp_path / 'wav' / 'a' / 'fine.wav')
+
+
+def test_write_and_encode_failures_are_error_lines(tmp_path, capsys, monkeypatch):
+    src = tmp_path / 'wav'
+    write(src / 'a' / 'one.wav', event_signal(44100, 2), 44100)
+    write(src / 'b' / 'two.wav', event_signal(44100, 2), 44100)
+    (tmp_path / 'spec').mkdir()
+    (tmp_path / 'spec' / 'b').write_text('a file where class folder b should go')
+    assert run_spec(src, tmp_path / 'spec') == 0
+    out, err = capsys.readouterr()
+    assert [line.split(':')[0] for line in err.splitlines() if 'two.wav' in line] == ['ERROR']
+    assert 'FileExistsError' in err and 'DONE! FILES: 1 SPECS: 2 ERRORS: 1' in out
+    monkeypatch.setattr(AED_spec.cv2, 'imencode', lambda *args: (False, None))
+    with pytest.raises(SystemExit) as exit_info:
+        run_spec(src, tmp_path / 'spec2')  # no file succeeds: non-zero exit
+    assert exit_info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if 'PNG encoding failed' in line] == [
+        f'ERROR: {src / "a" / "one.wav"}: ValueError: PNG encoding failed',
+        f'ERROR: {src / "b" / "two.wav"}: ValueError: PNG encoding failed']
+    assert not list((tmp_path / 'spec2').rglob('*.png*'))
+
+
+def test_the_worker_pool_is_joined_after_terminate(tmp_path, monkeypatch):
+    import multiprocessing
+    calls = []
+    real_pool = multiprocessing.Pool
+
+    class RecordingPool:
+        def __init__(self, n):
+            self.pool = real_pool(n)
+
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(self.pool, name)
+
+    monkeypatch.setattr(multiprocessing, 'Pool', RecordingPool)
+    for n in range(2):
+        write(tmp_path / 'wav' / 'a' / f'{n}.wav', event_signal(44100, 2, seed=n), 44100)
+    AED_spec.main(['--src', str(tmp_path / 'wav'), '--dst', str(tmp_path / 'spec'), '--workers', '2'])
+    assert calls[-2:] == ['terminate', 'join']
+    assert len(list((tmp_path / 'spec' / 'a').glob('*.png'))) == 4
