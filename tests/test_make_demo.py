@@ -139,8 +139,20 @@ def test_relative_out_uses_cwd_and_summary(tmp_path, monkeypatch, capsys):
     assert len(lines) == 1 and str(tmp_path / 'rel') in lines[0]
 
 
-def test_default_out_is_script_folder():
-    assert make_demo.DEFAULT_OUT == SCRIPT.parent
+def test_default_out_is_where_the_pipeline_looks(tmp_path, monkeypatch, capsys):
+    # run from another folder without --out: the files must land where AED_spec.py
+    # and AED_eval.py look by default, not in the current folder
+    import AED_spec
+    import config
+    written = []
+    monkeypatch.setattr(make_demo, 'generate', lambda out, *args, **kwargs: written.append(out) or
+                        {'train': 0, 'test': 0, 'examples': 0})
+    monkeypatch.chdir(tmp_path)
+    make_demo.main(['--train', '1'])
+    assert len(written) == 1 and written[0].is_absolute()
+    assert written[0] / 'train' / 'wav' == AED_spec.parse_args([]).src
+    assert written[0] / 'test' == (SCRIPT.parents[1] / config.TEST_DIR).resolve()
+    assert str(written[0]) in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('bad', [['--train', '-1'], ['--seconds', '0.5'], ['--seed', '-3']])
