@@ -112,6 +112,14 @@ def test_resampled_integer_sources_stay_on_their_grid(tmp_path, fmt, subtype, sc
     assert on_grid == 1 if scale else on_grid < 0.5
 
 
+def test_sinc_resampling_also_rounds_integer_sources():
+    pcm = np.random.default_rng(5).integers(-60, 60, 22050) / np.float32(32768)
+    smooth = audio.resample(pcm.astype(np.float32), 22050, 44100, 'sinc')
+    rounded = audio.resample(pcm.astype(np.float32), 22050, 44100, 'sinc', int_scale=32768)
+    assert np.array_equal(rounded * 32768, np.round(smooth * 32768))
+    assert not np.array_equal(smooth * 32768, np.round(smooth * 32768))
+
+
 def test_stereo_is_averaged_then_resampled_then_rounded(tmp_path):
     rng = np.random.default_rng(4)
     left, right = rng.integers(-200, 200, (2, 22050)).astype(np.int16)
