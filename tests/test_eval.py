@@ -98,7 +98,10 @@ def test_unknown_class_and_corrupt_file(capsys, tiny_model, messy_testdir, tmp_p
 
 def test_missing_model_and_missing_testdir(capsys, demo_data, tmp_path):
     status, out, err = run(capsys, '--testdir', demo_data / 'test', '--modelname', tmp_path / 'x.pt')
-    assert status == 2 and err.strip().splitlines()[-1].startswith('ERROR: model file')
-    assert 'TESTING DONE' not in out
+    (line,) = err.strip().splitlines()
+    assert status == 2 and line.startswith(f'ERROR: TRAINED_MODEL (--modelname): model file '
+                                           f'{tmp_path / "x.pt"} not found (also looked in ')
+    assert out == ''  # checked before the test folder is listed or the model loaded
     status, _, err = run(capsys, '--testdir', tmp_path / 'nothing', '--modelname', tmp_path / 'x.pt')
-    assert status == 2 and 'does not exist' in err
+    assert status == 2 and len(err.strip().splitlines()) == 2  # one line per problem
+    assert f'ERROR: TEST_DIR (--testdir): folder {tmp_path / "nothing"} does not exist' in err
