@@ -83,7 +83,8 @@ def check_config(args):
     """Every setting this run uses, checked before any work: [one-line problem]."""
     problems = [
         check.folder('TEST_DIR (--testdir)', args.testdir),
-        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, ROOT / cfg.MODEL_PATH),
+        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH',
+                         ROOT / cfg.MODEL_PATH),
         check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP),
         check.spec_window('--speclength', args.speclength, '--overlap', args.overlap),
         check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
@@ -149,7 +150,8 @@ def score(probs, classes, label, threshold, max_predictions):
     rank = true_rank(ranked, label)
     return {'top_label': classes[top], 'confidence': float(pooled[top]), 'rank': rank,
             'ap': average_precision(ranked, label), 'accuracy': int(rank == 1),
-            'predictions': [[name, round(conf, 6)] for name, conf in ranked if conf >= threshold]}
+            'predictions': [{'label': name, 'confidence': round(conf, 6)}
+                            for name, conf in ranked if conf >= threshold]}
 
 
 def class_table(rows, classes, unknown=()):

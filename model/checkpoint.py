@@ -81,6 +81,8 @@ def load_checkpoint(path, map_location='cpu'):
         # torch's own text suggests weights_only=False, which must never be followed
         raise CheckpointError(f'{path} is not an AED checkpoint (not a PyTorch file, or it '
                               f'holds objects other than weights)') from None
+    except PermissionError as e:
+        raise CheckpointError(f'{path}: cannot read it ({e.strerror})') from None
     except UNREADABLE:
         raise CheckpointError(f'{path} is not an AED checkpoint (not a PyTorch file, '
                               f'or a damaged one)') from None

@@ -67,15 +67,18 @@ def spec_window(length_label, length, overlap_label, overlap):
     return None
 
 
-def model_file(label, name, model_dir):
+def model_file(label, name, dir_label, model_dir):
     """A checkpoint that exists: a path as given, or a file name under model_dir."""
     if not isinstance(name, (str, Path)) or not str(name):
         return f'{label} must name a checkpoint file, got {name!r}'
     if Path(name).is_file() or (Path(model_dir) / name).is_file():
         return None
-    found = sorted(p.name for p in Path(model_dir).glob('*.pt')) if Path(model_dir).is_dir() else []
-    hint = f'; it holds {", ".join(found[:6])}' if found else '; it holds no .pt files'
-    return f'{label}: model file {name} not found (also looked in {model_dir}{hint})'
+    if not Path(model_dir).is_dir():
+        where = f'{dir_label} {model_dir}, which does not exist'
+    else:
+        found = sorted(p.name for p in Path(model_dir).glob('*.pt'))
+        where = f'{dir_label} {model_dir}; it holds {", ".join(found[:6]) or "no .pt files"}'
+    return f'{label}: model file {name} not found (also looked in {where})'
 
 
 def folder(label, path):
