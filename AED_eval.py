@@ -1,34 +1,42 @@
 """Evaluate a trained model on a test folder whose sub-folders are the true classes.
 
 Every file's window predictions are averaged and ranked. AP is 1 / rank of the
-true class among the top MAX_PREDICTIONS predictions above
-CONFIDENCE_THRESHOLD, and 0 when it is not among them; MAP and ACCURACY
+true class among the top MAX_PREDICTIONS predictions, and 0 when it is not
+among them (CONFIDENCE_THRESHOLD does not change AP, as in the original; it
+only trims the per-file prediction lists of the JSON report). MAP and ACCURACY
 (true class ranked first) are means over the files that could be decoded.
 Files that cannot be decoded are listed, counted in ERRORS and left out of MAP
 and ACCURACY, as in the original; the exit status is then 1. Files of a class
-the model does not know score as misses (AP 0). A per-class table, a
-confusion-matrix PNG and optional CSV/JSON reports follow the summary.
+the model does not know score as misses (AP 0) and are listed under
+UNKNOWN CLASSES; when the model knows none of the test classes it is an ERROR
+(exit 2). A per-class table, a confusion-matrix PNG and optional CSV/JSON
+reports follow the summary; the JSON also carries what the checkpoint records
+about its training (summary.model_meta).
 
-    python AED_eval.py
+    python AED_eval.py --modelname AED_Demo_model_best.pt       # after bash demo.sh
     python AED_eval.py --testdir dataset/test --modelname AED_Example_Run_model_best.pt --quiet
     for m in model/*.pt; do python AED_eval.py --modelname "$m" --quiet --json "reports/$(basename "$m" .pt).json"; done
 """
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import config as cfg
+from model import config_checks as check
 from model.audio import class_folders
 from model.inference import (CheckpointError, average_precision, default_workers, file_loader,
                              open_model, predict_stream, prediction_pooling, rank_predictions,
                              true_rank)
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
+from model.threads import available_cores, pick_threads
 
 ROOT = Path(__file__).resolve().parent
 # spectrogram settings for a checkpoint that carries none
@@ -50,12 +58,17 @@ def parse_args(argv):
     p.add_argument('--batch-size', type=int, default=cfg.BATCH_SIZE,
                    help='windows per network batch (filled across files)')
     p.add_argument('--results', type=int, default=cfg.MAX_PREDICTIONS,
-                   help='ranked predictions kept per file for AP')
+                   help='ranked predictions KEPT per file for AP: a true class ranked lower '
+                        "scores 0 (AED_test's --results is how many it PRINTS)")
     p.add_argument('--confidence', type=float, default=cfg.CONFIDENCE_THRESHOLD,
-                   help='predictions below this confidence are dropped')
+                   help="the JSON report's per-file prediction lists leave out lower "
+                        'confidences; AP and MAP do not depend on it')
     p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
     p.add_argument('--workers', type=int, default=cfg.EVAL_WORKERS,
                    help='processes decoding files ahead of the network (0 = CPU cores - 1)')
+    p.add_argument('--threads', type=int, default=cfg.EVAL_THREADS,
+                   help='CPU threads for the network (0 = 1 for a small model, else the cores '
+                        'the workers leave; OMP_NUM_THREADS, when set, is kept)')
     p.add_argument('--confmatrix', default=str(ROOT / cfg.EVAL_CONFMATRIX),
                    help="confusion-matrix PNG ({model} = checkpoint file stem; '' = none)")
     p.add_argument('--json', type=Path, default=None, metavar='FILE',
@@ -63,12 +76,58 @@ def parse_args(argv):
     p.add_argument('--csv', type=Path, default=None, metavar='FILE',
                    help='write one row per file as CSV')
     p.add_argument('--quiet', action='store_true', help='a progress bar instead of the per-file lines')
-    args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error('--batch-size must be at least 1')
-    if args.results < 1:
-        p.error('--results must be at least 1')
-    return args
+    return p.parse_args(argv)
+
+
+def check_config(args):
+    """Every setting this run uses, checked before any work: [one-line problem]."""
+    problems = [
+        check.folder('TEST_DIR (--testdir)', args.testdir),
+        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH',
+                         ROOT / cfg.MODEL_PATH),
+        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP),
+        check.spec_window('--speclength', args.speclength, '--overlap', args.overlap),
+        check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
+        check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
+        check.whole('BATCH_SIZE (--batch-size)', args.batch_size, 1),
+        check.whole('MAX_PREDICTIONS (--results)', args.results, 1),
+        check.fraction('CONFIDENCE_THRESHOLD (--confidence)', args.confidence),
+        check.device('DEVICE (--device)', args.device),
+        check.whole('EVAL_WORKERS (--workers)', args.workers, 0),
+        check.whole('EVAL_THREADS (--threads)', args.threads, 0),
+        check.output_file('EVAL_CONFMATRIX (--confmatrix)', args.confmatrix, check.PLOT_SUFFIXES),
+        check.flag('NORMALIZE_CONFMATRIX', cfg.NORMALIZE_CONFMATRIX),
+        check.whole('CONFMATRIX_MAX_CLASSES', cfg.CONFMATRIX_MAX_CLASSES, 1),
+        check.output_file('--json', args.json),
+        check.output_file('--csv', args.csv),
+    ]
+    return [msg for msg in problems if msg]
+
+
+def set_threads(args, model, files):
+    """torch's intra-op threads for this run's network (see model/threads.py)."""
+    reserved = min(args.workers or default_workers(), len(files))
+    threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64),
+                           available_cores(), reserved, cap=torch.get_num_threads(),
+                           omp_env=os.environ.get('OMP_NUM_THREADS'))
+    if threads is not None and model.device.type == 'cpu':
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def check_classes(model, files):
+    """Test classes the model does not know; exit 2 when it knows none of them."""
+    test_classes = sorted({label for _, label in files})
+    unknown = [c for c in test_classes if c not in model.classes]
+    if len(unknown) == len(test_classes):
+        print(f'ERROR: the model knows none of the test classes: model classes '
+              f'{", ".join(model.classes)}; test folder classes {", ".join(test_classes)}',
+              file=sys.stderr)
+        sys.exit(2)
+    for label in unknown:
+        print(f"WARNING: test class '{label}' is unknown to the model; its files score as misses",
+              file=sys.stderr)
+    return unknown
 
 
 def list_test_files(test_dir):
@@ -79,27 +138,40 @@ def list_test_files(test_dir):
 
 
 def score(probs, classes, label, threshold, max_predictions):
-    """Pooled prediction of one file -> one row of the report."""
+    """Pooled prediction of one file -> one row of the report.
+
+    AP ranks every class and keeps the top max_predictions, whatever their
+    confidence (the original never applied its CONFIDENCE_THRESHOLD here);
+    threshold only trims the listed 'predictions'.
+    """
     pooled = prediction_pooling(probs)
-    ranked = rank_predictions(pooled, classes, threshold, max_predictions)
+    ranked = rank_predictions(pooled, classes, 0.0, max_predictions)
     top = int(np.argmax(pooled))
     rank = true_rank(ranked, label)
     return {'top_label': classes[top], 'confidence': float(pooled[top]), 'rank': rank,
-            'ap': average_precision(ranked, label), 'accuracy': int(rank == 1)}
+            'ap': average_precision(ranked, label), 'accuracy': int(rank == 1),
+            'predictions': [{'label': name, 'confidence': round(conf, 6)}
+                            for name, conf in ranked if conf >= threshold]}
 
 
-def class_table(rows, classes):
-    """Per-class precision/recall/F1/support over files of known classes; also the confusion matrix."""
-    index = {c: i for i, c in enumerate(classes)}
-    known = [r for r in rows if r['error'] is None and r['true_label'] in index]
-    cm = confusion_matrix([index[r['true_label']] for r in known],
-                          [index[r['top_label']] for r in known], len(classes))
+def class_table(rows, classes, unknown=()):
+    """Per-class precision/recall/F1/support of the scored files, and the confusion matrix.
+
+    Test classes the model does not know (unknown) follow the model's classes,
+    as rows whose files all count as misses (recall 0); rows of the matrix are
+    the true classes, columns the predicted ones, both in the order classes + unknown.
+    """
+    labels = list(classes) + [c for c in unknown if c not in classes]
+    index = {c: i for i, c in enumerate(labels)}
+    scored = [r for r in rows if r['error'] is None]
+    cm = confusion_matrix([index[r['true_label']] for r in scored],
+                          [index[r['top_label']] for r in scored], len(labels))
     precision, recall, f1 = class_metrics(cm)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
     table = [{'label': c, 'precision': float(precision[i]), 'recall': float(recall[i]),
-              'f1': float(f1[i]), 'support': int(support[i])}
-             for i, c in enumerate(classes) if support[i] or predicted[i]]
-    return table, cm
+              'f1': float(f1[i]), 'support': int(support[i]), 'known': c in classes}
+             for i, c in enumerate(labels) if support[i] or predicted[i]]
+    return table, cm, labels
 
 
 def write_reports(args, summary, table, rows):
@@ -107,11 +179,14 @@ def write_reports(args, summary, table, rows):
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, 'w', newline='') as f:
             writer = csv.writer(f)
-            writer.writerow(['path', 'true_label', 'top_label', 'confidence', 'rank', 'ap', 'error'])
+            writer.writerow(['path', 'true_label', 'top_label', 'confidence', 'rank', 'ap', 'error',
+                             'unknown_class'])
+            unknown = set(summary['unknown_classes'])
             for r in rows:
                 conf = '' if r['confidence'] is None else f"{r['confidence']:.6f}"
                 writer.writerow([r['path'], r['true_label'], r['top_label'] or '', conf,
-                                 r['rank'] or '', '' if r['ap'] is None else r['ap'], r['error'] or ''])
+                                 r['rank'] or '', '' if r['ap'] is None else r['ap'], r['error'] or '',
+                                 int(r['true_label'] in unknown)])
         print('CSV REPORT:', args.csv)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +198,10 @@ def write_reports(args, summary, table, rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not args.testdir.is_dir():
-        print(f'ERROR: test folder {args.testdir} does not exist', file=sys.stderr)
+    problems = check_config(args)
+    for msg in problems:
+        print(f'ERROR: {msg}', file=sys.stderr)
+    if problems:
         sys.exit(2)
     files, messages = list_test_files(args.testdir)
     for msg in messages:
@@ -144,9 +221,8 @@ def main(argv=None):
         print(f'ERROR: {e}', file=sys.stderr)
         sys.exit(2)
     print('DONE!')
-    for label in sorted({label for _, label in files} - set(model.classes)):
-        print(f"WARNING: test class '{label}' is unknown to the model; its files score as misses",
-              file=sys.stderr)
+    unknown = check_classes(model, files)
+    threads = set_threads(args, model, files)
 
     print('TESTING MODEL...')
     workers = min(args.workers or default_workers(), len(files))
@@ -184,23 +260,26 @@ def main(argv=None):
     print('ERRORS:', errors, '/', len(rows))
     print(f'MAP: {mean_ap:.4f}')
     print(f'ACCURACY: {accuracy:.4f}')
+    if unknown:
+        print('UNKNOWN CLASSES:', ', '.join(unknown))
 
-    table, cm = class_table(rows, model.classes)
+    table, cm, labels = class_table(rows, model.classes, unknown)
     print(f"{'CLASS':<24} {'PRECISION':>9} {'RECALL':>7} {'F1':>7} {'SUPPORT':>7}")
     for t in table:
         print(f"{t['label']:<24} {t['precision']:>9.4f} {t['recall']:>7.4f} {t['f1']:>7.4f} {t['support']:>7d}")
     model_stem = Path(model.path).stem
     if args.confmatrix and scored:
-        png = plot_confusion_matrix(cm, model.classes, Path(args.confmatrix.replace('{model}', model_stem)),
+        png = plot_confusion_matrix(cm, labels, Path(args.confmatrix.replace('{model}', model_stem)),
                                     f'{model_stem} on {args.testdir.name}: MAP {mean_ap:.3f}',
                                     normalize=cfg.NORMALIZE_CONFMATRIX, max_classes=cfg.CONFMATRIX_MAX_CLASSES)
         print('CONFUSION MATRIX:', png)
 
     summary = {'model': model.path, 'test_dir': str(args.testdir), 'files': len(rows),
                'scored': len(scored), 'errors': errors, 'map': mean_ap, 'accuracy': accuracy,
-               'seconds': round(seconds, 3), 'settings': {**settings, 'batch_size': args.batch_size,
-                                                          'max_predictions': args.results,
-                                                          'confidence_threshold': args.confidence}}
+               'unknown_classes': unknown, 'seconds': round(seconds, 3),
+               'settings': {**settings, 'batch_size': args.batch_size, 'threads': threads,
+                            'max_predictions': args.results, 'confidence_threshold': args.confidence},
+               'model_meta': model.meta}
     write_reports(args, summary, table, rows)
     if not scored:
         print('ERROR: no test file could be evaluated', file=sys.stderr)

@@ -4,7 +4,7 @@ Each file is cut into overlapping windows as in AED_spec.py; the window
 predictions are averaged and the best classes printed. --timeline also lists
 every window's top class, which turns a long recording into event detection.
 
-    python AED_test.py --filenames dataset/examples/siren_example.wav
+    python AED_test.py --filenames dataset/examples/siren_example.wav --modelname AED_Demo_model_best.pt
     python AED_test.py --filenames "['a.wav', 'b.wav']" --results 3 --confidence 0.05
     python AED_test.py --filenames recordings/ --modelname my_model.pt --timeline --json > out.jsonl
 """
@@ -12,11 +12,13 @@ import argparse
 import ast
 import glob
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import config as cfg
+from model import config_checks as check
 from model.audio import AUDIO_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parent
@@ -28,7 +30,7 @@ SPEC_DEFAULTS = {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--filenames', nargs='+', required=True, metavar='PATH',
+    p.add_argument('--filenames', nargs='+', required=True, metavar='PATH', default=argparse.SUPPRESS,
                    help="audio files, folders, quoted glob patterns or a list like \"['a.wav', 'b.wav']\"")
     p.add_argument('--modelname', default=cfg.TRAINED_MODEL,
                    help=f'checkpoint path, or file name under {cfg.MODEL_PATH}')
@@ -36,10 +38,15 @@ def parse_args(argv):
                    help=f"window length in seconds (None = the model's, else {cfg.SPEC_LENGTH})")
     p.add_argument('--overlap', type=float, default=None,
                    help=f"window overlap in seconds (None = the model's, else {cfg.SPEC_OVERLAP})")
-    p.add_argument('--results', type=int, default=cfg.NUM_RESULTS, help='number of results per file')
+    p.add_argument('--results', type=int, default=cfg.NUM_RESULTS,
+                   help="ranked results PRINTED per file (AED_eval's --results is how many it "
+                        'keeps for AP)')
     p.add_argument('--confidence', type=float, default=cfg.MIN_CONFIDENCE,
                    help='hide results below this confidence')
     p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
+    p.add_argument('--threads', type=int, default=cfg.TEST_THREADS,
+                   help='CPU threads for the network (0 = 1 for a small model, else every core; '
+                        'OMP_NUM_THREADS, when set, is kept)')
     p.add_argument('--timeline', action='store_true',
                    help="also list every window's start and end second and its top class")
     p.add_argument('--json', action='store_true',
@@ -47,6 +54,36 @@ def parse_args(argv):
     p.add_argument('--timing', action='store_true',
                    help='print import, model-load and prediction times on stderr')
     return p.parse_args(argv)
+
+
+def check_config(args):
+    """Every setting this run uses, checked before torch is imported: [one-line problem]."""
+    problems = [
+        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH',
+                         ROOT / cfg.MODEL_PATH),
+        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP),
+        check.spec_window('--speclength', args.speclength, '--overlap', args.overlap),
+        check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
+        check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
+        check.whole('BATCH_SIZE', cfg.BATCH_SIZE, 1),
+        check.whole('NUM_RESULTS (--results)', args.results, 1),
+        check.fraction('MIN_CONFIDENCE (--confidence)', args.confidence),
+        check.device('DEVICE (--device)', args.device),
+        check.whole('TEST_THREADS (--threads)', args.threads, 0),
+    ]
+    return [msg for msg in problems if msg]
+
+
+def set_threads(args, model):
+    """torch's intra-op threads for the network (see model/threads.py)."""
+    import torch
+    from model.threads import available_cores, pick_threads
+    threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64),
+                           available_cores(), cap=torch.get_num_threads(),
+                           omp_env=os.environ.get('OMP_NUM_THREADS'))
+    if threads is not None and model.device.type == 'cpu':
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def _literal_list(text):
@@ -88,7 +125,12 @@ def expand_filenames(args):
 def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
-    # torch takes seconds to import: flags are parsed first so -h and typos answer at once
+    problems = check_config(args)
+    for msg in problems:
+        print(f'ERROR: {msg}', file=sys.stderr)
+    if problems:
+        sys.exit(2)
+    # torch takes seconds to import: flags are checked first so -h and typos answer at once
     from model.inference import (AudioError, CheckpointError, open_model, predict_file,
                                  prediction_pooling, rank_predictions, timeline)
     t_imported = time.perf_counter()
@@ -104,6 +146,7 @@ def main(argv=None):
         print(f'ERROR: {e}', file=sys.stderr)
         sys.exit(2)
     say('DONE!')
+    set_threads(args, model)
     trained_length = model.spec.get('length')
     if trained_length is not None and trained_length != settings['length']:
         print(f"WARNING: the model was trained on {trained_length} s windows, "

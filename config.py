@@ -157,10 +157,11 @@ TEST_DIR = 'dataset/test/'
 # Checkpoint to evaluate (path, or file name under MODEL_PATH)
 TRAINED_MODEL = 'AED_Example_Run_model_best.pt'
 
-# Predictions below this confidence are dropped
+# The per-file prediction lists of --json reports leave out confidences below this;
+# AP does not depend on it (as in the original, only MAX_PREDICTIONS cuts the ranking)
 CONFIDENCE_THRESHOLD = 0.0001
 
-# Keep at most this many ranked predictions per file
+# Keep at most this many ranked predictions per file for AP (a true class ranked lower scores 0)
 MAX_PREDICTIONS = 10
 
 # Processes that decode test files while the network predicts (0 = CPU cores - 1)
@@ -169,9 +170,15 @@ EVAL_WORKERS = 0
 # Confusion-matrix plot of an evaluation; {model} becomes the checkpoint's file stem
 EVAL_CONFMATRIX = 'confmatrix/eval_{model}.png'
 
+# CPU threads for the network (0 = 1 for small models, else the cores the workers leave)
+EVAL_THREADS = 0
+
 ############################## AED_test.py ##############################
 # Number of ranked results printed per file
 NUM_RESULTS = 5
 
 # Results below this confidence are not printed
 MIN_CONFIDENCE = 0.01
+
+# CPU threads for the network (0 = 1 for small models, else every core)
+TEST_THREADS = 0

@@ -26,6 +26,8 @@ BENCHMARKS = [
     ('Spectrogram extraction (AED_spec.py)', 'bench_spec', [], ['--repeats', '1', '--files', '4']),
     ('Training throughput (AED_train.py)', 'bench_train', [], ['--steps', '2']),
     ('Inference (AED_test.py)', 'bench_infer', [], ['--repeats', '1']),
+    ('CPU threads for inference, idle and busy (AED_test.py)', 'bench_threads', [],
+     ['--repeats', '1', '--copies', '2']),
 ]
 
 

@@ -14,6 +14,7 @@ loading a file can never run code. Keys:
 """
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import torch
@@ -23,6 +24,12 @@ from model.net import AEDNet
 FORMAT = 'aed-checkpoint'
 VERSION = 1
 REQUIRED = ('state_dict', 'classes', 'im_size', 'im_dim', 'filters')
+
+
+# What torch.load raises on a file that is not, or no longer, a torch.save zip:
+# text and legacy-format garbage (KeyError, IndexError, UnicodeDecodeError),
+# truncated or corrupt archives (RuntimeError, EOFError, OSError, struct.error)
+UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, struct.error)
 
 
 class CheckpointError(Exception):
@@ -74,15 +81,44 @@ def load_checkpoint(path, map_location='cpu'):
         # torch's own text suggests weights_only=False, which must never be followed
         raise CheckpointError(f'{path} is not an AED checkpoint (not a PyTorch file, or it '
                               f'holds objects other than weights)') from None
-    except Exception as e:
-        raise CheckpointError(f'{path} is not an AED checkpoint (not a PyTorch file: '
-                              f'{type(e).__name__})') from None
+    except PermissionError as e:
+        raise CheckpointError(f'{path}: cannot read it ({e.strerror})') from None
+    except UNREADABLE:
+        raise CheckpointError(f'{path} is not an AED checkpoint (not a PyTorch file, '
+                              f'or a damaged one)') from None
     if not isinstance(data, dict) or data.get('format') != FORMAT:
         raise CheckpointError(f'{path} is not an AED checkpoint (no {FORMAT!r} marker)')
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise CheckpointError(f'{path} lacks {", ".join(missing)}')
     return data
+
+
+# Keys of a resume checkpoint (_last.pt) that hold training state, not a description of the run
+RESUME_STATE = ('optimizer', 'scaler', 'best_state', 'rng', 'log')
+
+
+def checkpoint_meta(ckpt):
+    """What a checkpoint records about its run, as JSON-ready values: every key but the
+    weights, the format marker and resume state; tuples become lists, and values holding
+    anything but numbers, strings, booleans, None, lists and dicts (tensors) are left out."""
+    def plain(value):
+        if isinstance(value, dict):
+            items = {str(k): plain(v) for k, v in value.items()}
+            return _SKIP if _SKIP in items.values() else items
+        if isinstance(value, (list, tuple)):
+            items = [plain(v) for v in value]
+            return _SKIP if _SKIP in items else items
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return _SKIP
+
+    skip = ('state_dict', 'format', 'version') + RESUME_STATE
+    meta = {k: plain(v) for k, v in ckpt.items() if k not in skip}
+    return {k: v for k, v in meta.items() if v is not _SKIP}
+
+
+_SKIP = object()  # a value checkpoint_meta leaves out
 
 
 def build_model(ckpt, num_classes=None):

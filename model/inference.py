@@ -24,7 +24,8 @@ from torch.overrides import TorchFunctionMode
 
 from model.audio import (SPEC_HEIGHT, SPEC_WIDTH, AudioError, check_spec_params, read_chunked,
                          spectrograms)
-from model.checkpoint import CheckpointError, model_from_checkpoint, resolve_model_path
+from model.checkpoint import (CheckpointError, checkpoint_meta, model_from_checkpoint,
+                              resolve_model_path)
 from model.training import select_device
 
 # Used when neither the caller nor the checkpoint names a setting (the original's values)
@@ -42,6 +43,7 @@ class LoadedModel:
     spec: dict  # the checkpoint's spectrogram settings (may be empty)
     device: torch.device
     path: str = ''
+    meta: dict = field(default_factory=dict)  # how it was trained (checkpoint_meta)
 
 
 @dataclass
@@ -91,7 +93,8 @@ def load_model(name, model_dir, device='auto'):
     w, h = (int(v) for v in ckpt['im_size'])
     return LoadedModel(net=net, classes=[str(c) for c in ckpt['classes']], im_size=(w, h),
                        im_dim=int(ckpt['im_dim']), multi_label=bool(ckpt.get('multi_label', False)),
-                       spec=dict(ckpt.get('spec') or {}), device=device, path=str(path))
+                       spec=dict(ckpt.get('spec') or {}), device=device, path=str(path),
+                       meta=checkpoint_meta(ckpt))
 
 
 def spec_settings(model_spec, length=None, overlap=None, sample_rate=None, resample_method=None,

@@ -137,3 +137,18 @@ def test_process_exit_status_without_traceback(tmp_path, examples):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
     assert 'Traceback' not in done.stderr and done.stderr.startswith('ERROR: ')
+
+
+def test_help_shows_no_default_for_the_required_filenames_and_says_what_results_means(capsys):
+    import AED_eval
+    helps = []
+    for main in (AED_test.main, AED_eval.main):
+        with pytest.raises(SystemExit) as info:
+            main(['-h'])
+        assert info.value.code == 0
+        helps.append(' '.join(capsys.readouterr().out.split()))  # undo argparse's line wrapping
+    test_help, eval_help = helps
+    filenames = test_help.split('--filenames PATH [PATH ...]', 2)[2].split('--modelname', 1)[0]
+    assert 'default' not in filenames
+    assert 'ranked results PRINTED per file' in test_help and '(default: 5)' in test_help
+    assert 'ranked predictions KEPT per file for AP' in eval_help and '(default: 10)' in eval_help

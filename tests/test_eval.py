@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 import AED_eval
@@ -98,7 +99,80 @@ def test_unknown_class_and_corrupt_file(capsys, tiny_model, messy_testdir, tmp_p
 
 def test_missing_model_and_missing_testdir(capsys, demo_data, tmp_path):
     status, out, err = run(capsys, '--testdir', demo_data / 'test', '--modelname', tmp_path / 'x.pt')
-    assert status == 2 and err.strip().splitlines()[-1].startswith('ERROR: model file')
-    assert 'TESTING DONE' not in out
+    (line,) = err.strip().splitlines()
+    assert status == 2 and line.startswith(f'ERROR: TRAINED_MODEL (--modelname): model file '
+                                           f'{tmp_path / "x.pt"} not found (also looked in ')
+    assert out == ''  # checked before the test folder is listed or the model loaded
     status, _, err = run(capsys, '--testdir', tmp_path / 'nothing', '--modelname', tmp_path / 'x.pt')
-    assert status == 2 and 'does not exist' in err
+    assert status == 2 and len(err.strip().splitlines()) == 2  # one line per problem
+    assert f'ERROR: TEST_DIR (--testdir): folder {tmp_path / "nothing"} does not exist' in err
+
+
+def test_unknown_classes_in_table_csv_and_json(capsys, tiny_model, messy_testdir, tmp_path):
+    status, out, err = run(capsys, '--testdir', messy_testdir, '--modelname', tiny_model, '--quiet',
+                           '--confmatrix', tmp_path / 'cm.png', '--csv', tmp_path / 'r.csv',
+                           '--json', tmp_path / 'r.json')
+    assert status == 1  # the corrupt file
+    assert 'UNKNOWN CLASSES: dogs\n' in out
+    table = {row[0]: row[1:] for row in
+             re.findall(r'^(\w+) +([\d.]+) +([\d.]+) +([\d.]+) +(\d+)$', out, flags=re.M)}
+    # the unknown class is listed after the model's classes, its 2 files all misses
+    assert list(table)[-1] == 'dogs' and table['dogs'] == ('0.0000', '0.0000', '0.0000', '2')
+    assert sum(int(r[3]) for r in table.values()) == 12  # every decoded file counted once
+    rows = list(csv.DictReader(open(tmp_path / 'r.csv')))
+    assert {r['path'].rsplit('/', 1)[-1]: r['unknown_class'] for r in rows if r['unknown_class'] == '1'} \
+        == {'dog_0.wav': '1', 'dog_1.wav': '1'}
+    assert sum(r['unknown_class'] == '0' for r in rows) == 11
+    report = json.loads((tmp_path / 'r.json').read_text())
+    assert report['summary']['unknown_classes'] == ['dogs']
+    dogs = [c for c in report['classes'] if c['label'] == 'dogs']
+    assert dogs == [{'label': 'dogs', 'precision': 0.0, 'recall': 0.0, 'f1': 0.0, 'support': 2,
+                     'known': False}]
+    assert all(c['known'] for c in report['classes'] if c['label'] != 'dogs')
+
+
+def test_no_known_test_class_is_an_error_before_any_decoding(capsys, tiny_model, demo_data, tmp_path):
+    test = tmp_path / 'test'
+    for name in ('dogs', 'cats'):
+        (test / name).mkdir(parents=True)
+        shutil.copy(sorted((demo_data / 'test' / 'hum').glob('*.wav'))[0], test / name / 'a.wav')
+    status, out, err = run(capsys, '--testdir', test, '--modelname', tiny_model, '--json', tmp_path / 'r.json')
+    assert status == 2
+    assert err.strip().splitlines()[-1] == (
+        'ERROR: the model knows none of the test classes: model classes beeps, clicks, hum, '
+        'noise_bursts, siren; test folder classes cats, dogs')
+    assert 'TESTING MODEL' not in out and 'MAP' not in out and not (tmp_path / 'r.json').exists()
+
+
+def test_confidence_threshold_does_not_change_ap():
+    classes = ['a', 'b', 'c', 'd']
+    probs = np.array([[0.6, 0.399999, 1e-6, 0.0]])  # true class 'c' ranked 3rd at 1e-6
+    row = AED_eval.score(probs, classes, 'c', threshold=1e-4, max_predictions=10)
+    assert row['rank'] == 3 and row['ap'] == pytest.approx(1 / 3) and row['accuracy'] == 0
+    # only the listed predictions respect the threshold
+    assert [p['label'] for p in row['predictions']] == ['a', 'b']
+    # MAX_PREDICTIONS still cuts the ranking
+    assert AED_eval.score(probs, classes, 'c', 1e-4, max_predictions=2)['ap'] == 0.0
+
+
+def test_json_carries_the_checkpoints_training_metadata(capsys, demo_data, tmp_path):
+    import torch
+    from model.checkpoint import save_checkpoint
+    from model.net import AEDNet
+    classes = ['beeps', 'clicks', 'hum', 'noise_bursts', 'siren']
+    meta = {'classes': classes, 'run_name': 'meta_run', 'epoch': 3, 'im_size': (128, 64), 'im_dim': 1,
+            'filters': 2, 'spec': {'length': 3, 'overlap': 2},
+            # training-side records: whatever keys a checkpoint has travel into the report
+            'augmentation': {'roll': [0.5, (0.0, 0.05)]}, 'learning_rate': {0: 0.001, 55: 1e-6},
+            'seed': 7, 'dataset': '/data/spec', 'class_counts': {'beeps': 4, 'hum': 4},
+            'optimizer': {'state': {}, 'param_groups': []}, 'rng': torch.zeros(3)}
+    save_checkpoint(tmp_path / 'm.pt', AEDNet(5, (128, 64), 1, 2), meta)
+    status, _, err = run(capsys, '--testdir', demo_data / 'test', '--modelname', tmp_path / 'm.pt',
+                         '--quiet', '--confmatrix', '', '--json', tmp_path / 'r.json')
+    assert status == 0, err
+    got = json.loads((tmp_path / 'r.json').read_text())['summary']['model_meta']
+    assert got == {'classes': classes, 'run_name': 'meta_run', 'epoch': 3, 'im_size': [128, 64],
+                   'im_dim': 1, 'filters': 2, 'spec': {'length': 3, 'overlap': 2},
+                   'augmentation': {'roll': [0.5, [0.0, 0.05]]},
+                   'learning_rate': {'0': 0.001, '55': 1e-6}, 'seed': 7, 'dataset': '/data/spec',
+                   'class_counts': {'beeps': 4, 'hum': 4}}  # no weights, optimiser or RNG state

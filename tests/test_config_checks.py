@@ -1,0 +1,109 @@
+"""AED_eval and AED_test check every setting they use before any work: one ERROR line each, exit 2."""
+import pytest
+
+import AED_eval
+import AED_test
+import config as cfg
+from model import config_checks as check
+
+
+def run(capsys, main, *argv):
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def error_lines(err):
+    return [line for line in err.strip().splitlines() if line.startswith('ERROR: ')]
+
+
+EVAL_CASES = [  # (constant, bad value)
+    ('SPEC_LENGTH', 4), ('SPEC_OVERLAP', 3), ('SAMPLE_RATE', 0), ('RESAMPLE_METHOD', 'cubic'),
+    ('BATCH_SIZE', 0), ('MAX_PREDICTIONS', 0), ('CONFIDENCE_THRESHOLD', 1.5), ('DEVICE', 'gpu'),
+    ('EVAL_WORKERS', -1), ('EVAL_THREADS', -2), ('EVAL_CONFMATRIX', 'cm_{model}.txt'),
+    ('NORMALIZE_CONFMATRIX', 'yes'), ('CONFMATRIX_MAX_CLASSES', 0), ('TEST_DIR', 'no/such/dir'),
+    ('TRAINED_MODEL', 'absent.pt'), ('MODEL_PATH', 'no/such/models/'),
+]
+
+
+@pytest.mark.parametrize('name, value', EVAL_CASES)
+def test_eval_checks_each_constant_at_start(capsys, monkeypatch, tiny_model, demo_data, name, value):
+    monkeypatch.setattr(cfg, name, value)
+    argv = {'--testdir': demo_data / 'test', '--modelname': tiny_model}
+    if name == 'TEST_DIR':
+        del argv['--testdir']
+    if name in ('TRAINED_MODEL', 'MODEL_PATH'):
+        del argv['--modelname']
+        monkeypatch.setattr(cfg, 'TRAINED_MODEL', 'absent.pt')
+    status, out, err = run(capsys, AED_eval.main, *[x for kv in argv.items() for x in kv])
+    assert status == 2 and out == ''  # nothing listed, loaded or decoded
+    (line,) = error_lines(err)
+    assert line.startswith('ERROR: ') and name in line
+
+
+TEST_CASES = [
+    ('SPEC_LENGTH', 7), ('SPEC_OVERLAP', 5), ('SAMPLE_RATE', -1), ('RESAMPLE_METHOD', 'x'),
+    ('BATCH_SIZE', 0), ('NUM_RESULTS', 0), ('MIN_CONFIDENCE', -0.1), ('DEVICE', 'tpu'),
+    ('TEST_THREADS', -1), ('TRAINED_MODEL', 'absent.pt'), ('MODEL_PATH', 'no/such/models/'),
+]
+
+
+@pytest.mark.parametrize('name, value', TEST_CASES)
+def test_test_checks_each_constant_at_start(capsys, monkeypatch, tiny_model, demo_data, name, value):
+    monkeypatch.setattr(cfg, name, value)
+    argv = ['--filenames', demo_data / 'examples' / 'siren_example.wav']
+    if name == 'MODEL_PATH':
+        monkeypatch.setattr(cfg, 'TRAINED_MODEL', 'absent.pt')
+    elif name != 'TRAINED_MODEL':
+        argv += ['--modelname', tiny_model]
+    status, out, err = run(capsys, AED_test.main, *argv)
+    assert status == 2 and out == ''
+    (line,) = error_lines(err)
+    assert name in line
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['--speclength', '4'], 'ERROR: --speclength: spectrogram length must be one of 2, 3, 5, 10, 30 s, got 4'),
+    (['--speclength', '3', '--overlap', '3'], 'ERROR: --overlap must be smaller than --speclength (3 s)'),
+    (['--overlap', '-1'], 'ERROR: --overlap must be a number of seconds >= 0'),
+    (['--results', '0'], 'ERROR: NUM_RESULTS (--results) must be a whole number of at least 1, got 0'),
+    (['--confidence', '2'], 'ERROR: MIN_CONFIDENCE (--confidence) must be a number from 0 to 1'),
+])
+def test_test_arguments_are_checked_before_the_model_is_imported(capsys, tiny_model, demo_data, argv,
+                                                                expected):
+    status, out, err = run(capsys, AED_test.main, '--filenames', demo_data / 'examples' / 'siren_example.wav',
+                           '--modelname', tiny_model, *argv)
+    assert status == 2 and 'IMPORTING MODEL' not in out
+    (line,) = error_lines(err)
+    assert line.startswith(expected)
+
+
+def test_every_problem_gets_its_own_line(capsys, monkeypatch, tiny_model, demo_data):
+    monkeypatch.setattr(cfg, 'SAMPLE_RATE', 0)
+    status, _, err = run(capsys, AED_eval.main, '--testdir', demo_data / 'test', '--modelname', tiny_model,
+                         '--results', 0, '--batch-size', 0, '--speclength', 4)
+    lines = error_lines(err)
+    assert status == 2 and len(lines) == 4
+    for name in ('SAMPLE_RATE', 'MAX_PREDICTIONS (--results)', 'BATCH_SIZE (--batch-size)', '--speclength'):
+        assert sum(name in line for line in lines) == 1
+
+
+def test_reports_that_could_not_be_written_are_refused_up_front(capsys, tiny_model, demo_data, tmp_path):
+    status, out, err = run(capsys, AED_eval.main, '--testdir', demo_data / 'test', '--modelname', tiny_model,
+                           '--json', tmp_path, '--csv', tmp_path)
+    assert status == 2 and out == ''
+    assert error_lines(err) == [f'ERROR: --json: {tmp_path} is a folder; give a file name',
+                                f'ERROR: --csv: {tmp_path} is a folder; give a file name']
+
+
+def test_check_helpers():
+    assert check.whole('X', 3, 1) is None and check.whole('X', True, 0) and check.whole('X', 2.0, 1)
+    assert check.fraction('X', 0) is None and check.fraction('X', 1.0) is None and check.fraction('X', 1.01)
+    assert check.device('D', 'cuda:1') is None and check.device('D', 'cuda:x')
+    assert check.spec_window('L', 5, 'O', 4.5) is None and check.spec_window('L', None, 'O', None) is None
+    assert check.spec_window('L', 2, 'O', 2) == 'O must be smaller than L (2 s), got 2 (0 <= overlap < 2 works)'
+    assert check.output_file('P', '', check.PLOT_SUFFIXES) is None
+    assert check.output_file('P', 'a/b.PNG', check.PLOT_SUFFIXES) is None

@@ -1,0 +1,86 @@
+"""demo.sh, config.py and the README's commands name the same models (issue 9.4)."""
+import re
+import shlex
+from pathlib import Path
+
+import config as cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def commands(text):
+    """Shell commands of a script or of the README's code blocks, continuation lines joined."""
+    text = re.sub(r'\\\n\s*', ' ', text)
+    lines = [re.sub(r'^\$ ', '', line.strip()) for line in text.splitlines()]
+    return [line for line in lines if re.search(r'AED_\w+\.py', line) and not line.startswith('#')]
+
+
+def words(command):
+    return shlex.split(command.split(' #', 1)[0])
+
+
+def flag(command, name, count=1):
+    w = words(command)
+    if name not in w:
+        return None
+    i = w.index(name)
+    return w[i + 1] if count == 1 else w[i + 1:i + 1 + count]
+
+
+def script(command):
+    return re.search(r'AED_\w+\.py', command).group(0)
+
+
+def demo():
+    return commands((ROOT / 'demo.sh').read_text())
+
+
+def demo_model():
+    (train,) = [c for c in demo() if script(c) == 'AED_train.py']
+    return f"AED_{flag(train, '--run-name')}_model_best.pt"
+
+
+def readme():
+    return (ROOT / 'README.md').read_text()
+
+
+def test_demo_evaluates_and_tests_the_model_it_trains():
+    used = [flag(c, '--modelname') for c in demo() if script(c) in ('AED_eval.py', 'AED_test.py')]
+    assert len(used) == 2 and set(used) == {demo_model()}
+
+
+def test_defaults_name_the_model_that_default_training_writes():
+    assert cfg.TRAINED_MODEL == f'AED_{cfg.RUN_NAME}_model_best.pt'
+
+
+def test_readme_commands_name_models_that_some_documented_command_trains():
+    text = readme()
+    trained = {demo_model(), f'AED_{cfg.RUN_NAME}_model_best.pt'}
+    trained |= {f"AED_{flag(c, '--run-name')}_model_best.pt" for c in commands(text)
+                if script(c) == 'AED_train.py' and flag(c, '--run-name')}
+    checked = 0
+    for c in commands(text):
+        if script(c) not in ('AED_eval.py', 'AED_test.py'):
+            continue
+        name = flag(c, '--modelname') or cfg.TRAINED_MODEL  # no flag: the default
+        if re.fullmatch(r'AED_\w+_model_best\.pt', name):  # a bare name looked up in MODEL_PATH
+            assert name in trained, c
+            checked += 1
+    assert checked >= 6
+
+
+def test_readme_quick_start_runs_the_demos_model_by_name_right_after_the_demo():
+    quick_start = readme().split('## Introduction', 1)[0]
+    assert 'bash demo.sh' in quick_start
+    after = [c for c in commands(quick_start) if script(c) in ('AED_eval.py', 'AED_test.py')]
+    assert {script(c) for c in after} == {'AED_eval.py', 'AED_test.py'}
+    assert all(flag(c, '--modelname') == demo_model() for c in after)
+
+
+def test_readme_training_section_documents_the_demos_cpu_preset():
+    (train,) = [c for c in demo() if script(c) == 'AED_train.py']
+    preset = (f"--im-size {' '.join(flag(train, '--im-size', 2))} --filters {flag(train, '--filters')} "
+              f"--epochs {flag(train, '--epochs')}")
+    training = readme().split('## Training a Model', 1)[1].split('\n## ', 1)[0]
+    assert preset in training and 'demo.sh' in training
+    assert f"--run-name {flag(train, '--run-name')}" in training
