@@ -36,7 +36,7 @@ from model.checkpoint import (CheckpointError, build_model, clean_state_dict, lo
 from model.data import DatasetError, SpecDataset, batch_augment, build_cache, make_loader, parse_dataset
 from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import AEDNet, count_params, flat_size, weighted_layers
-from model.training import (Precision, Timer, configure_backend, evaluate, learning_rate,
+from model.training import (Precision, Timer, all_can_step, configure_backend, evaluate, learning_rate,
                             make_optimizer, plot_training_curves, rng_state, select_device,
                             set_learning_rate, set_rng_state, train_epoch, write_epoch_log)
 
@@ -140,6 +140,8 @@ class Run:
     train_loader: object = None
     sampler: DistributedSampler = None
     val_loader: object = None     # None without a validation set
+    cpu_group: object = None      # under torchrun: a gloo group for small CPU collectives
+    agree: object = None          # under torchrun: all processes skip a batch together
     # network (build_network, setup_optimizer); net may be DDP-wrapped, module is the bare network
     module: torch.nn.Module = None
     net: torch.nn.Module = None
@@ -201,6 +203,9 @@ def train(args):
     try:
         run.net = run.module
         if ddp:
+            # small CPU collectives (skip flags, random states) never wait for the GPU
+            run.cpu_group = dist.new_group(backend='gloo') if run.device.type == 'cuda' else None
+            run.agree = all_can_step(run.cpu_group)
             run.net = DistributedDataParallel(
                 run.module, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
         prepare_data(run)
@@ -359,11 +364,32 @@ def restore_progress(run):
         run.best_loss = resume['best_loss']
         run.best_state = resume.get('best_state') or clean_state_dict(run.module.state_dict())
         run.start_epoch = resume['epoch'] + 1
-        set_rng_state(resume['rng'], run.np_rng)
+        restore_rng(run, resume['rng'])
         run.say(f'RESUMING {run.run_name} AT EPOCH {run.start_epoch}')
     if run.start_epoch > run.args.epochs:
         run.warn(f'nothing to train: the run already reached epoch {run.start_epoch - 1} '
                  f'of {run.args.epochs}')
+
+
+def gather_rng(run):
+    """The random states of all processes, in rank order (each has its own dropout and mixing)."""
+    state = rng_state(run.np_rng)
+    if run.world == 1:
+        return [state]
+    states = [None] * run.world
+    dist.all_gather_object(states, state, group=run.cpu_group)
+    return states
+
+
+def restore_rng(run, states):
+    """This process's saved random state (older resume checkpoints held rank 0's
+    alone, as a dict)."""
+    states = states if isinstance(states, list) else [states]
+    if len(states) < run.world:
+        run.warn(f'the run saved the random states of {len(states)} process(es); '
+                 f'the others continue from fresh seeds')
+    if run.rank < len(states):
+        set_rng_state(states[run.rank], run.np_rng)
 
 
 # ---------------------------------------------------------------- the epoch loop
@@ -383,8 +409,9 @@ def fit(run):
             sums = add_up(run, totals, stats)
             seconds = timer.now() - start
             cm = report(run, epoch, lr, sums, seconds)
+            rng = gather_rng(run)
             if run.main_process:
-                save_epoch(run, epoch, cm)
+                save_epoch(run, epoch, cm, rng)
         except KeyboardInterrupt:
             run.interrupted = True
             run.warn(f'training interrupted in epoch {epoch}')
@@ -413,7 +440,7 @@ def train_one_epoch(run, epoch):
         train_loss, batches, bad = train_epoch(
             run.net, run.train_loader, run.optimizer, run.device, run.precision, run.multi_label,
             cfg.L2_WEIGHT, batch_transform=mix_batches(run.batch_size, run.np_rng) if run.multi_label else None,
-            channels_last=run.channels_last, progress=bar)
+            channels_last=run.channels_last, progress=bar, agree=run.agree)
     if run.world > 1:
         # DDP keeps the weights equal; batch-norm statistics are made equal here
         for buffer in run.module.buffers():
@@ -490,8 +517,9 @@ def report(run, epoch, lr, sums, seconds):
     return cm
 
 
-def save_epoch(run, epoch, cm):
-    """Main process: CSV log, curves, confusion matrix, snapshot and the resume checkpoint."""
+def save_epoch(run, epoch, cm, rng):
+    """Main process: CSV log, curves, confusion matrix, snapshot and the resume checkpoint
+    (rng: every process's random state, see gather_rng)."""
     write_epoch_log(run.path('log'), run.rows)
     plot_training_curves(run.rows, run.path('curves'),
                          f'{run.run_name}: epochs {run.rows[0]["epoch"]}-{epoch}')
@@ -510,7 +538,7 @@ def save_epoch(run, epoch, cm):
                     optimizer=run.optimizer.state_dict(), scaler=run.precision.scaler.state_dict(),
                     best_state=None if run.best_epoch == epoch else run.best_state,
                     best_epoch=run.best_epoch, max_acc=run.max_acc, best_loss=float(run.best_loss),
-                    log=run.rows, rng=rng_state(run.np_rng))
+                    log=run.rows, rng=rng)
 
 
 def save_best(run):
