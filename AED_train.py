@@ -463,23 +463,25 @@ def validate(run):
     if run.val_loader is None:
         return None
     binary_acc = run.multi_label and cfg.VAL_HAS_MULTI_LABEL
+    # as in the original, VAL_HAS_MULTI_LABEL alone mixes validation batches;
     # the same mixing every epoch
-    mix = mix_batches(run.batch_size, np.random.default_rng([run.args.seed, 2, run.rank]))
+    mix = None
+    if cfg.VAL_HAS_MULTI_LABEL:
+        mix = mix_batches(run.batch_size, np.random.default_rng([run.args.seed, 2, run.rank]))
     return evaluate(run.module, run.val_loader, run.device, run.precision, len(run.classes),
-                    run.multi_label, binary_acc, batch_transform=mix if binary_acc else None,
-                    channels_last=run.channels_last)
+                    run.multi_label, binary_acc, batch_transform=mix, channels_last=run.channels_last)
 
 
 def add_up(run, totals, stats):
-    """Training totals and validation sums of all processes, as one numpy vector:
-    [train loss sum, batches, bad, val loss sum, correct, total, images, val bad, cm...]."""
+    """Training totals and validation sums of all processes, as one numpy vector: [train
+    loss sum, batches, bad, val loss sum, val accuracy sum, val batches, val bad, cm...]."""
     device = run.device
     packed = torch.tensor(totals, dtype=torch.float64, device=device)
     if stats is not None:
         packed = torch.cat([packed,
-                            torch.stack([stats['loss_sum'], stats['correct'], stats['total']]),
-                            torch.tensor([stats['images'], stats['bad']], dtype=torch.float64,
-                                         device=device),
+                            torch.stack([stats['loss_sum'], stats['acc_sum']]),
+                            torch.tensor([stats['batches'], stats['bad']],
+                                         dtype=torch.float64, device=device),
                             stats['cm'].flatten()])
     if run.world > 1:
         dist.all_reduce(packed)  # sums of all processes
@@ -498,13 +500,14 @@ def report(run, epoch, lr, sums, seconds):
            'time_s': round(seconds, 1), 'bad_images': bad}
     cm = None
     if run.val_loader is not None:
-        val_loss_sum, correct, total, images, val_bad = sums[3:8]
+        val_loss_sum, acc_sum, val_batches, val_bad = sums[3:7]
         num_classes = len(run.classes)
-        cm = sums[8:].reshape(num_classes, num_classes).astype(np.int64)
+        cm = sums[7:].reshape(num_classes, num_classes).astype(np.int64)
         bad += int(val_bad)
         row['bad_images'] = bad
-        val_loss = val_loss_sum / images if images else float('nan')
-        acc = val_percent(correct / total) if total else 0.0
+        # means of the batch means, as the original averaged them
+        val_loss = val_loss_sum / val_batches if val_batches else float('nan')
+        acc = val_percent(acc_sum / val_batches) if val_batches else 0.0
         row.update(val_loss=round(float(val_loss), 6), val_accuracy=acc)
         run.say(f'EPOCH {epoch} TRAIN LOSS: {train_loss:.6f} VAL LOSS: {val_loss:.6f} '
                 f'VAL ACCURACY: {acc} % LR: {lr:.6g} TIME: {row["time_s"]} s')

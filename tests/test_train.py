@@ -241,7 +241,7 @@ def fake_accuracies(monkeypatch, fractions):
 
     def evaluate(*args, **kwargs):
         stats = real(*args, **kwargs)
-        stats['correct'] = stats['total'] * next(calls)
+        stats['acc_sum'] = torch.tensor(stats['batches'] * next(calls), dtype=torch.float64)
         return stats
     monkeypatch.setattr(AED_train, 'evaluate', evaluate)
 
@@ -533,3 +533,58 @@ def test_compile_falls_back_with_a_warning(specs, out, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert re.search(r'^WARNING: .*no torch.compile; running uncompiled$', captured.err, re.M)
     assert 'TRAINING DONE!' in captured.out
+
+
+# ------------------------------------------------------------------ validation as the original did it
+
+@pytest.mark.parametrize('multi_label, val_multi', [(False, True), (True, False), (True, True)])
+def test_validation_mixing_follows_val_has_multi_label_alone(specs, out, monkeypatch,
+                                                             multi_label, val_multi):
+    monkeypatch.setattr(cfg, 'MULTI_LABEL', multi_label)
+    monkeypatch.setattr(cfg, 'VAL_HAS_MULTI_LABEL', val_multi)
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
+    real, seen = AED_train.evaluate, []
+
+    def evaluate(net, loader, device, precision, num_classes, multi, binary, batch_transform=None,
+                 **kwargs):
+        seen.append((multi, binary, batch_transform is not None))
+        return real(net, loader, device, precision, num_classes, multi, binary,
+                    batch_transform=batch_transform, **kwargs)
+    monkeypatch.setattr(AED_train, 'evaluate', evaluate)
+    assert AED_train.main(train_args(specs, out, '--batch-size', '4', epochs=1)) == 0
+    # sigmoid loss with MULTI_LABEL, binary accuracy with both, mixing with VAL_HAS_MULTI_LABEL
+    assert seen == [(multi_label, multi_label and val_multi, val_multi)]
+
+
+def test_evaluate_averages_batch_means_as_the_original():
+    from model.training import Precision, evaluate
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+        net[1].bias.zero_()
+    x = torch.tensor([[1.0, 0, 0, 0], [2.0, 0, 0, 0], [3.0, 0, 0, 0], [1.0, 0, 0, 0]]).view(4, 1, 2, 2)
+    y = torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0], [0, 1.0]])
+    batches = [(x[:3], y[:3], 0), (x[3:], y[3:], 0)]  # 3 right, then 1 wrong
+    stats = evaluate(net, batches, torch.device('cpu'), Precision(torch.device('cpu')), 2, False, False)
+    assert stats['batches'] == 2
+    # (1 + 0) / 2, not 3 / 4 as one mean over all images would give
+    assert stats['acc_sum'].item() / stats['batches'] == pytest.approx(0.5)
+    with torch.no_grad():
+        losses = [compute_loss(net(bx), by, False).item() for bx, by, _ in batches]
+    assert stats['loss_sum'].item() / stats['batches'] == pytest.approx(sum(losses) / 2)
+    assert stats['cm'].tolist() == [[3, 0], [1, 0]]
+
+
+def test_epoch_line_reports_the_mean_of_batch_means(specs, out, monkeypatch, capsys):
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 6)  # 3 validation images: batches of 2 and 1
+    real, stats = AED_train.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        stats.append(real(*args, **kwargs))
+        return stats[-1]
+    monkeypatch.setattr(AED_train, 'evaluate', evaluate)
+    assert AED_train.main(train_args(specs, out, '--batch-size', '2', epochs=1)) == 0
+    assert stats[0]['batches'] == 2
+    line = re.search(r'VAL LOSS: ([\d.]+) VAL ACCURACY: ([\d.]+) %', capsys.readouterr().out)
+    assert float(line[1]) == pytest.approx(stats[0]['loss_sum'].item() / 2, abs=1e-6)
+    assert float(line[2]) == AED_train.val_percent(stats[0]['acc_sum'].item() / 2)
