@@ -2,12 +2,13 @@
 
 Each epoch prints one line (train loss, validation loss and accuracy, learning
 rate, time), rewrites the CSV log and the training-curve plot, draws the
-confusion matrix and saves snapshots; at the end the best epoch's weights are
-saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_best.pt.
+confusion matrix and saves snapshots and the resume checkpoint (in a
+background thread, while the next epoch trains); at the end the best epoch's
+weights are saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_best.pt.
 
     python AED_train.py
     python AED_train.py --dataset dataset/train/spec --run-name Demo --im-size 128 64 --filters 16 --epochs 10
-    python AED_train.py --resume model/AED_Demo_last.pt --epochs 20
+    python AED_train.py --resume model/AED_Demo_last.pt --epochs 20 --compile
     torchrun --nproc_per_node=4 AED_train.py --run-name Urban4gpu
 
 BATCH_SIZE larger than the training set is clamped to its size with a
@@ -206,17 +207,7 @@ def train(args):
         dist.init_process_group('nccl' if run.device.type == 'cuda' else 'gloo')
     run.writer = BackgroundWriter()
     try:
-        run.net = run.module
-        if ddp:
-            # small CPU collectives (skip flags, random states) never wait for the GPU
-            run.cpu_group = dist.new_group(backend='gloo') if run.device.type == 'cuda' else None
-            run.agree = all_can_step(run.cpu_group)
-            run.net = DistributedDataParallel(
-                run.module, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
-        # training steps run compiled; validation and checkpoints use the bare module
-        run.net, warning = maybe_compile(run.net, args.compile)
-        if warning:
-            run.warn(warning)
+        wrap_network(run)
         prepare_data(run)
         restore_progress(run)
         fit(run)
@@ -335,6 +326,21 @@ def setup_optimizer(run):
         if resume.get('scaler'):
             run.precision.scaler.load_state_dict(resume['scaler'])
     run.say(f'DEVICE: {device} ({run.precision}), {run.world} PROCESS(ES), BATCH SIZE {run.batch_size}')
+
+
+def wrap_network(run):
+    """run.net, what the training steps call: the network, DDP-wrapped under torchrun,
+    compiled with --compile. Validation and checkpoints use the bare run.module."""
+    run.net = run.module
+    if run.world > 1:
+        # small CPU collectives (skip flags, random states) never wait for the GPU
+        run.cpu_group = dist.new_group(backend='gloo') if run.device.type == 'cuda' else None
+        run.agree = all_can_step(run.cpu_group)
+        run.net = DistributedDataParallel(
+            run.module, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+    run.net, warning = maybe_compile(run.net, run.args.compile)
+    if warning:
+        run.warn(warning)
 
 
 def prepare_data(run):
