@@ -6,6 +6,7 @@ script, the tests and the benchmark share exactly the same code.
 import csv
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -117,14 +118,16 @@ def select_device(name='auto'):
 
 
 class Precision:
-    """Mixed precision on CUDA: bf16 autocast where supported, else fp16 with a
-    GradScaler. Elsewhere (or with enabled=False) plain float32."""
+    """Mixed precision on CUDA: bf16 autocast where the GPU has it natively, else
+    fp16 with a GradScaler. Elsewhere (or with enabled=False) plain float32."""
 
     def __init__(self, device, enabled=True):
         self.enabled = bool(enabled) and device.type == 'cuda'
         self.dtype = None
         if self.enabled:
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # emulated bf16 (T4, V100) is slower than fp16
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+            self.dtype = torch.bfloat16 if native else torch.float16
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.enabled and self.dtype == torch.float16)
         self.device_type = device.type
 
@@ -195,7 +198,7 @@ def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
 
 
 def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight=0.0,
-                batch_transform=None, channels_last=False, progress=None):
+                batch_transform=None, channels_last=False, progress=None, agree=None):
     """Train over loader once; returns (mean batch loss, batches, unreadable images).
 
     loader yields (x, y, n_bad) as model.data.collate makes them.
@@ -203,6 +206,9 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
     the device (batch augmentation). Batches of fewer than 2 images are
     skipped: batch norm cannot normalise a single image in training mode.
     progress: optional tqdm bar, advanced once per batch.
+    agree(ok) -> bool: under DDP, whether every process can step (see
+    all_can_step); all skip a batch together, else their gradient
+    all-reduces fall out of step and one process waits forever.
     """
     net.train()
     loss_sum = torch.zeros((), device=device)
@@ -211,7 +217,10 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
         bad += int(n_bad)
         if batch_transform is not None and x.shape[0]:
             x, y = batch_transform(x, y)
-        if x.shape[0] >= 2:
+        step = x.shape[0] >= 2
+        if agree is not None:
+            step = agree(step)
+        if step:
             x = to_device(x, device, channels_last)
             y = y.to(device, non_blocking=True)
             loss_sum += train_step(net, x, y, optimizer, precision, multi_label, l2_weight)
@@ -225,20 +234,34 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
     return mean, batches, bad
 
 
+def all_can_step(group=None):
+    """agree() for train_epoch under torch.distributed: a MIN all-reduce of one
+    CPU flag per batch. group: a gloo group when the default one is NCCL, so
+    the flag never waits for the GPU."""
+    import torch.distributed as dist
+
+    def agree(ok):
+        flag = torch.tensor([int(ok)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+        return bool(flag.item())
+    return agree
+
+
 @torch.no_grad()
 def evaluate(net, loader, device, precision, num_classes, multi_label, binary_accuracy,
              batch_transform=None, channels_last=False):
-    """Validate; returns dict with loss_sum, correct, total, images, bad (floats/ints)
-    and cm (confusion matrix tensor (K, K), rows = argmax of targets).
+    """Validate; returns a dict of loss_sum and acc_sum (sums of the batch means
+    of loss and accuracy, as the original averaged them: divide by batches),
+    batches, bad (unreadable images) and cm (confusion matrix tensor
+    (K, K), rows = argmax of targets).
 
     Sums, not means, so results of several processes can simply be added.
     """
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.float64)
-    total = torch.zeros((), device=device, dtype=torch.float64)
+    acc_sum = torch.zeros((), device=device, dtype=torch.float64)
     cm = torch.zeros(num_classes, num_classes, device=device, dtype=torch.float64)
-    images = bad = 0
+    batches = bad = 0
     for x, y, n_bad in loader:
         bad += int(n_bad)
         if batch_transform is not None and x.shape[0]:
@@ -250,17 +273,15 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
         with precision.autocast():
             logits = net(x)
         logits = logits.float()
-        loss_sum += compute_loss(logits, y, multi_label).double() * x.shape[0]
-        c, t = accuracy_counts(logits, y, binary_accuracy)
-        correct += c
-        total += t
+        loss_sum += compute_loss(logits, y, multi_label).double()
+        correct, total = accuracy_counts(logits, y, binary_accuracy)
+        acc_sum += correct.double() / total
         # one-hot product instead of bincount: deterministic on CUDA too
         truth = F.one_hot(y.argmax(dim=1), num_classes).double()
         guess = F.one_hot(logits.argmax(dim=1), num_classes).double()
         cm += truth.T @ guess
-        images += x.shape[0]
-    return {'loss_sum': loss_sum, 'correct': correct, 'total': total, 'cm': cm,
-            'images': images, 'bad': bad}
+        batches += 1
+    return {'loss_sum': loss_sum, 'acc_sum': acc_sum, 'cm': cm, 'batches': batches, 'bad': bad}
 
 
 class Timer:
@@ -276,6 +297,37 @@ class Timer:
 
 
 ######################## logs and plots ########################
+
+class BackgroundWriter:
+    """Runs file writes (logs, plots, checkpoints) on one worker thread, so the
+    training loop does not wait for the disk or matplotlib.
+
+    submit() first waits for the job before it, so jobs run one at a time and
+    in order, at most one is pending, and a failed job's error is raised in the
+    training loop at the next submit(), wait() or close(). A job must only read
+    data nobody changes after submitting it (pass copies).
+    """
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='aed-writer')
+        self._pending = None
+
+    def submit(self, fn, *args, **kwargs):
+        self.wait()
+        self._pending = self._pool.submit(fn, *args, **kwargs)
+
+    def wait(self):
+        """Block until the submitted job is done; re-raises its exception."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self):
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
 
 LOG_FIELDS = ('epoch', 'train_loss', 'val_loss', 'val_accuracy', 'lr', 'time_s', 'bad_images')
 

@@ -1,4 +1,5 @@
 """Confusion matrix and per-class metrics (defects 2 and 11)."""
+import cv2
 import numpy as np
 import pytest
 
@@ -44,7 +45,6 @@ def test_normalize_rows_empty_class_is_zero():
 
 @pytest.mark.parametrize('normalize', [True, False])
 def test_plot_confusion_matrix_draws_the_matrix(tmp_path, normalize):
-    import cv2
     cm = confusion_matrix(np.arange(30) % 25, (np.arange(30) + 1) % 25, 25)
     classes = [f'class_{i}' for i in range(25)]
     path = plot_confusion_matrix(cm, classes, tmp_path / 'sub' / 'cm.png', 'test',

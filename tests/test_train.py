@@ -16,7 +16,7 @@ import AED_train
 import config as cfg
 from model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.net import AEDNet, count_params, weighted_layers
-from model.training import (accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
+from model.training import (Precision, accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
                             plot_training_curves, select_device, write_epoch_log)
 
 TINY = ['--im-size', '64', '64', '--filters', '4', '--batch-size', '16', '--device', 'cpu']
@@ -65,6 +65,17 @@ def subset(specs, dst, classes, per_class=None):
 
 def states_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def assert_plot(path, width, height):
+    """path is a PNG of width x height pixels with something drawn on it."""
+    import cv2
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, f'{path} is not a readable image'
+    assert img.shape[:2] == (height, width)
+    colours = np.unique(img.reshape(-1, 3), axis=0)
+    drawn = (img < 250).any(axis=2).mean()  # not white
+    assert len(colours) > 10 and 0.02 < drawn < 0.9, (len(colours), drawn)
 
 
 def error_of(excinfo):
@@ -161,6 +172,23 @@ def test_optimizer_factory():
         make_optimizer('rmsprop', params, 0.01)
 
 
+@pytest.mark.parametrize('native, emulated, dtype', [(True, True, torch.bfloat16),
+                                                      (False, True, torch.float16),
+                                                      (False, False, torch.float16)])
+def test_precision_uses_bf16_only_where_the_gpu_has_it_natively(monkeypatch, native, emulated, dtype):
+    def is_bf16_supported(including_emulation=True):
+        return native or (including_emulation and emulated)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # lets GradScaler switch on
+    precision = Precision(torch.device('cuda'))
+    assert precision.dtype == dtype
+    # fp16 needs loss scaling, bf16 does not
+    assert precision.scaler.is_enabled() == (dtype == torch.float16)
+    assert str(precision) == ('bf16 autocast' if native else 'fp16 autocast + GradScaler')
+    cpu = Precision(torch.device('cpu'))
+    assert cpu.dtype is None and not cpu.scaler.is_enabled() and str(cpu) == 'float32'
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU fallback')
 def test_select_device_without_gpu():
     if not torch.backends.mps.is_available():
@@ -180,7 +208,7 @@ def test_epoch_log_and_curves(tmp_path):
     assert lines[0] == 'epoch,train_loss,val_loss,val_accuracy,lr,time_s,bad_images'
     assert lines[1] == '1,1.5,1.2,40.0,0.001,2.0,0' and lines[2] == '2,1.1,,,0.0005,2.1,1'
     png = plot_training_curves(rows, tmp_path / 'curves.png', 'run')
-    assert png.read_bytes()[:4] == b'\x89PNG'
+    assert_plot(png, 1000, 400)  # figsize (10, 4) at 100 dpi
 
 
 # ------------------------------------------------------------------ training runs
@@ -212,9 +240,10 @@ def test_end_to_end_tiny_run(specs, out, capsys):
     with torch.no_grad():
         assert net(torch.rand(3, 1, 64, 64)).shape == (3, 5)
     for epoch in (1, 2):
-        assert (out / 'confmatrix' / f'Tiny_{epoch}.png').read_bytes()[:4] == b'\x89PNG'
+        # 5 classes: a 5.25 x 4.725 inch figure (0.45 inch per class + 3) at 100 dpi
+        assert_plot(out / 'confmatrix' / f'Tiny_{epoch}.png', 525, 472)
     assert len((out / 'logs' / 'Tiny.csv').read_text().splitlines()) == 3
-    assert (out / 'logs' / 'Tiny_curves.png').is_file()
+    assert_plot(out / 'logs' / 'Tiny_curves.png', 1000, 400)
 
 
 def fake_accuracies(monkeypatch, fractions):
@@ -224,7 +253,7 @@ def fake_accuracies(monkeypatch, fractions):
 
     def evaluate(*args, **kwargs):
         stats = real(*args, **kwargs)
-        stats['correct'] = stats['total'] * next(calls)
+        stats['acc_sum'] = torch.tensor(stats['batches'] * next(calls), dtype=torch.float64)
         return stats
     monkeypatch.setattr(AED_train, 'evaluate', evaluate)
 
@@ -410,17 +439,27 @@ def test_ctrl_c_stops_and_saves_best(specs, out, monkeypatch, capsys, save):
 
 
 def test_multi_label_uses_sigmoid_loss_and_batch_augmentation(specs, out, monkeypatch, capsys):
+    import model.training as training
     monkeypatch.setattr(cfg, 'MULTI_LABEL', True)
     monkeypatch.setattr(cfg, 'VAL_HAS_MULTI_LABEL', True)
-    real, sizes = AED_train.batch_augment, []
+    real, steps = training.compute_loss, []
 
-    def batch_augment(x, y, *args, **kwargs):
-        sizes.append(x.shape[0])
-        return real(x, y, *args, **kwargs)
-    monkeypatch.setattr(AED_train, 'batch_augment', batch_augment)
+    def compute_loss(logits, targets, multi_label):
+        loss = real(logits, targets, multi_label)
+        if torch.is_grad_enabled():  # training steps, not validation
+            # the loss the sigmoid outputs give, clipped as the original did
+            p = torch.sigmoid(logits.detach()).clamp(1e-7, 1 - 1e-7)
+            bce = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+            steps.append((multi_label, targets.sum(dim=1), loss.item(), bce.item()))
+        return loss
+    monkeypatch.setattr(training, 'compute_loss', compute_loss)
     assert AED_train.main(train_args(specs, out, epochs=1)) == 0
     # 72 training images in batches of 16: four full batches and one of 8 (>= 16 / 2)
-    assert sizes[:5] == [16, 16, 16, 16, 8]
+    assert [len(per_image) for _, per_image, _, _ in steps] == [16, 16, 16, 16, 8]
+    for multi_label, per_image, loss, bce in steps:
+        assert multi_label and loss == pytest.approx(bce, rel=1e-5)
+        # mixed targets: MEAN_TARGETS_PER_IMAGE (3) classes per image on average, not one-hot
+        assert per_image.mean().item() >= cfg.MEAN_TARGETS_PER_IMAGE and per_image.max() > 1
     assert load_checkpoint(out / 'models' / 'AED_Example_Run_model_best.pt')['multi_label'] is True
     assert re.search(r'VAL ACCURACY: [\d.]+ %', capsys.readouterr().out)
 
@@ -433,3 +472,157 @@ def test_checkpoint_records_the_settings_the_images_were_made_with(specs, out, t
     assert AED_train.main(train_args(data, out, '--run-name', 'Five', epochs=1)) == 0
     best = load_checkpoint(out / 'models' / 'AED_Five_model_best.pt')
     assert best['spec']['length'] == 5 and best['spec']['overlap'] == 4
+
+
+# ------------------------------------------------------------------ epochs without overhead
+
+def test_background_writer_runs_jobs_in_order_and_reports_their_errors():
+    import threading
+    import time
+    from model.training import BackgroundWriter
+    writer, done, threads = BackgroundWriter(), [], set()
+
+    def job(name, delay=0.0):
+        time.sleep(delay)
+        threads.add(threading.current_thread().name)
+        done.append(name)
+    writer.submit(job, 'first', 0.2)
+    writer.submit(job, 'second')  # waits for the first
+    assert done == ['first']
+    writer.wait()
+    assert done == ['first', 'second'] and threading.current_thread().name not in threads
+
+    def broken():
+        raise OSError('disk full')
+    writer.submit(broken)
+    with pytest.raises(OSError, match='disk full'):
+        writer.submit(job, 'third')
+    writer.submit(broken)
+    with pytest.raises(OSError, match='disk full'):
+        writer.close()
+
+
+def test_epoch_files_hold_that_epochs_state_though_written_while_the_next_trains(specs, out, monkeypatch):
+    import time
+    real_report, real_write, weights = AED_train.report, AED_train.write_epoch_files, {}
+
+    def report(run, epoch, *args):
+        weights[epoch] = {k: v.clone() for k, v in run.module.state_dict().items()}
+        return real_report(run, epoch, *args)
+
+    def slow_write(run, epoch, *args):
+        time.sleep(1.0)  # the next epoch trains meanwhile and changes the live weights
+        return real_write(run, epoch, *args)
+    monkeypatch.setattr(AED_train, 'report', report)
+    monkeypatch.setattr(AED_train, 'write_epoch_files', slow_write)
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
+    assert AED_train.main(train_args(specs, out, epochs=2)) == 0
+    models = out / 'models'
+    first = load_checkpoint(models / 'AED_Example_Run_model_epoch_1.pt')['state_dict']
+    assert states_equal(first, weights[1]) and not states_equal(first, weights[2])
+    # all of the last epoch's files were written before main() returned
+    last = load_checkpoint(models / 'AED_Example_Run_last.pt')
+    assert last['epoch'] == 2 and states_equal(last['state_dict'], weights[2])
+    assert len(last['log']) == 2 and (out / 'confmatrix' / 'Example_Run_2.png').is_file()
+
+
+def test_compile_trains_and_saves_loadable_checkpoints(specs, out, monkeypatch, capsys):
+    import functools
+    # dynamo's eager backend: the same compiled wrapper (and _orig_mod. keys) without a C++ build
+    monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='eager'))
+    real, nets = AED_train.train_epoch, []
+
+    def train_epoch(net, *args, **kwargs):
+        nets.append(type(net).__name__)
+        return real(net, *args, **kwargs)
+    monkeypatch.setattr(AED_train, 'train_epoch', train_epoch)
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
+    assert AED_train.main(train_args(specs, out, '--compile', epochs=1)) == 0
+    assert nets == ['OptimizedModule']
+    assert 'WARNING' not in capsys.readouterr().err
+    for name in ('AED_Example_Run_model_best.pt', 'AED_Example_Run_last.pt'):
+        ckpt = load_checkpoint(out / 'models' / name)
+        assert not [k for k in ckpt['state_dict'] if k.startswith('_orig_mod.')]
+        model_from_checkpoint(out / 'models' / name)  # loads into a plain network
+    last = out / 'models' / 'AED_Example_Run_last.pt'
+    assert AED_train.main(train_args(specs, out, '--compile', '--resume', str(last), epochs=2)) == 0
+
+
+def test_compile_falls_back_with_a_warning(specs, out, monkeypatch, capsys):
+    monkeypatch.delattr(torch, 'compile')
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 4)
+    assert AED_train.main(train_args(specs, out, '--compile', epochs=1)) == 0
+    captured = capsys.readouterr()
+    assert re.search(r'^WARNING: .*no torch.compile; running uncompiled$', captured.err, re.M)
+    assert 'TRAINING DONE!' in captured.out
+
+
+# ------------------------------------------------------------------ validation as the original did it
+
+@pytest.mark.parametrize('multi_label, val_multi', [(False, True), (True, False), (True, True)])
+def test_validation_mixing_follows_val_has_multi_label_alone(specs, out, monkeypatch,
+                                                             multi_label, val_multi):
+    monkeypatch.setattr(cfg, 'MULTI_LABEL', multi_label)
+    monkeypatch.setattr(cfg, 'VAL_HAS_MULTI_LABEL', val_multi)
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
+    real, seen = AED_train.evaluate, []
+
+    def evaluate(net, loader, device, precision, num_classes, multi, binary, batch_transform=None,
+                 **kwargs):
+        seen.append((multi, binary, batch_transform is not None))
+        return real(net, loader, device, precision, num_classes, multi, binary,
+                    batch_transform=batch_transform, **kwargs)
+    monkeypatch.setattr(AED_train, 'evaluate', evaluate)
+    assert AED_train.main(train_args(specs, out, '--batch-size', '4', epochs=1)) == 0
+    # sigmoid loss with MULTI_LABEL, binary accuracy with both, mixing with VAL_HAS_MULTI_LABEL
+    assert seen == [(multi_label, multi_label and val_multi, val_multi)]
+
+
+def test_evaluate_averages_batch_means_as_the_original():
+    from model.training import Precision, evaluate
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+        net[1].bias.zero_()
+    x = torch.tensor([[1.0, 0, 0, 0], [2.0, 0, 0, 0], [3.0, 0, 0, 0], [1.0, 0, 0, 0]]).view(4, 1, 2, 2)
+    y = torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0], [0, 1.0]])
+    batches = [(x[:3], y[:3], 0), (x[3:], y[3:], 0)]  # 3 right, then 1 wrong
+    stats = evaluate(net, batches, torch.device('cpu'), Precision(torch.device('cpu')), 2, False, False)
+    assert stats['batches'] == 2
+    # (1 + 0) / 2, not 3 / 4 as one mean over all images would give
+    assert stats['acc_sum'].item() / stats['batches'] == pytest.approx(0.5)
+    with torch.no_grad():
+        losses = [compute_loss(net(bx), by, False).item() for bx, by, _ in batches]
+    assert stats['loss_sum'].item() / stats['batches'] == pytest.approx(sum(losses) / 2)
+    assert stats['cm'].tolist() == [[3, 0], [1, 0]]
+
+
+def test_epoch_line_reports_the_mean_of_batch_means(specs, out, monkeypatch, capsys):
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 6)  # 3 validation images: batches of 2 and 1
+    real, stats = AED_train.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        stats.append(real(*args, **kwargs))
+        return stats[-1]
+    monkeypatch.setattr(AED_train, 'evaluate', evaluate)
+    assert AED_train.main(train_args(specs, out, '--batch-size', '2', epochs=1)) == 0
+    assert stats[0]['batches'] == 2
+    line = re.search(r'VAL LOSS: ([\d.]+) VAL ACCURACY: ([\d.]+) %', capsys.readouterr().out)
+    assert float(line[1]) == pytest.approx(stats[0]['loss_sum'].item() / 2, abs=1e-6)
+    assert float(line[2]) == AED_train.val_percent(stats[0]['acc_sum'].item() / 2)
+
+
+def test_detached_copy_is_not_changed_by_later_steps():
+    from model.checkpoint import detached_copy
+    net = AEDNet(3, (64, 64), 1, 2)
+    optimizer = make_optimizer('adam', net.parameters(), 0.01)
+    net(torch.rand(2, 1, 64, 64)).sum().backward()
+    optimizer.step()
+    saved = detached_copy(optimizer.state_dict())
+    before = {k: v.clone() for k, v in saved['state'][0].items()}
+    net(torch.rand(2, 1, 64, 64)).sum().backward()
+    optimizer.step()  # updates the live moments in place
+    assert not torch.equal(optimizer.state_dict()['state'][0]['exp_avg'], before['exp_avg'])
+    for key, value in before.items():
+        assert torch.equal(saved['state'][0][key], value), key
+    assert saved['param_groups'][0]['betas'] == (0.5, 0.999)
