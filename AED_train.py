@@ -29,24 +29,49 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import config as cfg
-from model.audio import read_spec_settings
-from model.checkpoint import (CheckpointError, build_model, clean_state_dict, load_checkpoint,
-                              load_weights, resolve_model_path, save_checkpoint)
-from model.data import DatasetError, SpecDataset, batch_augment, build_cache, make_loader, parse_dataset
+from model.audio import check_spec_params, read_spec_settings
+from model.checkpoint import (CheckpointError, build_model, class_counts, clean_state_dict,
+                              load_checkpoint, load_weights, plain, resolve_model_path,
+                              save_checkpoint)
+from model.data import (DatasetError, SpecDataset, batch_augment, build_cache, check_augmentation,
+                        make_loader, parse_dataset)
 from model.metrics import class_metrics, plot_confusion_matrix
-from model.net import AEDNet, count_params, flat_size, weighted_layers
-from model.training import (Precision, Timer, configure_backend, evaluate, learning_rate,
-                            make_optimizer, plot_training_curves, rng_state, select_device,
-                            set_learning_rate, set_rng_state, train_epoch, write_epoch_log)
+from model.net import ACTIVATIONS, AEDNet, count_params, flat_size, weighted_layers
+from model.training import (Precision, Timer, configure_backend, describe_schedule, evaluate,
+                            learning_rate, make_optimizer, plot_training_curves, rng_state,
+                            select_device, set_learning_rate, set_rng_state, train_epoch,
+                            write_epoch_log)
 
 ROOT = Path(__file__).resolve().parent
+
+
+# run settings only config.py sets, recorded in every checkpoint: key: constant
+CONFIG_SETTINGS = {
+    'augmentation': 'IM_AUGMENTATION', 'learning_rate': 'LEARNING_RATE', 'lr_descent': 'LR_DESCENT',
+    'epoch_start': 'EPOCH_START', 'optimizer': 'OPTIMIZER', 'l2_weight': 'L2_WEIGHT',
+    'val_split': 'VAL_SPLIT', 'min_samples_per_class': 'MIN_SAMPLES_PER_CLASS',
+    'max_samples_per_class': 'MAX_SAMPLES_PER_CLASS', 'sort_classes': 'SORT_CLASSES_ALPHABETICALLY',
+    'randomize_train_set': 'RANDOMIZE_TRAIN_SET', 'multi_label': 'MULTI_LABEL',
+    'val_has_multi_label': 'VAL_HAS_MULTI_LABEL', 'mean_targets_per_image': 'MEAN_TARGETS_PER_IMAGE',
+    'snapshot_epochs': 'SNAPSHOT_EPOCHS', 'mixed_precision': 'MIXED_PRECISION'}
+# run settings with a flag, recorded in every checkpoint: key: flag
+FLAG_SETTINGS = {'dataset': '--dataset', 'epochs': '--epochs', 'batch_size': '--batch-size',
+                 'seed': '--seed', 'deterministic': '--deterministic', 'model_path': '--model-path',
+                 'log_path': '--log-path', 'confmatrix_path': '--confmatrix-path'}
+PATH_SETTINGS = ('dataset', 'model_path', 'log_path', 'confmatrix_path')
+BOOLEAN_SETTINGS = ('lr_descent', 'sort_classes', 'randomize_train_set', 'multi_label',
+                    'val_has_multi_label', 'mixed_precision')
 
 
 class TrainError(Exception):
     """A setting or input that makes training impossible; the message says why."""
 
 
-def parse_args(argv):
+class ConfigError(TrainError):
+    """A constant or flag that cannot work; reported before any work, exit status 2."""
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--dataset', type=Path, default=ROOT / cfg.DATASET_PATH,
@@ -59,43 +84,137 @@ def parse_args(argv):
     p.add_argument('--filters', type=int, default=cfg.FILTERS,
                    help='filters of the first convolution (later blocks use 2x..16x)')
     p.add_argument('--run-name', default=cfg.RUN_NAME,
-                   help='name in checkpoint, log and plot file names (a resumed run keeps its own)')
+                   help='name in checkpoint, log and plot file names')
     p.add_argument('--model-path', type=Path, default=ROOT / cfg.MODEL_PATH,
                    help='folder for checkpoints (and to look up --pretrained names)')
+    p.add_argument('--log-path', type=Path, default=ROOT / cfg.LOG_PATH,
+                   help='folder for the CSV epoch log and the training-curve plot')
+    p.add_argument('--confmatrix-path', type=Path, default=ROOT / cfg.CONFMATRIX_PATH,
+                   help='folder for the per-epoch confusion-matrix plots')
     p.add_argument('--pretrained', default=cfg.PRETRAINED_MODEL,
                    help='checkpoint to start from: a path, or a file name under --model-path')
     p.add_argument('--resume', type=Path, default=None,
-                   help='continue an interrupted run from its AED_<RUN_NAME>_last.pt')
+                   help="continue an interrupted run from its AED_<RUN_NAME>_last.pt with the "
+                        "run's own settings; flags given with it override them")
     p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
     p.add_argument('--workers', type=int, default=cfg.TRAIN_WORKERS,
                    help='data loader processes (0 loads in the main process)')
     p.add_argument('--seed', type=int, default=cfg.RANDOM_SEED, help='random seed')
     p.add_argument('--deterministic', action='store_true',
                    help='reproducible runs: deterministic algorithms, no cuDNN autotuning')
-    return p.parse_args(argv)
+    return p
 
 
-def check_settings(args):
-    """Settings that can be checked before touching any file."""
-    if not 0 <= cfg.VAL_SPLIT < 1:
-        raise TrainError(f'VAL_SPLIT must be at least 0 and below 1 (got {cfg.VAL_SPLIT}); '
-                         f'0 trains on everything without validation')
-    if args.batch_size < 1:
-        raise TrainError(f'batch size must be at least 1, got {args.batch_size}')
-    if args.epochs < cfg.EPOCH_START:
-        raise TrainError(f'--epochs ({args.epochs}) is below EPOCH_START ({cfg.EPOCH_START})')
-    if args.filters < 1:
-        raise TrainError(f'--filters must be at least 1, got {args.filters}')
-    if args.workers < 0:
-        raise TrainError(f'--workers must be 0 or more, got {args.workers}')
-    if cfg.OPTIMIZER not in ('adam', 'nesterov'):
-        raise TrainError(f"OPTIMIZER must be 'adam' or 'nesterov', got {cfg.OPTIMIZER!r}")
-    if not cfg.LEARNING_RATE:
-        raise TrainError('LEARNING_RATE must hold at least one {epoch: rate} entry')
+def parse_args(argv):
+    """Flags with their defaults, plus args.explicit: the names of the flags given
+    (a resumed run keeps its own settings except for these)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # parsed again into a namespace that already holds every name: argparse then sets
+    # no defaults, so only the flags on the command line replace the placeholder
+    unset = object()
+    given = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
+    args.explicit = {name for name, value in vars(given).items() if value is not unset}
+    for key, name in CONFIG_SETTINGS.items():
+        setattr(args, key, getattr(cfg, name))
+    args.im_dim, args.dropout, args.nonlinearity = cfg.IM_DIM, cfg.DROPOUT, cfg.NONLINEARITY
+    return args
+
+
+def _is_int(v, low=None):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (low is None or v >= low)
+
+
+def _is_number(v, low=None, below=None):
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            and math.isfinite(v) and (low is None or v >= low) and (below is None or v < below))
+
+
+def _is_path(v):
+    return isinstance(v, (str, Path)) and str(v) != ''
+
+
+def _is_bool(v):
+    return isinstance(v, bool)
+
+
+def check_config(args):
+    """Every constant and flag AED_train uses, checked before any work: raises
+    ConfigError naming the first bad one (the constant, and its flag if it has one)."""
+    checks = [
+        ('DATASET_PATH (--dataset)', args.dataset, _is_path, 'a folder'),
+        ('MODEL_PATH (--model-path)', args.model_path, _is_path, 'a folder'),
+        ('LOG_PATH (--log-path)', args.log_path, _is_path, 'a folder'),
+        ('CONFMATRIX_PATH (--confmatrix-path)', args.confmatrix_path, _is_path, 'a folder'),
+        ('RUN_NAME (--run-name)', args.run_name,
+         lambda v: isinstance(v, str) and v.strip() != '' and not {'/', '\\'} & set(v),
+         'a non-empty name without / or \\'),
+        ('PRETRAINED_MODEL (--pretrained)', args.pretrained, lambda v: v is None or _is_path(v),
+         'None or a checkpoint path or name'),
+        ('RANDOM_SEED (--seed)', args.seed, lambda v: _is_int(v, 0), 'an integer >= 0'),
+        ('TRAIN_WORKERS (--workers)', args.workers, lambda v: _is_int(v, 0), 'an integer >= 0'),
+        ('BATCH_SIZE (--batch-size)', args.batch_size, lambda v: _is_int(v, 1), 'an integer >= 1'),
+        ('EPOCH_START', args.epoch_start, lambda v: _is_int(v, 0), 'an integer >= 0'),
+        ('EPOCHS (--epochs)', args.epochs, lambda v: _is_int(v, args.epoch_start),
+         f'an integer >= EPOCH_START ({args.epoch_start})'),
+        ('IM_SIZE (--im-size)', args.im_size,
+         lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(a, 1) for a in v),
+         '(width, height) in pixels'),
+        ('IM_DIM', args.im_dim, lambda v: _is_int(v) and v in (1, 3), '1 (grey) or 3 (colour)'),
+        ('FILTERS (--filters)', args.filters, lambda v: _is_int(v, 1), 'an integer >= 1'),
+        ('DROPOUT', args.dropout, lambda v: _is_number(v, 0, 1), 'a probability in [0, 1)'),
+        ('NONLINEARITY', args.nonlinearity, lambda v: v in ACTIVATIONS, f'one of {sorted(ACTIVATIONS)}'),
+        ('INIT_GAIN', cfg.INIT_GAIN, lambda v: _is_number(v) and v > 0, 'a number > 0'),
+        ('OPTIMIZER', args.optimizer, lambda v: v in ('adam', 'nesterov'), "'adam' or 'nesterov'"),
+        ('L2_WEIGHT', args.l2_weight, lambda v: _is_number(v, 0), 'a number >= 0'),
+        ('VAL_SPLIT', args.val_split, lambda v: _is_number(v, 0, 1),
+         'at least 0 and below 1 (0 trains on everything without validation)'),
+        ('MIN_SAMPLES_PER_CLASS', args.min_samples_per_class, _is_int, 'an integer (-1 = off)'),
+        ('MAX_SAMPLES_PER_CLASS', args.max_samples_per_class, lambda v: v is None or _is_int(v, 1),
+         'None or an integer >= 1'),
+        ('MEAN_TARGETS_PER_IMAGE', args.mean_targets_per_image, lambda v: _is_number(v, 1),
+         'a number >= 1'),
+        ('SNAPSHOT_EPOCHS', args.snapshot_epochs,
+         lambda v: isinstance(v, (list, tuple)) and all(_is_int(e) for e in v), 'a list of epochs'),
+        ('CONFMATRIX_MAX_CLASSES', cfg.CONFMATRIX_MAX_CLASSES, lambda v: _is_int(v, 1), 'an integer >= 1'),
+        ('SAMPLE_RATE', cfg.SAMPLE_RATE, lambda v: _is_int(v, 1), 'an integer >= 1'),
+        ('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, lambda v: v in ('linear', 'sinc'), "'linear' or 'sinc'"),
+    ]
+    checks += [(CONFIG_SETTINGS[k], getattr(args, k), _is_bool, 'True or False') for k in BOOLEAN_SETTINGS]
+    checks += [(name, getattr(cfg, name), _is_bool, 'True or False')
+               for name in ('USE_CACHE', 'NORMALIZE_CONFMATRIX', 'LOAD_OUTPUT_LAYER', 'SAVE_AFTER_INTERRUPT')]
+    for name, value, ok, rule in checks:
+        if not ok(value):
+            raise ConfigError(f'{name} must be {rule}, got {value!r}')
+    _check_composite(args)
+
+
+def _check_composite(args):
+    """The settings that check_config cannot judge one value at a time."""
+    schedule = args.learning_rate
+    if not (isinstance(schedule, dict) and schedule and all(_is_int(k, 0) for k in schedule)
+            and all(_is_number(r, 0) for r in schedule.values())):
+        raise ConfigError(f'LEARNING_RATE must be a non-empty {{epoch: rate}} dict with epochs >= 0 '
+                          f'and rates >= 0, got {schedule!r}')
+    try:
+        check_augmentation(args.augmentation)
+    except ValueError as e:
+        raise ConfigError(f'IM_AUGMENTATION: {e}') from None
+    try:
+        check_spec_params(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP)
+    except ValueError as e:
+        raise ConfigError(f'SPEC_LENGTH / SPEC_OVERLAP: {e}') from None
     try:
         flat_size(tuple(args.im_size), args.filters)
     except ValueError as e:
-        raise TrainError(str(e)) from None
+        raise ConfigError(f'IM_SIZE (--im-size) / FILTERS (--filters): {e}') from None
+    if not Path(args.dataset).is_dir():
+        raise ConfigError(f'DATASET_PATH (--dataset): dataset folder {args.dataset} does not exist')
+    for name, path in (('MODEL_PATH (--model-path)', args.model_path),
+                       ('LOG_PATH (--log-path)', args.log_path),
+                       ('CONFMATRIX_PATH (--confmatrix-path)', args.confmatrix_path)):
+        if Path(path).exists() and not Path(path).is_dir():
+            raise ConfigError(f'{name}: {path} is a file, not a folder')
 
 
 def distributed_env(environ):
@@ -114,6 +233,74 @@ def load_resume(path):
     return ckpt
 
 
+def training_meta(args, classes, train_items, val_items):
+    """A checkpoint's 'training' metadata (JSON-able, paths absolute): every setting
+    that determines the run, which --resume restores, plus the CSV log's path and
+    the images per class."""
+    meta = {key: getattr(args, key) for key in (*FLAG_SETTINGS, *CONFIG_SETTINGS)}
+    meta['log_file'] = Path(args.log_path) / f'{args.run_name}.csv'
+    meta['class_counts'] = {'train': class_counts(classes, train_items),
+                            'val': class_counts(classes, val_items)}
+    return plain(meta)
+
+
+def _shown(value):
+    return str(value) if isinstance(value, (str, Path)) else repr(value)
+
+
+def apply_resume(args, ckpt, warn):
+    """Give args the resumed run's settings; flags given explicitly override them with
+    a warning. Raises ConfigError for an override the saved network cannot take."""
+    for key, flag in (('im_size', '--im-size'), ('filters', '--filters')):
+        if key in args.explicit and plain(getattr(args, key)) != plain(ckpt[key]):
+            raise ConfigError(f'{flag} {_shown(plain(getattr(args, key)))} cannot change a resumed '
+                              f'run: {args.resume} holds a network for {flag} {_shown(ckpt[key])}')
+        setattr(args, key, list(ckpt[key]) if key == 'im_size' else ckpt[key])
+    args.im_dim = ckpt['im_dim']
+    args.dropout = ckpt.get('dropout', args.dropout)
+    args.nonlinearity = ckpt.get('nonlinearity', args.nonlinearity)
+    saved = {'run_name': ckpt.get('run_name', args.run_name), **ckpt.get('training', {})}
+    if 'training' not in ckpt:
+        warn(f'{args.resume} records no run settings (an older checkpoint): '
+             f'flags and config.py apply')
+    flags = {'run_name': '--run-name', **FLAG_SETTINGS}
+    for key, flag in flags.items():
+        if key not in saved:
+            continue
+        value = Path(saved[key]) if key in PATH_SETTINGS else saved[key]
+        if key not in args.explicit:
+            setattr(args, key, value)
+        elif plain(getattr(args, key)) != plain(value):
+            warn(f"{flag} {_shown(plain(getattr(args, key)))} overrides the resumed run's "
+                 f"{_shown(saved[key])}")
+    for key, name in CONFIG_SETTINGS.items():
+        if key not in saved:
+            continue
+        if plain(getattr(args, key)) != saved[key]:
+            warn(f"config.py's {name} {getattr(args, key)!r} differs from the resumed run's "
+                 f"{saved[key]!r}; the run's is kept")
+        setattr(args, key, saved[key])
+
+
+def settle_settings(args, warn):
+    """The run's settings, before any work: a --resume checkpoint's restored (flags
+    given override them), then all checked. Returns the resume checkpoint or None."""
+    resume = load_resume(args.resume) if args.resume else None
+    if resume:
+        apply_resume(args, resume, warn)
+    check_config(args)
+    return resume
+
+
+def announce(args, say):
+    """Where the run writes and how its learning rate will run, once at the start."""
+    for name, path in (('MODEL PATH', args.model_path), ('LOG PATH', args.log_path),
+                       ('CONFMATRIX PATH', args.confmatrix_path)):
+        say(f'{name}: {Path(path).absolute()}')
+    say('LEARNING RATE: ' + describe_schedule(args.learning_rate, args.epoch_start, args.epochs,
+                                              args.lr_descent))
+
+
 def val_percent(fraction):
     """Accuracy in % truncated to 0.1, as the original printed and compared it."""
     return math.floor(fraction * 1000 + 1e-6) / 10.0
@@ -121,8 +308,7 @@ def val_percent(fraction):
 
 def train(args):
     """Run the whole training; returns a dict with net (unwrapped), best_epoch,
-    max_acc, log rows and interrupted. Raises TrainError, CheckpointError."""
-    check_settings(args)
+    max_acc, log rows and interrupted. Raises TrainError (ConfigError), CheckpointError."""
     ddp = distributed_env(os.environ)
     rank, world, local_rank = ddp or (0, 1, 0)
     main_process = rank == 0
@@ -135,6 +321,8 @@ def train(args):
         if main_process:
             tqdm.write(f'WARNING: {msg}', file=sys.stderr)
 
+    resume = settle_settings(args, warn)
+    announce(args, say)
     try:
         device = select_device(args.device)
     except (ValueError, RuntimeError) as e:
@@ -144,14 +332,13 @@ def train(args):
         torch.cuda.set_device(device)
     configure_backend(device, args.deterministic)
 
-    resume = load_resume(args.resume) if args.resume else None
-    run_name = resume['run_name'] if resume else args.run_name
+    run_name = args.run_name
 
     # ---------------------------------------------------------------- dataset
     try:
         classes, train_items, val_items, stats = parse_dataset(
-            args.dataset, cfg.MIN_SAMPLES_PER_CLASS, cfg.MAX_SAMPLES_PER_CLASS,
-            cfg.SORT_CLASSES_ALPHABETICALLY, cfg.VAL_SPLIT, args.seed)
+            args.dataset, args.min_samples_per_class, args.max_samples_per_class,
+            args.sort_classes, args.val_split, args.seed)
     except DatasetError as e:
         raise TrainError(str(e)) from None
     if not train_items:
@@ -164,7 +351,7 @@ def train(args):
         say('NO VALIDATION SET (VAL_SPLIT = 0): training on all images; '
             'the best epoch is the one with the lowest train loss')
     if resume and list(resume['classes']) != list(classes):
-        raise TrainError(f'{args.resume} was trained on classes {list(resume["classes"])}, '
+        raise ConfigError(f'{args.resume} was trained on classes {list(resume["classes"])}, '
                          f'but {args.dataset} holds {classes}')
     batch_size = args.batch_size
     per_process = -(-len(train_items) // world)
@@ -184,11 +371,11 @@ def train(args):
             raise CheckpointError(f'{args.resume}: weights do not match the architecture '
                                   f'it describes') from None
         im_size, im_dim, filters = tuple(resume['im_size']), resume['im_dim'], resume['filters']
-        dropout = resume.get('dropout', cfg.DROPOUT)
-        nonlinearity = resume.get('nonlinearity', cfg.NONLINEARITY)
+        dropout = resume.get('dropout', args.dropout)
+        nonlinearity = resume.get('nonlinearity', args.nonlinearity)
     else:
-        im_size, im_dim, filters = tuple(args.im_size), cfg.IM_DIM, args.filters
-        dropout, nonlinearity = cfg.DROPOUT, cfg.NONLINEARITY
+        im_size, im_dim, filters = tuple(args.im_size), args.im_dim, args.filters
+        dropout, nonlinearity = args.dropout, args.nonlinearity
         net = AEDNet(len(classes), im_size, im_dim, filters, dropout, nonlinearity, cfg.INIT_GAIN)
     if ddp:
         # DDP starts every process from rank 0's weights; dropout masks should differ per process
@@ -205,17 +392,18 @@ def train(args):
 
     meta = {'classes': list(classes), 'run_name': run_name, 'im_size': list(im_size),
             'im_dim': im_dim, 'filters': filters, 'dropout': dropout, 'nonlinearity': nonlinearity,
-            'multi_label': bool(cfg.MULTI_LABEL),
+            'multi_label': bool(args.multi_label),
             # what AED_spec.py recorded for these images, else config.py's settings
             'spec': read_spec_settings(args.dataset) or {
                 'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}}
+                'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD},
+            'training': training_meta(args, classes, train_items, val_items)}
 
     channels_last = device.type == 'cuda'
     net = net.to(device, memory_format=torch.channels_last) if channels_last else net.to(device)
-    precision = Precision(device, cfg.MIXED_PRECISION)
-    optimizer = make_optimizer(cfg.OPTIMIZER, net.parameters(),
-                               learning_rate(cfg.LEARNING_RATE, cfg.EPOCH_START, args.epochs, cfg.LR_DESCENT))
+    precision = Precision(device, args.mixed_precision)
+    optimizer = make_optimizer(args.optimizer, net.parameters(),
+                               learning_rate(args.learning_rate, args.epoch_start, args.epochs, args.lr_descent))
     if resume:
         optimizer.load_state_dict(resume['optimizer'])
         if resume.get('scaler'):
@@ -252,33 +440,33 @@ def _fit(args, net, module, optimizer, precision, device, channels_last, classes
     if cfg.USE_CACHE:
         cache = build_cache(train_items + val_items, im_size, im_dim, workers=max(1, args.workers),
                             progress=main_process)
-    train_set = SpecDataset(train_items, num_classes, im_size, im_dim, cfg.IM_AUGMENTATION or None,
+    train_set = SpecDataset(train_items, num_classes, im_size, im_dim, args.augmentation or None,
                             seed=args.seed, cache=cache)
     val_set = SpecDataset(val_items, num_classes, im_size, im_dim, None, seed=args.seed, cache=cache)
     pin = device.type == 'cuda'
     if world > 1:
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank,
-                                     shuffle=cfg.RANDOMIZE_TRAIN_SET, seed=args.seed)
+                                     shuffle=args.randomize_train_set, seed=args.seed)
         train_loader = make_loader(train_set, batch_size, False, args.workers, pin, sampler=sampler,
                                    seed=args.seed)
         # every process validates its own unpadded share; the sums are added up
         val_part = Subset(val_set, range(rank, len(val_set), world))
     else:
         sampler = None
-        train_loader = make_loader(train_set, batch_size, cfg.RANDOMIZE_TRAIN_SET, args.workers, pin,
+        train_loader = make_loader(train_set, batch_size, args.randomize_train_set, args.workers, pin,
                                    seed=args.seed)
         val_part = val_set
     val_loader = None
     if val_items:
         val_loader = make_loader(val_part, batch_size, False, args.workers, pin, seed=args.seed)
 
-    multi_label = bool(cfg.MULTI_LABEL)
-    binary_acc = multi_label and cfg.VAL_HAS_MULTI_LABEL
+    multi_label = bool(args.multi_label)
+    binary_acc = multi_label and args.val_has_multi_label
 
     def mix_train(x, y):
         # port of the original's batch augmentation call: only for reasonably full batches
         if x.shape[0] >= batch_size // 2:
-            return batch_augment(x, y, cfg.MEAN_TARGETS_PER_IMAGE, np_rng)
+            return batch_augment(x, y, args.mean_targets_per_image, np_rng)
         return x, y
 
     def mix_val_factory():
@@ -286,18 +474,18 @@ def _fit(args, net, module, optimizer, precision, device, channels_last, classes
 
         def mix(x, y):
             if x.shape[0] >= batch_size // 2:
-                return batch_augment(x, y, cfg.MEAN_TARGETS_PER_IMAGE, val_rng)
+                return batch_augment(x, y, args.mean_targets_per_image, val_rng)
             return x, y
         return mix
 
     model_dir = Path(args.model_path)
-    log_path = ROOT / cfg.LOG_PATH / f'{run_name}.csv'
-    curves_path = ROOT / cfg.LOG_PATH / f'{run_name}_curves.png'
-    cm_dir = ROOT / cfg.CONFMATRIX_PATH
+    log_path = Path(args.log_path) / f'{run_name}.csv'
+    curves_path = Path(args.log_path) / f'{run_name}_curves.png'
+    cm_dir = Path(args.confmatrix_path)
     last_path = model_dir / f'AED_{run_name}_last.pt'
 
     rows, best_state, best_epoch, max_acc, best_loss = [], None, 0, -1.0, math.inf
-    start_epoch = cfg.EPOCH_START
+    start_epoch = args.epoch_start
     if resume:
         rows = list(resume.get('log', []))
         best_epoch, max_acc = resume['best_epoch'], resume['max_acc']
@@ -316,7 +504,7 @@ def _fit(args, net, module, optimizer, precision, device, channels_last, classes
     for epoch in range(start_epoch, args.epochs + 1):
         try:
             start = timer.now()
-            lr = learning_rate(cfg.LEARNING_RATE, epoch, args.epochs, cfg.LR_DESCENT)
+            lr = learning_rate(args.learning_rate, epoch, args.epochs, args.lr_descent)
             set_learning_rate(optimizer, lr)
             train_set.set_epoch(epoch)
             if sampler is not None:
@@ -324,7 +512,7 @@ def _fit(args, net, module, optimizer, precision, device, channels_last, classes
             with tqdm(total=len(train_loader), desc=f'EPOCH {epoch}', unit='batch', leave=False,
                       disable=not main_process) as bar:
                 train_loss, batches, bad = train_epoch(
-                    net, train_loader, optimizer, device, precision, multi_label, cfg.L2_WEIGHT,
+                    net, train_loader, optimizer, device, precision, multi_label, args.l2_weight,
                     batch_transform=mix_train if multi_label else None,
                     channels_last=channels_last, progress=bar)
             if world > 1:
@@ -394,7 +582,7 @@ def _fit(args, net, module, optimizer, precision, device, channels_last, classes
                              f'mP: {precision_c.mean():.4f} mF1: {f1.mean():.4f}')
                     plot_confusion_matrix(cm, classes, cm_dir / f'{run_name}_{epoch}.png', title,
                                           cfg.NORMALIZE_CONFMATRIX, cfg.CONFMATRIX_MAX_CLASSES)
-                if -1 in cfg.SNAPSHOT_EPOCHS or epoch in cfg.SNAPSHOT_EPOCHS:
+                if -1 in args.snapshot_epochs or epoch in args.snapshot_epochs:
                     path = save_checkpoint(model_dir / f'AED_{run_name}_model_epoch_{epoch}.pt',
                                            module, {**meta, 'epoch': epoch})
                     say(f'SNAPSHOT SAVED: {path}')
@@ -427,6 +615,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         result = train(args)
+    except ConfigError as e:
+        print(f'ERROR: {e}', file=sys.stderr)
+        sys.exit(2)
     except (TrainError, CheckpointError) as e:
         sys.exit(f'ERROR: {e}')
     except KeyboardInterrupt:  # before the first epoch: nothing to save
