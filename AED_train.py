@@ -7,8 +7,12 @@ saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_best.pt.
 
     python AED_train.py
     python AED_train.py --dataset dataset/train/spec --run-name Demo --im-size 128 64 --filters 16 --epochs 10
-    python AED_train.py --resume model/AED_Demo_last.pt --epochs 20
+    python AED_train.py --resume model/AED_Demo_last.pt
     torchrun --nproc_per_node=4 AED_train.py --run-name Urban4gpu
+
+Every setting is checked before any work: a bad constant or flag is one ERROR
+line and exit status 2. --resume restores the run's own settings (recorded in
+its checkpoint); a flag given with it overrides one, with a warning.
 
 BATCH_SIZE larger than the training set is clamped to its size with a
 warning (a small dataset is legitimate). Under torchrun, BATCH_SIZE is per

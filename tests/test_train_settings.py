@@ -107,7 +107,8 @@ BAD_FLAGS = [
     (['--filters', '0'], 'FILTERS (--filters)'),
     (['--im-size', '32', '32'], 'too small'),
     (['--run-name', 'a/b'], 'RUN_NAME (--run-name)'),
-    (['--dataset', 'no_such_folder'], 'DATASET_PATH (--dataset): dataset folder no_such_folder does not exist'),
+    (['--dataset', 'no_such_folder'],
+     'DATASET_PATH (--dataset): dataset folder no_such_folder does not exist'),
     (['--log-path', 'a_file'], 'LOG_PATH (--log-path): a_file is a file, not a folder'),
 ]
 
