@@ -22,6 +22,7 @@ import argparse
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,8 @@ from model.data import (DatasetError, SpecDataset, batch_augment, build_cache, c
                         make_loader, parse_dataset)
 from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import ACTIVATIONS, AEDNet, count_params, flat_size, weighted_layers
-from model.training import (Precision, Timer, configure_backend, describe_schedule, evaluate,
-                            learning_rate, make_optimizer, plot_training_curves, rng_state,
+from model.training import (Precision, Timer, all_can_step, configure_backend, describe_schedule,
+                            evaluate, learning_rate, make_optimizer, plot_training_curves, rng_state,
                             select_device, set_learning_rate, set_rng_state, train_epoch,
                             write_epoch_log)
 
@@ -310,35 +311,128 @@ def val_percent(fraction):
     return math.floor(fraction * 1000 + 1e-6) / 10.0
 
 
+@dataclass
+class Run:
+    """One training run: the settings, the network and data the steps below share,
+    and the progress they update (the shape of pytorch/examples' imagenet main.py)."""
+    args: argparse.Namespace
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = None
+    resume: dict = None           # the --resume checkpoint, else None
+    run_name: str = None
+    # data (read_dataset, prepare_data)
+    classes: list = None
+    train_items: list = None
+    val_items: list = None
+    batch_size: int = None
+    train_set: SpecDataset = None
+    train_loader: object = None
+    sampler: DistributedSampler = None
+    val_loader: object = None     # None without a validation set
+    cpu_group: object = None      # under torchrun: a gloo group for small CPU collectives
+    agree: object = None          # under torchrun: all processes skip a batch together
+    # network (build_network, setup_optimizer); net may be DDP-wrapped, module is the bare network
+    module: torch.nn.Module = None
+    net: torch.nn.Module = None
+    optimizer: torch.optim.Optimizer = None
+    precision: Precision = None
+    channels_last: bool = False
+    meta: dict = None             # checkpoint metadata
+    np_rng: np.random.Generator = None
+    # progress (restore_progress, report)
+    start_epoch: int = None
+    rows: list = field(default_factory=list)
+    best_state: dict = None
+    best_epoch: int = 0
+    max_acc: float = -1.0
+    best_loss: float = math.inf
+    interrupted: bool = False
+
+    @property
+    def main_process(self):
+        return self.rank == 0
+
+    @property
+    def multi_label(self):
+        return bool(self.args.multi_label)
+
+    def say(self, msg):
+        if self.main_process:
+            tqdm.write(msg, file=sys.stdout)
+
+    def warn(self, msg):
+        if self.main_process:
+            tqdm.write(f'WARNING: {msg}', file=sys.stderr)
+
+    def path(self, kind, epoch=None):
+        """Where the run writes: 'log', 'curves', 'confmatrix', 'last', 'snapshot', 'best'."""
+        models, name = Path(self.args.model_path), self.run_name
+        logs, cms = Path(self.args.log_path), Path(self.args.confmatrix_path)
+        return {'log': logs / f'{name}.csv',
+                'curves': logs / f'{name}_curves.png',
+                'confmatrix': cms / f'{name}_{epoch}.png',
+                'last': models / f'AED_{name}_last.pt',
+                'snapshot': models / f'AED_{name}_model_epoch_{epoch}.pt',
+                'best': models / f'AED_{name}_model_best.pt'}[kind]
+
+
 def train(args):
     """Run the whole training; returns a dict with net (unwrapped), best_epoch,
     max_acc, log rows and interrupted. Raises TrainError (ConfigError), CheckpointError."""
-    ddp = distributed_env(os.environ)
-    rank, world, local_rank = ddp or (0, 1, 0)
-    main_process = rank == 0
-
-    def say(msg):
-        if main_process:
-            tqdm.write(msg, file=sys.stdout)
-
-    def warn(msg):
-        if main_process:
-            tqdm.write(f'WARNING: {msg}', file=sys.stderr)
-
-    resume = settle_settings(args, warn)
-    announce(args, say)
+    run = Run(args, *(distributed_env(os.environ) or (0, 1, 0)))
+    run.resume = settle_settings(args, run.warn)
+    announce(args, run.say)
+    run.run_name = args.run_name
+    setup_device(run)
+    read_dataset(run)
+    build_network(run)
+    setup_optimizer(run)
+    ddp = run.world > 1
+    if ddp:
+        dist.init_process_group('nccl' if run.device.type == 'cuda' else 'gloo')
     try:
-        device = select_device(args.device)
+        run.net = run.module
+        if ddp:
+            # small CPU collectives (skip flags, random states) never wait for the GPU
+            run.cpu_group = dist.new_group(backend='gloo') if run.device.type == 'cuda' else None
+            run.agree = all_can_step(run.cpu_group)
+            run.net = DistributedDataParallel(
+                run.module, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+        prepare_data(run)
+        restore_progress(run)
+        fit(run)
+        save_best(run)
+        if ddp:
+            dist.barrier()  # no process tears its group down while another still uses it
+        return {'net': run.module, 'best_epoch': run.best_epoch, 'max_acc': run.max_acc,
+                'log': run.rows, 'interrupted': run.interrupted}
+    finally:
+        if ddp:
+            # the DDP reducer holds the process group: freeing it after the group is
+            # destroyed could hang in gloo's destructor (seen in the 2-process test)
+            run.net = None
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- set-up steps
+
+def setup_device(run):
+    try:
+        device = select_device(run.args.device)
     except (ValueError, RuntimeError) as e:
         raise TrainError(str(e)) from None
-    if device.type == 'cuda' and ddp:
-        device = torch.device('cuda', local_rank)
+    if device.type == 'cuda' and run.world > 1:
+        device = torch.device('cuda', run.local_rank)
         torch.cuda.set_device(device)
-    configure_backend(device, args.deterministic)
+    configure_backend(device, run.args.deterministic)
+    run.device = device
 
-    run_name = args.run_name
 
-    # ---------------------------------------------------------------- dataset
+def read_dataset(run):
+    """Class folders -> run.classes, train/val items and the (clamped) batch size."""
+    args = run.args
     try:
         classes, train_items, val_items, stats = parse_dataset(
             args.dataset, args.min_samples_per_class, args.max_samples_per_class,
@@ -347,26 +441,30 @@ def train(args):
         raise TrainError(str(e)) from None
     if not train_items:
         raise TrainError(f'no training images left in {args.dataset} after the validation split')
-    say(f'CLASSES: {len(classes)}')
-    say(f'CLASS LABELS: {sorted(stats.items(), key=lambda kv: kv[1])}')
-    say(f'TRAINING IMAGES: {len(train_items)}')
-    say(f'VALIDATION IMAGES: {len(val_items)}')
+    run.say(f'CLASSES: {len(classes)}')
+    run.say(f'CLASS LABELS: {sorted(stats.items(), key=lambda kv: kv[1])}')
+    run.say(f'TRAINING IMAGES: {len(train_items)}')
+    run.say(f'VALIDATION IMAGES: {len(val_items)}')
     if not val_items:
-        say('NO VALIDATION SET (VAL_SPLIT = 0): training on all images; '
-            'the best epoch is the one with the lowest train loss')
-    if resume and list(resume['classes']) != list(classes):
-        raise ConfigError(f'{args.resume} was trained on classes {list(resume["classes"])}, '
+        run.say('NO VALIDATION SET (VAL_SPLIT = 0): training on all images; '
+                'the best epoch is the one with the lowest train loss')
+    if run.resume and list(run.resume['classes']) != list(classes):
+        raise ConfigError(f'{args.resume} was trained on classes {list(run.resume["classes"])}, '
                          f'but {args.dataset} holds {classes}')
-    batch_size = args.batch_size
-    per_process = -(-len(train_items) // world)
-    if batch_size > per_process:
-        warn(f'batch size {batch_size} is larger than the training set '
-             f'({per_process} images per process); using {per_process}')
-        batch_size = per_process
+    run.classes, run.train_items, run.val_items = classes, train_items, val_items
+    run.batch_size = args.batch_size
+    per_process = -(-len(train_items) // run.world)
+    if run.batch_size > per_process:
+        run.warn(f'batch size {run.batch_size} is larger than the training set '
+                 f'({per_process} images per process); using {per_process}')
+        run.batch_size = per_process
 
-    # ---------------------------------------------------------------- network
+
+def build_network(run):
+    """The network (new, resumed or pretrained) and the checkpoint metadata that describes it."""
+    args, resume = run.args, run.resume
     torch.manual_seed(args.seed)
-    np_rng = np.random.default_rng([args.seed, rank])
+    run.np_rng = np.random.default_rng([args.seed, run.rank])
     if resume:
         net = build_model(resume)
         try:
@@ -380,239 +478,278 @@ def train(args):
     else:
         im_size, im_dim, filters = tuple(args.im_size), args.im_dim, args.filters
         dropout, nonlinearity = args.dropout, args.nonlinearity
-        net = AEDNet(len(classes), im_size, im_dim, filters, dropout, nonlinearity, cfg.INIT_GAIN)
-    if ddp:
+        net = AEDNet(len(run.classes), im_size, im_dim, filters, dropout, nonlinearity, cfg.INIT_GAIN)
+    if run.world > 1:
         # DDP starts every process from rank 0's weights; dropout masks should differ per process
-        torch.manual_seed(args.seed + rank)
-    say(f'MODEL HAS {weighted_layers(net)} WEIGHTED LAYERS')
-    say(f'MODEL HAS {count_params(net)} PARAMS')
+        torch.manual_seed(args.seed + run.rank)
+    run.say(f'MODEL HAS {weighted_layers(net)} WEIGHTED LAYERS')
+    run.say(f'MODEL HAS {count_params(net)} PARAMS')
     if args.pretrained and not resume:
         path = resolve_model_path(args.pretrained, args.model_path)
         load_weights(net, load_checkpoint(path), cfg.LOAD_OUTPUT_LAYER, source=str(path))
-        say(f'IMPORTED MODEL PARAMS FROM {path}'
-            + ('' if cfg.LOAD_OUTPUT_LAYER else ' (ALL BUT THE OUTPUT LAYER)'))
+        run.say(f'IMPORTED MODEL PARAMS FROM {path}'
+                + ('' if cfg.LOAD_OUTPUT_LAYER else ' (ALL BUT THE OUTPUT LAYER)'))
     elif args.pretrained:
-        warn(f'--pretrained {args.pretrained} ignored: resuming {args.resume}')
+        run.warn(f'--pretrained {args.pretrained} ignored: resuming {args.resume}')
 
-    meta = {'classes': list(classes), 'run_name': run_name, 'im_size': list(im_size),
-            'im_dim': im_dim, 'filters': filters, 'dropout': dropout, 'nonlinearity': nonlinearity,
-            'multi_label': bool(args.multi_label),
-            # what AED_spec.py recorded for these images, else config.py's settings
-            'spec': read_spec_settings(args.dataset) or {
-                'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD},
-            'training': training_meta(args, classes, train_items, val_items)}
+    run.meta = {'classes': list(run.classes), 'run_name': run.run_name, 'im_size': list(im_size),
+                'im_dim': im_dim, 'filters': filters, 'dropout': dropout,
+                'nonlinearity': nonlinearity, 'multi_label': run.multi_label,
+                # what AED_spec.py recorded for these images, else config.py's settings
+                'spec': read_spec_settings(args.dataset) or {
+                    'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
+                    'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD},
+                'training': training_meta(args, run.classes, run.train_items, run.val_items)}
+    run.module = net
 
-    channels_last = device.type == 'cuda'
-    net = net.to(device, memory_format=torch.channels_last) if channels_last else net.to(device)
-    precision = Precision(device, args.mixed_precision)
-    optimizer = make_optimizer(args.optimizer, net.parameters(),
-                               learning_rate(args.learning_rate, args.epoch_start, args.epochs, args.lr_descent))
+
+def setup_optimizer(run):
+    """Network onto the device, precision and optimiser (with their resumed state)."""
+    args, resume, device = run.args, run.resume, run.device
+    run.channels_last = device.type == 'cuda'
+    net = run.module
+    run.module = net.to(device, memory_format=torch.channels_last) if run.channels_last else net.to(device)
+    run.precision = Precision(device, args.mixed_precision)
+    run.optimizer = make_optimizer(args.optimizer, run.module.parameters(),
+                                   learning_rate(args.learning_rate, args.epoch_start, args.epochs,
+                                                 args.lr_descent))
     if resume:
-        optimizer.load_state_dict(resume['optimizer'])
+        run.optimizer.load_state_dict(resume['optimizer'])
         if resume.get('scaler'):
-            precision.scaler.load_state_dict(resume['scaler'])
-    say(f'DEVICE: {device} ({precision}), {world} PROCESS(ES), BATCH SIZE {batch_size}')
-
-    if ddp:
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    try:
-        module = net
-        if ddp:
-            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
-        result = _fit(args, net, module, optimizer, precision, device, channels_last, classes,
-                      train_items, val_items, batch_size, meta, run_name, resume, np_rng,
-                      rank, world, say, warn)
-        if ddp:
-            dist.barrier()  # no process tears its group down while another still uses it
-        return result
-    finally:
-        if ddp:
-            # the DDP reducer holds the process group: freeing it after the group is
-            # destroyed could hang in gloo's destructor (seen in the 2-process test)
-            del net
-            dist.destroy_process_group()
+            run.precision.scaler.load_state_dict(resume['scaler'])
+    run.say(f'DEVICE: {device} ({run.precision}), {run.world} PROCESS(ES), BATCH SIZE {run.batch_size}')
 
 
-def _fit(args, net, module, optimizer, precision, device, channels_last, classes, train_items,
-         val_items, batch_size, meta, run_name, resume, np_rng, rank, world, say, warn):
-    """The epoch loop (net may be DDP-wrapped; module is the bare network)."""
-    main_process = rank == 0
-    num_classes = len(classes)
-    im_size, im_dim = tuple(meta['im_size']), meta['im_dim']
+def prepare_data(run):
+    """Datasets and loaders; under torchrun each process trains and validates its own share."""
+    args, num_classes = run.args, len(run.classes)
+    im_size, im_dim = tuple(run.meta['im_size']), run.meta['im_dim']
     cache = None
     if cfg.USE_CACHE:
-        cache = build_cache(train_items + val_items, im_size, im_dim, workers=max(1, args.workers),
-                            progress=main_process)
-    train_set = SpecDataset(train_items, num_classes, im_size, im_dim, args.augmentation or None,
-                            seed=args.seed, cache=cache)
-    val_set = SpecDataset(val_items, num_classes, im_size, im_dim, None, seed=args.seed, cache=cache)
-    pin = device.type == 'cuda'
-    if world > 1:
-        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank,
-                                     shuffle=args.randomize_train_set, seed=args.seed)
-        train_loader = make_loader(train_set, batch_size, False, args.workers, pin, sampler=sampler,
-                                   seed=args.seed)
+        cache = build_cache(run.train_items + run.val_items, im_size, im_dim,
+                            workers=max(1, args.workers), progress=run.main_process)
+    run.train_set = SpecDataset(run.train_items, num_classes, im_size, im_dim,
+                                args.augmentation or None, seed=args.seed, cache=cache)
+    val_set = SpecDataset(run.val_items, num_classes, im_size, im_dim, None, seed=args.seed, cache=cache)
+    pin = run.device.type == 'cuda'
+    if run.world > 1:
+        run.sampler = DistributedSampler(run.train_set, num_replicas=run.world, rank=run.rank,
+                                         shuffle=args.randomize_train_set, seed=args.seed)
+        run.train_loader = make_loader(run.train_set, run.batch_size, False, args.workers, pin,
+                                       sampler=run.sampler, seed=args.seed)
         # every process validates its own unpadded share; the sums are added up
-        val_part = Subset(val_set, range(rank, len(val_set), world))
+        val_part = Subset(val_set, range(run.rank, len(val_set), run.world))
     else:
-        sampler = None
-        train_loader = make_loader(train_set, batch_size, args.randomize_train_set, args.workers, pin,
-                                   seed=args.seed)
+        run.train_loader = make_loader(run.train_set, run.batch_size, args.randomize_train_set,
+                                       args.workers, pin, seed=args.seed)
         val_part = val_set
-    val_loader = None
-    if val_items:
-        val_loader = make_loader(val_part, batch_size, False, args.workers, pin, seed=args.seed)
+    if run.val_items:
+        run.val_loader = make_loader(val_part, run.batch_size, False, args.workers, pin, seed=args.seed)
 
-    multi_label = bool(args.multi_label)
-    binary_acc = multi_label and args.val_has_multi_label
 
-    def mix_train(x, y):
-        # port of the original's batch augmentation call: only for reasonably full batches
-        if x.shape[0] >= batch_size // 2:
-            return batch_augment(x, y, args.mean_targets_per_image, np_rng)
-        return x, y
-
-    def mix_val_factory():
-        val_rng = np.random.default_rng([args.seed, 2, rank])  # same mixing every epoch
-
-        def mix(x, y):
-            if x.shape[0] >= batch_size // 2:
-                return batch_augment(x, y, args.mean_targets_per_image, val_rng)
-            return x, y
-        return mix
-
-    model_dir = Path(args.model_path)
-    log_path = Path(args.log_path) / f'{run_name}.csv'
-    curves_path = Path(args.log_path) / f'{run_name}_curves.png'
-    cm_dir = Path(args.confmatrix_path)
-    last_path = model_dir / f'AED_{run_name}_last.pt'
-
-    rows, best_state, best_epoch, max_acc, best_loss = [], None, 0, -1.0, math.inf
-    start_epoch = args.epoch_start
+def restore_progress(run):
+    """Log, best epoch and random state of a resumed run."""
+    resume = run.resume
+    run.start_epoch = run.args.epoch_start
     if resume:
-        rows = list(resume.get('log', []))
-        best_epoch, max_acc = resume['best_epoch'], resume['max_acc']
-        best_loss = resume['best_loss']
-        best_state = resume.get('best_state') or clean_state_dict(module.state_dict())
-        start_epoch = resume['epoch'] + 1
-        set_rng_state(resume['rng'], np_rng)
-        say(f'RESUMING {run_name} AT EPOCH {start_epoch}')
-    if start_epoch > args.epochs:
-        warn(f'nothing to train: the run already reached epoch {start_epoch - 1} of {args.epochs}')
+        run.rows = list(resume.get('log', []))
+        run.best_epoch, run.max_acc = resume['best_epoch'], resume['max_acc']
+        run.best_loss = resume['best_loss']
+        run.best_state = resume.get('best_state') or clean_state_dict(run.module.state_dict())
+        run.start_epoch = resume['epoch'] + 1
+        restore_rng(run, resume['rng'])
+        run.say(f'RESUMING {run.run_name} AT EPOCH {run.start_epoch}')
+    if run.start_epoch > run.args.epochs:
+        run.warn(f'nothing to train: the run already reached epoch {run.start_epoch - 1} '
+                 f'of {run.args.epochs}')
 
-    timer = Timer(device)
-    interrupted = False
-    epoch = start_epoch - 1
-    say('START TRAINING...')
-    for epoch in range(start_epoch, args.epochs + 1):
+
+def gather_rng(run):
+    """The random states of all processes, in rank order (each has its own dropout and mixing)."""
+    state = rng_state(run.np_rng)
+    if run.world == 1:
+        return [state]
+    states = [None] * run.world
+    dist.all_gather_object(states, state, group=run.cpu_group)
+    return states
+
+
+def restore_rng(run, states):
+    """This process's saved random state (older resume checkpoints held rank 0's
+    alone, as a dict)."""
+    states = states if isinstance(states, list) else [states]
+    if len(states) < run.world:
+        run.warn(f'the run saved the random states of {len(states)} process(es); '
+                 f'the others continue from fresh seeds')
+    if run.rank < len(states):
+        set_rng_state(states[run.rank], run.np_rng)
+
+
+# ---------------------------------------------------------------- the epoch loop
+
+def fit(run):
+    """Train epoch after epoch; Ctrl-C ends the loop after marking the run interrupted."""
+    timer = Timer(run.device)
+    run.say('START TRAINING...')
+    epoch = run.start_epoch - 1
+    for epoch in range(run.start_epoch, run.args.epochs + 1):
         try:
             start = timer.now()
-            lr = learning_rate(args.learning_rate, epoch, args.epochs, args.lr_descent)
-            set_learning_rate(optimizer, lr)
-            train_set.set_epoch(epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            with tqdm(total=len(train_loader), desc=f'EPOCH {epoch}', unit='batch', leave=False,
-                      disable=not main_process) as bar:
-                train_loss, batches, bad = train_epoch(
-                    net, train_loader, optimizer, device, precision, multi_label, args.l2_weight,
-                    batch_transform=mix_train if multi_label else None,
-                    channels_last=channels_last, progress=bar)
-            if world > 1:
-                # DDP keeps the weights equal; batch-norm statistics are made equal here
-                for buffer in module.buffers():
-                    dist.broadcast(buffer, src=0)
-            totals = [train_loss * batches, batches, bad]
-            if val_loader is not None:
-                stats = evaluate(module, val_loader, device, precision, num_classes, multi_label,
-                                 binary_acc, batch_transform=mix_val_factory() if binary_acc else None,
-                                 channels_last=channels_last)
-                packed = torch.cat([torch.tensor(totals, dtype=torch.float64, device=device),
-                                    torch.stack([stats['loss_sum'], stats['correct'], stats['total']]),
-                                    torch.tensor([stats['images'], stats['bad']], dtype=torch.float64,
-                                                 device=device),
-                                    stats['cm'].flatten()])
-            else:
-                packed = torch.tensor(totals, dtype=torch.float64, device=device)
-            if world > 1:
-                dist.all_reduce(packed)  # sums of all processes
-            packed = packed.cpu().numpy()
-            end = timer.now()
-
-            batches = int(packed[1])
-            if not batches:
-                raise TrainError(f'epoch {epoch}: no training batch could be loaded '
-                                 f'(are the images in {args.dataset} readable?)')
-            train_loss = packed[0] / batches
-            bad = int(packed[2])
-            row = {'epoch': epoch, 'train_loss': round(float(train_loss), 6), 'lr': lr,
-                   'time_s': round(end - start, 1), 'bad_images': bad}
-            if val_loader is not None:
-                val_loss_sum, correct, total, images, val_bad = packed[3:8]
-                cm = packed[8:].reshape(num_classes, num_classes).astype(np.int64)
-                bad += int(val_bad)
-                row['bad_images'] = bad
-                val_loss = val_loss_sum / images if images else float('nan')
-                acc = val_percent(correct / total) if total else 0.0
-                row.update(val_loss=round(float(val_loss), 6), val_accuracy=acc)
-                say(f'EPOCH {epoch} TRAIN LOSS: {train_loss:.6f} VAL LOSS: {val_loss:.6f} '
-                    f'VAL ACCURACY: {acc} % LR: {lr:.6g} TIME: {row["time_s"]} s')
-                improved = acc >= max_acc  # ties go to the later epoch, as in the original
-            else:
-                cm = None
-                say(f'EPOCH {epoch} TRAIN LOSS: {train_loss:.6f} VAL LOSS: - VAL ACCURACY: - % '
-                    f'LR: {lr:.6g} TIME: {row["time_s"]} s')
-                improved = train_loss <= best_loss
-            if bad:
-                warn(f'epoch {epoch}: {bad} unreadable image(s) skipped')
-            rows.append(row)
-            if improved:
-                # a COPY of the weights: the original kept a reference to the live net (defect 1)
-                best_state = clean_state_dict(module.state_dict())
-                best_epoch = epoch
-                if cm is not None:
-                    max_acc = row['val_accuracy']
-                else:
-                    best_loss = train_loss
-
-            if main_process:
-                write_epoch_log(log_path, rows)
-                plot_training_curves(rows, curves_path, f'{run_name}: epochs {rows[0]["epoch"]}-{epoch}')
-                if cm is not None:
-                    precision_c, _, f1 = class_metrics(cm)
-                    title = (f'Confusion Matrix\n{run_name} - Epoch {epoch}\n'
-                             f'Train Samples: {len(train_items)} Validation Samples: {len(val_items)}\n'
-                             f'mP: {precision_c.mean():.4f} mF1: {f1.mean():.4f}')
-                    plot_confusion_matrix(cm, classes, cm_dir / f'{run_name}_{epoch}.png', title,
-                                          cfg.NORMALIZE_CONFMATRIX, cfg.CONFMATRIX_MAX_CLASSES)
-                if -1 in args.snapshot_epochs or epoch in args.snapshot_epochs:
-                    path = save_checkpoint(model_dir / f'AED_{run_name}_model_epoch_{epoch}.pt',
-                                           module, {**meta, 'epoch': epoch})
-                    say(f'SNAPSHOT SAVED: {path}')
-                save_checkpoint(last_path, module, {**meta, 'epoch': epoch}, resume=True,
-                                optimizer=optimizer.state_dict(), scaler=precision.scaler.state_dict(),
-                                best_state=None if best_epoch == epoch else best_state,
-                                best_epoch=best_epoch, max_acc=max_acc, best_loss=float(best_loss),
-                                log=rows, rng=rng_state(np_rng))
+            lr = learning_rate(run.args.learning_rate, epoch, run.args.epochs, run.args.lr_descent)
+            set_learning_rate(run.optimizer, lr)
+            totals = train_one_epoch(run, epoch)
+            stats = validate(run)
+            sums = add_up(run, totals, stats)
+            seconds = timer.now() - start
+            cm = report(run, epoch, lr, sums, seconds)
+            rng = gather_rng(run)
+            if run.main_process:
+                save_epoch(run, epoch, cm, rng)
         except KeyboardInterrupt:
-            interrupted = True
-            warn(f'training interrupted in epoch {epoch}')
+            run.interrupted = True
+            run.warn(f'training interrupted in epoch {epoch}')
             break
+    run.say('TRAINING DONE!')
+    run.say(f'MAX ACC: {run.max_acc}' if run.val_loader is not None
+            else f'MIN TRAIN LOSS: {run.best_loss:.6f}')
 
-    say('TRAINING DONE!')
-    say(f'MAX ACC: {max_acc}' if val_loader is not None else f'MIN TRAIN LOSS: {best_loss:.6f}')
-    if best_state is not None and (not interrupted or cfg.SAVE_AFTER_INTERRUPT):
-        module.load_state_dict(best_state)
-        if main_process:
-            best_meta = {**meta, 'epoch': best_epoch}
-            save_checkpoint(model_dir / f'AED_{run_name}_model_epoch_{best_epoch}.pt', module, best_meta)
-            path = save_checkpoint(model_dir / f'AED_{run_name}_model_best.pt', module, best_meta)
-            say(f'BEST MODEL (EPOCH {best_epoch}) SAVED: {path}')
-    elif best_state is None:
-        warn('no epoch finished, no model saved')
-    return {'net': module, 'best_epoch': best_epoch, 'max_acc': max_acc, 'log': rows,
-            'interrupted': interrupted}
+
+def mix_batches(batch_size, mean_targets, rng):
+    """The original's batch augmentation (MULTI_LABEL), only for reasonably full batches."""
+    def mix(x, y):
+        if x.shape[0] >= batch_size // 2:
+            return batch_augment(x, y, mean_targets, rng)
+        return x, y
+    return mix
+
+
+def train_one_epoch(run, epoch):
+    """One pass over this process's training share; returns [loss sum, batches, unreadable]."""
+    run.train_set.set_epoch(epoch)
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    mix = mix_batches(run.batch_size, run.args.mean_targets_per_image, run.np_rng)
+    with tqdm(total=len(run.train_loader), desc=f'EPOCH {epoch}', unit='batch', leave=False,
+              disable=not run.main_process) as bar:
+        train_loss, batches, bad = train_epoch(
+            run.net, run.train_loader, run.optimizer, run.device, run.precision, run.multi_label,
+            run.args.l2_weight, batch_transform=mix if run.multi_label else None,
+            channels_last=run.channels_last, progress=bar, agree=run.agree)
+    if run.world > 1:
+        # DDP keeps the weights equal; batch-norm statistics are made equal here
+        for buffer in run.module.buffers():
+            dist.broadcast(buffer, src=0)
+    return [train_loss * batches, batches, bad]
+
+
+def validate(run):
+    """Validation sums of this process (see model.training.evaluate), or None without a validation set."""
+    if run.val_loader is None:
+        return None
+    binary_acc = run.multi_label and run.args.val_has_multi_label
+    # the same mixing every epoch
+    mix = mix_batches(run.batch_size, run.args.mean_targets_per_image,
+                      np.random.default_rng([run.args.seed, 2, run.rank]))
+    return evaluate(run.module, run.val_loader, run.device, run.precision, len(run.classes),
+                    run.multi_label, binary_acc, batch_transform=mix if binary_acc else None,
+                    channels_last=run.channels_last)
+
+
+def add_up(run, totals, stats):
+    """Training totals and validation sums of all processes, as one numpy vector:
+    [train loss sum, batches, bad, val loss sum, correct, total, images, val bad, cm...]."""
+    device = run.device
+    packed = torch.tensor(totals, dtype=torch.float64, device=device)
+    if stats is not None:
+        packed = torch.cat([packed,
+                            torch.stack([stats['loss_sum'], stats['correct'], stats['total']]),
+                            torch.tensor([stats['images'], stats['bad']], dtype=torch.float64,
+                                         device=device),
+                            stats['cm'].flatten()])
+    if run.world > 1:
+        dist.all_reduce(packed)  # sums of all processes
+    return packed.cpu().numpy()
+
+
+def report(run, epoch, lr, sums, seconds):
+    """Print the epoch line, log the row, keep the best weights; returns the confusion matrix or None."""
+    batches = int(sums[1])
+    if not batches:
+        raise TrainError(f'epoch {epoch}: no training batch could be loaded '
+                         f'(are the images in {run.args.dataset} readable?)')
+    train_loss = sums[0] / batches
+    bad = int(sums[2])
+    row = {'epoch': epoch, 'train_loss': round(float(train_loss), 6), 'lr': lr,
+           'time_s': round(seconds, 1), 'bad_images': bad}
+    cm = None
+    if run.val_loader is not None:
+        val_loss_sum, correct, total, images, val_bad = sums[3:8]
+        num_classes = len(run.classes)
+        cm = sums[8:].reshape(num_classes, num_classes).astype(np.int64)
+        bad += int(val_bad)
+        row['bad_images'] = bad
+        val_loss = val_loss_sum / images if images else float('nan')
+        acc = val_percent(correct / total) if total else 0.0
+        row.update(val_loss=round(float(val_loss), 6), val_accuracy=acc)
+        run.say(f'EPOCH {epoch} TRAIN LOSS: {train_loss:.6f} VAL LOSS: {val_loss:.6f} '
+                f'VAL ACCURACY: {acc} % LR: {lr:.6g} TIME: {row["time_s"]} s')
+        improved = acc >= run.max_acc  # ties go to the later epoch, as in the original
+    else:
+        run.say(f'EPOCH {epoch} TRAIN LOSS: {train_loss:.6f} VAL LOSS: - VAL ACCURACY: - % '
+                f'LR: {lr:.6g} TIME: {row["time_s"]} s')
+        improved = train_loss <= run.best_loss
+    if bad:
+        run.warn(f'epoch {epoch}: {bad} unreadable image(s) skipped')
+    run.rows.append(row)
+    if improved:
+        # a COPY of the weights: the original kept a reference to the live net (defect 1)
+        run.best_state = clean_state_dict(run.module.state_dict())
+        run.best_epoch = epoch
+        if cm is not None:
+            run.max_acc = row['val_accuracy']
+        else:
+            run.best_loss = train_loss
+    return cm
+
+
+def save_epoch(run, epoch, cm, rng):
+    """Main process: CSV log, curves, confusion matrix, snapshot and the resume checkpoint
+    (rng: every process's random state, see gather_rng)."""
+    write_epoch_log(run.path('log'), run.rows)
+    plot_training_curves(run.rows, run.path('curves'),
+                         f'{run.run_name}: epochs {run.rows[0]["epoch"]}-{epoch}')
+    if cm is not None:
+        precision_c, _, f1 = class_metrics(cm)
+        title = (f'Confusion Matrix\n{run.run_name} - Epoch {epoch}\n'
+                 f'Train Samples: {len(run.train_items)} Validation Samples: {len(run.val_items)}\n'
+                 f'mP: {precision_c.mean():.4f} mF1: {f1.mean():.4f}')
+        plot_confusion_matrix(cm, run.classes, run.path('confmatrix', epoch), title,
+                              cfg.NORMALIZE_CONFMATRIX, cfg.CONFMATRIX_MAX_CLASSES)
+    meta = {**run.meta, 'epoch': epoch}
+    if -1 in run.args.snapshot_epochs or epoch in run.args.snapshot_epochs:
+        path = save_checkpoint(run.path('snapshot', epoch), run.module, meta)
+        run.say(f'SNAPSHOT SAVED: {path}')
+    save_checkpoint(run.path('last'), run.module, meta, resume=True,
+                    optimizer=run.optimizer.state_dict(), scaler=run.precision.scaler.state_dict(),
+                    best_state=None if run.best_epoch == epoch else run.best_state,
+                    best_epoch=run.best_epoch, max_acc=run.max_acc, best_loss=float(run.best_loss),
+                    log=run.rows, rng=rng)
+
+
+def save_best(run):
+    """Load the best epoch's weights into the network and save them (also after Ctrl-C if
+    SAVE_AFTER_INTERRUPT)."""
+    if run.best_state is None:
+        run.warn('no epoch finished, no model saved')
+        return
+    if run.interrupted and not cfg.SAVE_AFTER_INTERRUPT:
+        return
+    run.module.load_state_dict(run.best_state)
+    if run.main_process:
+        meta = {**run.meta, 'epoch': run.best_epoch}
+        save_checkpoint(run.path('snapshot', run.best_epoch), run.module, meta)
+        path = save_checkpoint(run.path('best'), run.module, meta)
+        run.say(f'BEST MODEL (EPOCH {run.best_epoch}) SAVED: {path}')
 
 
 def main(argv=None):

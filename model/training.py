@@ -141,14 +141,16 @@ def select_device(name='auto'):
 
 
 class Precision:
-    """Mixed precision on CUDA: bf16 autocast where supported, else fp16 with a
-    GradScaler. Elsewhere (or with enabled=False) plain float32."""
+    """Mixed precision on CUDA: bf16 autocast where the GPU has it natively, else
+    fp16 with a GradScaler. Elsewhere (or with enabled=False) plain float32."""
 
     def __init__(self, device, enabled=True):
         self.enabled = bool(enabled) and device.type == 'cuda'
         self.dtype = None
         if self.enabled:
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # emulated bf16 (T4, V100) is slower than fp16
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+            self.dtype = torch.bfloat16 if native else torch.float16
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.enabled and self.dtype == torch.float16)
         self.device_type = device.type
 
@@ -219,7 +221,7 @@ def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
 
 
 def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight=0.0,
-                batch_transform=None, channels_last=False, progress=None):
+                batch_transform=None, channels_last=False, progress=None, agree=None):
     """Train over loader once; returns (mean batch loss, batches, unreadable images).
 
     loader yields (x, y, n_bad) as model.data.collate makes them.
@@ -227,6 +229,9 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
     the device (batch augmentation). Batches of fewer than 2 images are
     skipped: batch norm cannot normalise a single image in training mode.
     progress: optional tqdm bar, advanced once per batch.
+    agree(ok) -> bool: under DDP, whether every process can step (see
+    all_can_step); all skip a batch together, else their gradient
+    all-reduces fall out of step and one process waits forever.
     """
     net.train()
     loss_sum = torch.zeros((), device=device)
@@ -235,7 +240,10 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
         bad += int(n_bad)
         if batch_transform is not None and x.shape[0]:
             x, y = batch_transform(x, y)
-        if x.shape[0] >= 2:
+        step = x.shape[0] >= 2
+        if agree is not None:
+            step = agree(step)
+        if step:
             x = to_device(x, device, channels_last)
             y = y.to(device, non_blocking=True)
             loss_sum += train_step(net, x, y, optimizer, precision, multi_label, l2_weight)
@@ -247,6 +255,19 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
                 progress.set_postfix(loss=f'{loss_sum.item() / batches:.4f}')
     mean = loss_sum.item() / batches if batches else float('nan')
     return mean, batches, bad
+
+
+def all_can_step(group=None):
+    """agree() for train_epoch under torch.distributed: a MIN all-reduce of one
+    CPU flag per batch. group: a gloo group when the default one is NCCL, so
+    the flag never waits for the GPU."""
+    import torch.distributed as dist
+
+    def agree(ok):
+        flag = torch.tensor([int(ok)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+        return bool(flag.item())
+    return agree
 
 
 @torch.no_grad()

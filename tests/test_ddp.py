@@ -1,9 +1,12 @@
 """Multi-process training: 2 CPU processes with gloo, as torchrun would start them.
 
 Each process gets the environment torchrun sets (RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and runs AED_train.train for one tiny
-epoch; both must end with identical weights and batch-norm statistics, and
-only rank 0 may print or write files.
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and runs AED_train.train on tiny
+settings; both must end with identical weights and batch-norm statistics,
+only rank 0 may print or write files, processes that lose different numbers
+of unreadable images must not hang, and a resumed run must give every
+process back its own random state. A hung process group fails the test after
+a timeout instead of stalling the suite.
 """
 import os
 import socket
@@ -19,9 +22,12 @@ import AED_train
 import config as cfg
 from model.checkpoint import load_checkpoint
 
+TINY = ['--im-size', '64', '64', '--filters', '4', '--workers', '0', '--device', 'cpu']
 
-def make_images(root, per_class=12):
-    """Two easily told apart classes of 64x64 grey PNGs: horizontal vs vertical stripes."""
+
+def make_images(root, per_class=12, corrupt=0):
+    """Two easily told apart classes of 64x64 grey PNGs: horizontal vs vertical stripes,
+    plus `corrupt` unreadable files per class."""
     rng = np.random.default_rng(0)
     for c, axis in (('horizontal', 0), ('vertical', 1)):
         (root / c).mkdir(parents=True)
@@ -30,6 +36,8 @@ def make_images(root, per_class=12):
             img = np.repeat(stripes[:, None] if axis == 0 else stripes[None, :], 64, axis=1 - axis)
             img = np.clip(img + rng.integers(0, 50, (64, 64)), 0, 255).astype(np.uint8)
             cv2.imwrite(str(root / c / f'{c}_{i}.png'), img)
+        for i in range(corrupt):
+            (root / c / f'{c}_broken_{i}.png').write_bytes(b'not a png')
 
 
 def free_port():
@@ -38,50 +46,98 @@ def free_port():
         return s.getsockname()[1]
 
 
-def worker(rank, world, port, root):
+def worker(rank, world, port, root, argv, settings, tag):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
     cfg.LOG_PATH, cfg.CONFMATRIX_PATH = str(root / 'logs'), str(root / 'confmatrix')
-    args = AED_train.parse_args(['--dataset', str(root / 'data'), '--model-path', str(root / 'models'),
-                                 '--epochs', '1', '--im-size', '64', '64', '--filters', '4',
-                                 '--batch-size', '4', '--workers', '0', '--device', 'cpu'])
-    real, batches = AED_train.train_epoch, []
+    for name, value in settings.items():
+        setattr(cfg, name, value)
+    args = AED_train.parse_args(['--dataset', str(root / 'data'), '--model-path', str(root / 'models')]
+                                + TINY + argv)
+    real, batches, sizes = AED_train.train_epoch, [], []
 
-    def train_epoch(*a, **kw):
-        loss, n, bad = real(*a, **kw)
+    def train_epoch(net, loader, *a, **kw):
+        sizes.append([])
+
+        def recorded():  # the batch sizes this process loaded, before any skip
+            for x, y, n_bad in loader:
+                sizes[-1].append(x.shape[0])
+                yield x, y, n_bad
+        loss, n, bad = real(net, recorded(), *a, **kw)
         batches.append(n)
         return loss, n, bad
     AED_train.train_epoch = train_epoch  # a fresh process: nothing to restore
     result = AED_train.train(args)
-    torch.save({'state': result['net'].state_dict(), 'batches': batches}, root / f'rank{rank}.pt')
+    torch.save({'state': result['net'].state_dict(), 'batches': batches, 'sizes': sizes,
+                'rng': torch.get_rng_state()}, root / f'{tag}_rank{rank}.pt')
 
 
-def test_two_cpu_processes_end_with_identical_weights(tmp_path, capfd):
-    make_images(tmp_path / 'data')
-    # a hung process group must fail this test, not stall the whole suite
-    context = mp.start_processes(worker, args=(2, free_port(), tmp_path), nprocs=2, join=False)
-    deadline = time.monotonic() + 120
+def run_two(root, argv, settings=None, tag='run', timeout=120):
+    """Train in 2 processes; returns the two ranks' records (fails after timeout s)."""
+    context = mp.start_processes(worker, args=(2, free_port(), root, argv, settings or {}, tag),
+                                 nprocs=2, join=False)
+    deadline = time.monotonic() + timeout
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
-            pytest.fail('the 2-process run did not finish within 120 s')
-    ra = torch.load(tmp_path / 'rank0.pt', weights_only=True)
-    rb = torch.load(tmp_path / 'rank1.pt', weights_only=True)
+            pytest.fail(f'the 2-process run did not finish within {timeout} s')
+    return [torch.load(root / f'{tag}_rank{r}.pt', weights_only=True) for r in (0, 1)]
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_cpu_processes_end_with_identical_weights(tmp_path, capfd):
+    make_images(tmp_path / 'data')
+    ra, rb = run_two(tmp_path, ['--epochs', '1', '--batch-size', '4'])
     # 22 training images, 11 per process in batches of 4: each rank saw only its
     # own share, so equal weights mean the gradients were averaged
     assert ra['batches'] == rb['batches'] == [3]
     a, b = ra['state'], rb['state']
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_state(a, b)
     # training really changed the weights, and rank 0 saved what both hold
     best = load_checkpoint(tmp_path / 'models' / 'AED_Example_Run_model_best.pt')
-    for key in a:
-        assert torch.equal(best['state_dict'][key], a[key]), key
+    assert_same_state(best['state_dict'], a)
     assert any(bool((a[k] != 0).any()) for k in a if k.endswith('running_mean'))
     out = capfd.readouterr().out
     assert out.count('TRAINING DONE!') == 1 and out.count('EPOCH 1 TRAIN LOSS:') == 1
     assert '2 PROCESS(ES)' in out
     assert (tmp_path / 'logs' / 'Example_Run.csv').is_file()
+
+
+def test_processes_that_lose_different_images_skip_batches_together(tmp_path):
+    # 3 unreadable files per class and batches of 2: a batch that lost an image holds
+    # one and cannot be trained on; the processes must skip it together
+    make_images(tmp_path / 'data', per_class=8, corrupt=3)
+    ra, rb = run_two(tmp_path, ['--epochs', '2', '--batch-size', '2'], {'VAL_SPLIT': 0}, timeout=60)
+    short_a = [n < 2 for epoch in ra['sizes'] for n in epoch]
+    short_b = [n < 2 for epoch in rb['sizes'] for n in epoch]
+    assert len(short_a) == len(short_b) and short_a != short_b  # the case that used to hang
+    skipped = sum(a or b for a, b in zip(short_a, short_b))
+    assert ra['batches'] == rb['batches'] and sum(ra['batches']) == len(short_a) - skipped
+    assert_same_state(ra['state'], rb['state'])
+
+
+def test_resume_gives_each_process_its_own_random_state(tmp_path):
+    make_images(tmp_path / 'data')
+    # the rate of epoch 2 does not depend on the number of epochs (see test_train)
+    settings = {'LEARNING_RATE': {0: 0.002, 1: 0.001}, 'SNAPSHOT_EPOCHS': []}
+    common = ['--dataset', str(tmp_path / 'data'), '--batch-size', '4', '--deterministic']
+    straight = run_two(tmp_path / 'a', ['--epochs', '2', '--run-name', 'Straight'] + common,
+                       settings, tag='straight')
+    run_two(tmp_path / 'b', ['--epochs', '1', '--run-name', 'Split'] + common, settings, tag='first')
+    last = tmp_path / 'b' / 'models' / 'AED_Split_last.pt'
+    states = load_checkpoint(last)['rng']
+    assert len(states) == 2 and not torch.equal(states[0]['torch'], states[1]['torch'])
+    resumed = run_two(tmp_path / 'b', ['--epochs', '2', '--resume', str(last)] + common,
+                      settings, tag='resumed')
+    for rank in (0, 1):
+        # dropout drew the same masks on each process as in the uninterrupted run
+        assert torch.equal(resumed[rank]['rng'], straight[rank]['rng']), rank
+    assert not torch.equal(resumed[0]['rng'], resumed[1]['rng'])
+    assert_same_state(resumed[0]['state'], straight[0]['state'])

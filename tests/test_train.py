@@ -16,7 +16,7 @@ import AED_train
 import config as cfg
 from model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.net import AEDNet, count_params, weighted_layers
-from model.training import (accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
+from model.training import (Precision, accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
                             plot_training_curves, select_device, write_epoch_log)
 
 TINY = ['--im-size', '64', '64', '--filters', '4', '--batch-size', '16', '--device', 'cpu']
@@ -159,6 +159,23 @@ def test_optimizer_factory():
     assert sgd.param_groups[0]['momentum'] == 0.9 and sgd.param_groups[0]['nesterov']
     with pytest.raises(ValueError):
         make_optimizer('rmsprop', params, 0.01)
+
+
+@pytest.mark.parametrize('native, emulated, dtype', [(True, True, torch.bfloat16),
+                                                      (False, True, torch.float16),
+                                                      (False, False, torch.float16)])
+def test_precision_uses_bf16_only_where_the_gpu_has_it_natively(monkeypatch, native, emulated, dtype):
+    def is_bf16_supported(including_emulation=True):
+        return native or (including_emulation and emulated)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # lets GradScaler switch on
+    precision = Precision(torch.device('cuda'))
+    assert precision.dtype == dtype
+    # fp16 needs loss scaling, bf16 does not
+    assert precision.scaler.is_enabled() == (dtype == torch.float16)
+    assert str(precision) == ('bf16 autocast' if native else 'fp16 autocast + GradScaler')
+    cpu = Precision(torch.device('cpu'))
+    assert cpu.dtype is None and not cpu.scaler.is_enabled() and str(cpu) == 'float32'
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU fallback')
