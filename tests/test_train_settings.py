@@ -287,3 +287,22 @@ def test_resume_overrides_warn_and_impossible_ones_are_errors(specs, tmp_path, m
     assert [int(e) for e in re.findall(r'^EPOCH (\d+) TRAIN LOSS', captured.out, re.M)] == [2]
     assert 'fitted to 2 epochs' in captured.out
     assert load_checkpoint(last)['training']['epochs'] == 2
+
+
+def test_resume_of_a_checkpoint_without_run_settings_says_so(specs, tmp_path, monkeypatch, capsys):
+    """Resume checkpoints written before run settings were recorded still resume, with
+    the flags and config.py, and one warning."""
+    run = tmp_path / 'run'
+    assert AED_train.main(run_args(specs, run, '--run-name', 'Old', epochs=1)) == 0
+    last = run / 'models' / 'AED_Old_last.pt'
+    ckpt = load_checkpoint(last)
+    del ckpt['training']
+    torch.save(ckpt, last)
+    capsys.readouterr()
+    assert AED_train.main(run_args(specs, run, '--resume', str(last), epochs=2)) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith('WARNING')]
+    assert warnings == [f'WARNING: {last} records no run settings (an older checkpoint): '
+                        f'flags and config.py apply']
+    assert 'RESUMING Old AT EPOCH 2' in captured.out
+    assert load_checkpoint(last)['training']['epochs'] == 2  # recorded from now on
