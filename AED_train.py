@@ -220,6 +220,11 @@ def _check_composite(args):
                        ('CONFMATRIX_PATH (--confmatrix-path)', args.confmatrix_path)):
         if Path(path).exists() and not Path(path).is_dir():
             raise ConfigError(f'{name}: {path} is a file, not a folder')
+    if args.pretrained and not args.resume:
+        try:
+            resolve_model_path(args.pretrained, args.model_path)
+        except CheckpointError as e:
+            raise ConfigError(f'PRETRAINED_MODEL (--pretrained): {e}') from None
 
 
 def distributed_env(environ):

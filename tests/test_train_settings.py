@@ -110,6 +110,7 @@ BAD_FLAGS = [
     (['--dataset', 'no_such_folder'],
      'DATASET_PATH (--dataset): dataset folder no_such_folder does not exist'),
     (['--log-path', 'a_file'], 'LOG_PATH (--log-path): a_file is a file, not a folder'),
+    (['--pretrained', 'missing.pt'], 'PRETRAINED_MODEL (--pretrained): model file missing.pt not found'),
 ]
 
 
