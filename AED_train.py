@@ -36,16 +36,16 @@ from tqdm import tqdm
 import config as cfg
 from model.audio import check_spec_params, read_spec_settings
 from model.checkpoint import (CheckpointError, build_model, class_counts, clean_state_dict,
-                              load_checkpoint, load_weights, plain, resolve_model_path,
-                              save_checkpoint)
+                              detached_copy, load_checkpoint, load_weights, plain,
+                              resolve_model_path, save_checkpoint)
 from model.data import (DatasetError, SpecDataset, batch_augment, build_cache, check_augmentation,
                         make_loader, parse_dataset)
 from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import ACTIVATIONS, AEDNet, count_params, flat_size, weighted_layers
-from model.training import (Precision, Timer, all_can_step, configure_backend, describe_schedule,
-                            evaluate, learning_rate, make_optimizer, plot_training_curves, rng_state,
-                            select_device, set_learning_rate, set_rng_state, train_epoch,
-                            write_epoch_log)
+from model.training import (BackgroundWriter, Precision, Timer, all_can_step, configure_backend,
+                            describe_schedule, evaluate, learning_rate, make_optimizer,
+                            maybe_compile, plot_training_curves, rng_state, select_device,
+                            set_learning_rate, set_rng_state, train_epoch, write_epoch_log)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -107,6 +107,8 @@ def build_parser():
     p.add_argument('--seed', type=int, default=cfg.RANDOM_SEED, help='random seed')
     p.add_argument('--deterministic', action='store_true',
                    help='reproducible runs: deterministic algorithms, no cuDNN autotuning')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.COMPILE,
+                   help='train with torch.compile (falls back with a warning where unavailable)')
     return p
 
 
@@ -188,6 +190,7 @@ def check_config(args):
     checks += [(CONFIG_SETTINGS[k], getattr(args, k), _is_bool, 'True or False') for k in BOOLEAN_SETTINGS]
     checks += [(name, getattr(cfg, name), _is_bool, 'True or False')
                for name in ('USE_CACHE', 'NORMALIZE_CONFMATRIX', 'LOAD_OUTPUT_LAYER', 'SAVE_AFTER_INTERRUPT')]
+    checks.append(('COMPILE (--compile)', args.compile, _is_bool, 'True or False'))
     for name, value, ok, rule in checks:
         if not ok(value):
             raise ConfigError(f'{name} must be {rule}, got {value!r}')
@@ -338,6 +341,7 @@ class Run:
     val_loader: object = None     # None without a validation set
     cpu_group: object = None      # under torchrun: a gloo group for small CPU collectives
     agree: object = None          # under torchrun: all processes skip a batch together
+    writer: BackgroundWriter = None  # writes each epoch's files while the next one trains
     # network (build_network, setup_optimizer); net may be DDP-wrapped, module is the bare network
     module: torch.nn.Module = None
     net: torch.nn.Module = None
@@ -397,6 +401,7 @@ def train(args):
     ddp = run.world > 1
     if ddp:
         dist.init_process_group('nccl' if run.device.type == 'cuda' else 'gloo')
+    run.writer = BackgroundWriter()
     try:
         run.net = run.module
         if ddp:
@@ -405,6 +410,10 @@ def train(args):
             run.agree = all_can_step(run.cpu_group)
             run.net = DistributedDataParallel(
                 run.module, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+        # training steps run compiled; validation and checkpoints use the bare module
+        run.net, warning = maybe_compile(run.net, args.compile)
+        if warning:
+            run.warn(warning)
         prepare_data(run)
         restore_progress(run)
         fit(run)
@@ -414,6 +423,7 @@ def train(args):
         return {'net': run.module, 'best_epoch': run.best_epoch, 'max_acc': run.max_acc,
                 'log': run.rows, 'interrupted': run.interrupted}
     finally:
+        run.writer.close()  # every file of the last finished epoch is on disk
         if ddp:
             # the DDP reducer holds the process group: freeing it after the group is
             # destroyed could hang in gloo's destructor (seen in the 2-process test)
@@ -718,11 +728,30 @@ def report(run, epoch, lr, sums, seconds):
 
 
 def save_epoch(run, epoch, cm, rng):
-    """Main process: CSV log, curves, confusion matrix, snapshot and the resume checkpoint
-    (rng: every process's random state, see gather_rng)."""
-    write_epoch_log(run.path('log'), run.rows)
-    plot_training_curves(run.rows, run.path('curves'),
-                         f'{run.run_name}: epochs {run.rows[0]["epoch"]}-{epoch}')
+    """Main process: hand the epoch's log, plots, snapshot and resume checkpoint
+    (rng: every process's random state, see gather_rng) to the background writer.
+    What it writes is copied here, so the next epoch cannot change it mid-write."""
+    # the best state is a CPU copy of this epoch's weights already when it improved
+    weights = (run.best_state if run.best_epoch == epoch
+               else clean_state_dict(run.module.state_dict()))
+    meta = {**run.meta, 'epoch': epoch}
+    snapshot = (run.path('snapshot', epoch)
+                if -1 in run.args.snapshot_epochs or epoch in run.args.snapshot_epochs else None)
+    resume = dict(resume=True, optimizer=detached_copy(run.optimizer.state_dict()),
+                  scaler=run.precision.scaler.state_dict(),
+                  best_state=None if run.best_epoch == epoch else run.best_state,
+                  best_epoch=run.best_epoch, max_acc=run.max_acc, best_loss=float(run.best_loss),
+                  log=list(run.rows), rng=rng)
+    run.writer.submit(write_epoch_files, run, epoch, cm, list(run.rows), weights, meta, snapshot, resume)
+    if snapshot:
+        run.say(f'SNAPSHOT SAVED: {snapshot}')
+
+
+def write_epoch_files(run, epoch, cm, rows, weights, meta, snapshot, resume):
+    """(writer thread) The files of one epoch; of run it reads only settings that stay fixed.
+    The resume checkpoint comes last and replaces the old one atomically."""
+    write_epoch_log(run.path('log'), rows)
+    plot_training_curves(rows, run.path('curves'), f'{run.run_name}: epochs {rows[0]["epoch"]}-{epoch}')
     if cm is not None:
         precision_c, _, f1 = class_metrics(cm)
         title = (f'Confusion Matrix\n{run.run_name} - Epoch {epoch}\n'
@@ -730,15 +759,9 @@ def save_epoch(run, epoch, cm, rng):
                  f'mP: {precision_c.mean():.4f} mF1: {f1.mean():.4f}')
         plot_confusion_matrix(cm, run.classes, run.path('confmatrix', epoch), title,
                               cfg.NORMALIZE_CONFMATRIX, cfg.CONFMATRIX_MAX_CLASSES)
-    meta = {**run.meta, 'epoch': epoch}
-    if -1 in run.args.snapshot_epochs or epoch in run.args.snapshot_epochs:
-        path = save_checkpoint(run.path('snapshot', epoch), run.module, meta)
-        run.say(f'SNAPSHOT SAVED: {path}')
-    save_checkpoint(run.path('last'), run.module, meta, resume=True,
-                    optimizer=run.optimizer.state_dict(), scaler=run.precision.scaler.state_dict(),
-                    best_state=None if run.best_epoch == epoch else run.best_state,
-                    best_epoch=run.best_epoch, max_acc=run.max_acc, best_loss=float(run.best_loss),
-                    log=run.rows, rng=rng)
+    if snapshot:
+        save_checkpoint(snapshot, weights, meta)
+    save_checkpoint(run.path('last'), weights, meta, **resume)
 
 
 def save_best(run):
@@ -749,6 +772,7 @@ def save_best(run):
         return
     if run.interrupted and not cfg.SAVE_AFTER_INTERRUPT:
         return
+    run.writer.wait()  # the last epoch's snapshot may be the file written below
     run.module.load_state_dict(run.best_state)
     if run.main_process:
         meta = {**run.meta, 'epoch': run.best_epoch}

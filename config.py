@@ -141,8 +141,11 @@ SAVE_AFTER_INTERRUPT = True
 # DataLoader worker processes for training (0 loads in the main process)
 TRAIN_WORKERS = 2
 
-# Mixed precision on CUDA GPUs (bf16 where supported, else fp16); CPU always trains in float32
+# Mixed precision on CUDA GPUs (bf16 where the GPU has it natively, else fp16); CPU trains in float32
 MIXED_PRECISION = True
+
+# Train with torch.compile (faster steps after a compile at the start; falls back with a warning)
+COMPILE = False
 
 # Folder (relative to the repository) for the CSV epoch log and the training-curve plot
 LOG_PATH = 'logs/'

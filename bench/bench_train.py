@@ -15,9 +15,15 @@ The ratio full / synthetic says how much the input pipeline costs (goal >= 0.90)
 Rounds alternate the two modes so machine noise hits both alike. Step times
 come from CUDA events on a GPU (no host sync inside the loop), wall clock on a CPU.
 
+--epochs-overhead instead runs AED_train.py itself for --epochs epochs (demo
+data, demo preset unless --size/--filters say otherwise) and reports, side by
+side, the time spent in training steps and the whole run's wall time; their
+ratio is what an epoch costs beyond its steps (goal <= 1.3 on a CPU).
+
     python -m bench.bench_train
     python -m bench.bench_train --steps 4 --batch 16 --workers 2
     python -m bench.bench_train --device cuda --amp off --steps 50 --workers 8
+    python -m bench.bench_train --epochs-overhead --epochs 20 --size 128 64 --filters 16
 """
 import argparse
 import contextlib
@@ -97,6 +103,57 @@ def synthetic(x, y):
         yield x, y, 0
 
 
+def epochs_overhead(args, data, out):
+    """One AED_train.py run; returns (seconds in training steps, whole-run wall seconds)."""
+    import AED_train
+    import config as cfg
+    import model.training as training
+    from model.training import Timer, select_device
+
+    timer = Timer(select_device(args.device))
+    real, spent = training.train_step, []
+
+    def timed_step(*a, **kw):
+        start = timer.now()
+        loss = real(*a, **kw)
+        spent.append(timer.now() - start)
+        return loss
+    saved = {name: getattr(cfg, name) for name in ('LOG_PATH', 'CONFMATRIX_PATH', 'MIXED_PRECISION')}
+    cfg.LOG_PATH, cfg.CONFMATRIX_PATH = str(out / 'logs'), str(out / 'confmatrix')
+    cfg.MIXED_PRECISION = args.amp == 'on'
+    training.train_step = timed_step
+    argv = ['--dataset', str(data), '--model-path', str(out / 'models'), '--run-name', 'Bench',
+            '--epochs', str(args.epochs), '--batch-size', str(args.batch), '--workers', str(args.workers),
+            '--im-size', *map(str, args.size), '--filters', str(args.filters), '--device', args.device]
+    try:
+        with open(os.devnull, 'w') as null, contextlib.redirect_stdout(null):
+            start = time.perf_counter()
+            AED_train.main(argv + (['--compile'] if args.compile else []))
+            wall = time.perf_counter() - start
+    finally:
+        training.train_step = real
+        for name, value in saved.items():
+            setattr(cfg, name, value)
+    return sum(spent), wall
+
+
+def main_epochs_overhead(args):
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data or make_specs(Path(tmp) / 'demo', 480)
+        for r in range(args.rounds or 1):
+            runs.append(epochs_overhead(args, data, Path(tmp) / f'run{r}'))
+    steps = statistics.median(s for s, _ in runs)
+    wall = statistics.median(w for _, w in runs)
+    print(f'\n{args.device}, AED_train.py, {args.size[0]}x{args.size[1]} images, {args.filters} filters, '
+          f'batch {args.batch}, {args.workers} workers, {args.epochs} epochs'
+          f'{", --compile" if args.compile else ""}; median of {len(runs)} run(s)')
+    print('| steps only (s) | whole run (s) | whole / steps |')
+    print('|---:|---:|---:|')
+    print(f'| {steps:.1f} | {wall:.1f} | {wall / steps:.2f} (goal <= 1.3) |')
+    return steps, wall
+
+
 def main(argv=None):
     import config as cfg
     from model.data import SpecDataset, make_loader, parse_dataset
@@ -105,8 +162,11 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--size', type=int, nargs=2, metavar=('W', 'H'), default=list(cfg.IM_SIZE))
-    p.add_argument('--filters', type=int, default=cfg.FILTERS)
+    p.add_argument('--size', type=int, nargs=2, metavar=('W', 'H'), default=None,
+                   help=f'default {cfg.IM_SIZE[0]} {cfg.IM_SIZE[1]}; 128 64 (the demo preset) '
+                        f'with --epochs-overhead')
+    p.add_argument('--filters', type=int, default=None,
+                   help=f'default {cfg.FILTERS}; 16 (the demo preset) with --epochs-overhead')
     p.add_argument('--batch', type=int, default=cfg.BATCH_SIZE)
     p.add_argument('--steps', type=int, default=None,
                    help='timed steps per mode and round (default 40 on a GPU, 4 on a CPU)')
@@ -118,7 +178,15 @@ def main(argv=None):
     p.add_argument('--amp', choices=('on', 'off'), default='on', help='mixed precision on CUDA')
     p.add_argument('--data', type=Path, default=None,
                    help='existing spectrogram folder (default: make demo PNGs in a temporary folder)')
+    p.add_argument('--epochs-overhead', action='store_true',
+                   help='time a whole AED_train.py run against its training steps')
+    p.add_argument('--epochs', type=int, default=20, help='epochs of an --epochs-overhead run')
+    p.add_argument('--compile', action='store_true', help='--epochs-overhead: train with --compile')
     args = p.parse_args(argv)
+    if args.epochs_overhead:
+        args.size, args.filters = args.size or [128, 64], args.filters or 16
+        return main_epochs_overhead(args)
+    args.size, args.filters = args.size or list(cfg.IM_SIZE), args.filters or cfg.FILTERS
 
     device = select_device(args.device)
     gpu = device.type == 'cuda'

@@ -66,12 +66,27 @@ def class_counts(classes, items):
     return {c: int(n) for c, n in zip(classes, counts)}
 
 
+def detached_copy(obj):
+    """obj (dicts, lists, tuples of tensors and plain values, e.g. an optimizer's
+    state_dict) with every tensor copied to the CPU: a snapshot later steps cannot change."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: detached_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(detached_copy(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path, net, meta, **extra):
-    """Write weights and metadata atomically (a crash never leaves half a file)."""
+    """Write weights and metadata atomically (a crash never leaves half a file).
+
+    net: a module (torch.compile and DDP wrappers are fine), or a state dict
+    already copied with clean_state_dict (written as it is)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {'format': FORMAT, 'version': VERSION, **meta, **extra,
-            'state_dict': clean_state_dict(net.state_dict())}
+    state_dict = clean_state_dict(net.state_dict()) if isinstance(net, torch.nn.Module) else net
+    data = {'format': FORMAT, 'version': VERSION, **meta, **extra, 'state_dict': state_dict}
     tmp = path.with_name(f'.{path.name}.part')
     torch.save(data, tmp)
     os.replace(tmp, path)

@@ -6,6 +6,7 @@ script, the tests and the benchmark share exactly the same code.
 import csv
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -321,6 +322,37 @@ class Timer:
 
 
 ######################## logs and plots ########################
+
+class BackgroundWriter:
+    """Runs file writes (logs, plots, checkpoints) on one worker thread, so the
+    training loop does not wait for the disk or matplotlib.
+
+    submit() first waits for the job before it, so jobs run one at a time and
+    in order, at most one is pending, and a failed job's error is raised in the
+    training loop at the next submit(), wait() or close(). A job must only read
+    data nobody changes after submitting it (pass copies).
+    """
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='aed-writer')
+        self._pending = None
+
+    def submit(self, fn, *args, **kwargs):
+        self.wait()
+        self._pending = self._pool.submit(fn, *args, **kwargs)
+
+    def wait(self):
+        """Block until the submitted job is done; re-raises its exception."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self):
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
 
 LOG_FIELDS = ('epoch', 'train_loss', 'val_loss', 'val_accuracy', 'lr', 'time_s', 'bad_images')
 

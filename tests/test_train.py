@@ -443,3 +443,86 @@ def test_checkpoint_records_the_settings_the_images_were_made_with(specs, out, t
     assert AED_train.main(train_args(data, out, '--run-name', 'Five', epochs=1)) == 0
     best = load_checkpoint(out / 'models' / 'AED_Five_model_best.pt')
     assert best['spec']['length'] == 5 and best['spec']['overlap'] == 4
+
+
+# ------------------------------------------------------------------ epochs without overhead
+
+def test_background_writer_runs_jobs_in_order_and_reports_their_errors():
+    import threading
+    import time
+    from model.training import BackgroundWriter
+    writer, done, threads = BackgroundWriter(), [], set()
+
+    def job(name, delay=0.0):
+        time.sleep(delay)
+        threads.add(threading.current_thread().name)
+        done.append(name)
+    writer.submit(job, 'first', 0.2)
+    writer.submit(job, 'second')  # waits for the first
+    assert done == ['first']
+    writer.wait()
+    assert done == ['first', 'second'] and threading.current_thread().name not in threads
+
+    def broken():
+        raise OSError('disk full')
+    writer.submit(broken)
+    with pytest.raises(OSError, match='disk full'):
+        writer.submit(job, 'third')
+    writer.submit(broken)
+    with pytest.raises(OSError, match='disk full'):
+        writer.close()
+
+
+def test_epoch_files_hold_that_epochs_state_though_written_while_the_next_trains(specs, out, monkeypatch):
+    import time
+    real_report, real_write, weights = AED_train.report, AED_train.write_epoch_files, {}
+
+    def report(run, epoch, *args):
+        weights[epoch] = {k: v.clone() for k, v in run.module.state_dict().items()}
+        return real_report(run, epoch, *args)
+
+    def slow_write(run, epoch, *args):
+        time.sleep(1.0)  # the next epoch trains meanwhile and changes the live weights
+        return real_write(run, epoch, *args)
+    monkeypatch.setattr(AED_train, 'report', report)
+    monkeypatch.setattr(AED_train, 'write_epoch_files', slow_write)
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
+    assert AED_train.main(train_args(specs, out, epochs=2)) == 0
+    models = out / 'models'
+    first = load_checkpoint(models / 'AED_Example_Run_model_epoch_1.pt')['state_dict']
+    assert states_equal(first, weights[1]) and not states_equal(first, weights[2])
+    # all of the last epoch's files were written before main() returned
+    last = load_checkpoint(models / 'AED_Example_Run_last.pt')
+    assert last['epoch'] == 2 and states_equal(last['state_dict'], weights[2])
+    assert len(last['log']) == 2 and (out / 'confmatrix' / 'Example_Run_2.png').is_file()
+
+
+def test_compile_trains_and_saves_loadable_checkpoints(specs, out, monkeypatch, capsys):
+    import functools
+    # dynamo's eager backend: the same compiled wrapper (and _orig_mod. keys) without a C++ build
+    monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='eager'))
+    real, nets = AED_train.train_epoch, []
+
+    def train_epoch(net, *args, **kwargs):
+        nets.append(type(net).__name__)
+        return real(net, *args, **kwargs)
+    monkeypatch.setattr(AED_train, 'train_epoch', train_epoch)
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
+    assert AED_train.main(train_args(specs, out, '--compile', epochs=1)) == 0
+    assert nets == ['OptimizedModule']
+    assert 'WARNING' not in capsys.readouterr().err
+    for name in ('AED_Example_Run_model_best.pt', 'AED_Example_Run_last.pt'):
+        ckpt = load_checkpoint(out / 'models' / name)
+        assert not [k for k in ckpt['state_dict'] if k.startswith('_orig_mod.')]
+        model_from_checkpoint(out / 'models' / name)  # loads into a plain network
+    last = out / 'models' / 'AED_Example_Run_last.pt'
+    assert AED_train.main(train_args(specs, out, '--compile', '--resume', str(last), epochs=2)) == 0
+
+
+def test_compile_falls_back_with_a_warning(specs, out, monkeypatch, capsys):
+    monkeypatch.delattr(torch, 'compile')
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 4)
+    assert AED_train.main(train_args(specs, out, '--compile', epochs=1)) == 0
+    captured = capsys.readouterr()
+    assert re.search(r'^WARNING: .*no torch.compile; running uncompiled$', captured.err, re.M)
+    assert 'TRAINING DONE!' in captured.out

@@ -82,6 +82,7 @@ BAD_CONFIG = [
     ('EPOCH_START', 3, 'EPOCHS (--epochs) must be an integer >= EPOCH_START (3)'),
     ('SPEC_OVERLAP', 3, 'overlap'),
     ('CONFMATRIX_MAX_CLASSES', 0, '>= 1'),
+    ('COMPILE', 'yes', 'True or False'),
 ]
 
 
