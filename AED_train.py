@@ -61,8 +61,9 @@ CONFIG_SETTINGS = {
     'snapshot_epochs': 'SNAPSHOT_EPOCHS', 'mixed_precision': 'MIXED_PRECISION'}
 # run settings with a flag, recorded in every checkpoint: key: flag
 FLAG_SETTINGS = {'dataset': '--dataset', 'epochs': '--epochs', 'batch_size': '--batch-size',
-                 'seed': '--seed', 'deterministic': '--deterministic', 'model_path': '--model-path',
-                 'log_path': '--log-path', 'confmatrix_path': '--confmatrix-path'}
+                 'seed': '--seed', 'deterministic': '--deterministic', 'compile': '--compile',
+                 'model_path': '--model-path', 'log_path': '--log-path',
+                 'confmatrix_path': '--confmatrix-path'}
 PATH_SETTINGS = ('dataset', 'model_path', 'log_path', 'confmatrix_path')
 BOOLEAN_SETTINGS = ('lr_descent', 'sort_classes', 'randomize_train_set', 'multi_label',
                     'val_has_multi_label', 'mixed_precision')
