@@ -2,8 +2,9 @@
 
 Each epoch prints one line (train loss, validation loss and accuracy, learning
 rate, time), rewrites the CSV log and the training-curve plot, draws the
-confusion matrix and saves snapshots; at the end the best epoch's weights are
-saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_best.pt.
+confusion matrix and saves snapshots and the resume checkpoint (in a
+background thread, while the next epoch trains); at the end the best epoch's
+weights are saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_best.pt.
 
     python AED_train.py
     python AED_train.py --dataset dataset/train/spec --run-name Demo --im-size 128 64 --filters 16 --epochs 10
@@ -404,17 +405,7 @@ def train(args):
         dist.init_process_group('nccl' if run.device.type == 'cuda' else 'gloo')
     run.writer = BackgroundWriter()
     try:
-        run.net = run.module
-        if ddp:
-            # small CPU collectives (skip flags, random states) never wait for the GPU
-            run.cpu_group = dist.new_group(backend='gloo') if run.device.type == 'cuda' else None
-            run.agree = all_can_step(run.cpu_group)
-            run.net = DistributedDataParallel(
-                run.module, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
-        # training steps run compiled; validation and checkpoints use the bare module
-        run.net, warning = maybe_compile(run.net, args.compile)
-        if warning:
-            run.warn(warning)
+        wrap_network(run)
         prepare_data(run)
         restore_progress(run)
         fit(run)
@@ -534,6 +525,21 @@ def setup_optimizer(run):
         if resume.get('scaler'):
             run.precision.scaler.load_state_dict(resume['scaler'])
     run.say(f'DEVICE: {device} ({run.precision}), {run.world} PROCESS(ES), BATCH SIZE {run.batch_size}')
+
+
+def wrap_network(run):
+    """run.net, what the training steps call: the network, DDP-wrapped under torchrun,
+    compiled with --compile. Validation and checkpoints use the bare run.module."""
+    run.net = run.module
+    if run.world > 1:
+        # small CPU collectives (skip flags, random states) never wait for the GPU
+        run.cpu_group = dist.new_group(backend='gloo') if run.device.type == 'cuda' else None
+        run.agree = all_can_step(run.cpu_group)
+        run.net = DistributedDataParallel(
+            run.module, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+    run.net, warning = maybe_compile(run.net, run.args.compile)
+    if warning:
+        run.warn(warning)
 
 
 def prepare_data(run):
@@ -663,24 +669,26 @@ def validate(run):
     if run.val_loader is None:
         return None
     binary_acc = run.multi_label and run.args.val_has_multi_label
+    # as in the original, VAL_HAS_MULTI_LABEL alone mixes validation batches;
     # the same mixing every epoch
-    mix = mix_batches(run.batch_size, run.args.mean_targets_per_image,
-                      np.random.default_rng([run.args.seed, 2, run.rank]))
+    mix = None
+    if run.args.val_has_multi_label:
+        mix = mix_batches(run.batch_size, run.args.mean_targets_per_image,
+                          np.random.default_rng([run.args.seed, 2, run.rank]))
     return evaluate(run.module, run.val_loader, run.device, run.precision, len(run.classes),
-                    run.multi_label, binary_acc, batch_transform=mix if binary_acc else None,
-                    channels_last=run.channels_last)
+                    run.multi_label, binary_acc, batch_transform=mix, channels_last=run.channels_last)
 
 
 def add_up(run, totals, stats):
-    """Training totals and validation sums of all processes, as one numpy vector:
-    [train loss sum, batches, bad, val loss sum, correct, total, images, val bad, cm...]."""
+    """Training totals and validation sums of all processes, as one numpy vector: [train
+    loss sum, batches, bad, val loss sum, val accuracy sum, val batches, val bad, cm...]."""
     device = run.device
     packed = torch.tensor(totals, dtype=torch.float64, device=device)
     if stats is not None:
         packed = torch.cat([packed,
-                            torch.stack([stats['loss_sum'], stats['correct'], stats['total']]),
-                            torch.tensor([stats['images'], stats['bad']], dtype=torch.float64,
-                                         device=device),
+                            torch.stack([stats['loss_sum'], stats['acc_sum']]),
+                            torch.tensor([stats['batches'], stats['bad']],
+                                         dtype=torch.float64, device=device),
                             stats['cm'].flatten()])
     if run.world > 1:
         dist.all_reduce(packed)  # sums of all processes
@@ -699,13 +707,14 @@ def report(run, epoch, lr, sums, seconds):
            'time_s': round(seconds, 1), 'bad_images': bad}
     cm = None
     if run.val_loader is not None:
-        val_loss_sum, correct, total, images, val_bad = sums[3:8]
+        val_loss_sum, acc_sum, val_batches, val_bad = sums[3:7]
         num_classes = len(run.classes)
-        cm = sums[8:].reshape(num_classes, num_classes).astype(np.int64)
+        cm = sums[7:].reshape(num_classes, num_classes).astype(np.int64)
         bad += int(val_bad)
         row['bad_images'] = bad
-        val_loss = val_loss_sum / images if images else float('nan')
-        acc = val_percent(correct / total) if total else 0.0
+        # means of the batch means, as the original averaged them
+        val_loss = val_loss_sum / val_batches if val_batches else float('nan')
+        acc = val_percent(acc_sum / val_batches) if val_batches else 0.0
         row.update(val_loss=round(float(val_loss), 6), val_accuracy=acc)
         run.say(f'EPOCH {epoch} TRAIN LOSS: {train_loss:.6f} VAL LOSS: {val_loss:.6f} '
                 f'VAL ACCURACY: {acc} % LR: {lr:.6g} TIME: {row["time_s"]} s')

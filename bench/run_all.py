@@ -25,6 +25,8 @@ ROOT = HERE.parent
 BENCHMARKS = [
     ('Spectrogram extraction (AED_spec.py)', 'bench_spec', [], ['--repeats', '1', '--files', '4']),
     ('Training throughput (AED_train.py)', 'bench_train', [], ['--steps', '2']),
+    ('Epoch overhead (AED_train.py)', 'bench_train', ['--epochs-overhead'],
+     ['--epochs-overhead', '--epochs', '2']),
     ('Inference (AED_test.py)', 'bench_infer', [], ['--repeats', '1']),
 ]
 

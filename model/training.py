@@ -274,17 +274,18 @@ def all_can_step(group=None):
 @torch.no_grad()
 def evaluate(net, loader, device, precision, num_classes, multi_label, binary_accuracy,
              batch_transform=None, channels_last=False):
-    """Validate; returns dict with loss_sum, correct, total, images, bad (floats/ints)
-    and cm (confusion matrix tensor (K, K), rows = argmax of targets).
+    """Validate; returns a dict of loss_sum and acc_sum (sums of the batch means
+    of loss and accuracy, as the original averaged them: divide by batches),
+    batches, bad (unreadable images) and cm (confusion matrix tensor
+    (K, K), rows = argmax of targets).
 
     Sums, not means, so results of several processes can simply be added.
     """
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.float64)
-    total = torch.zeros((), device=device, dtype=torch.float64)
+    acc_sum = torch.zeros((), device=device, dtype=torch.float64)
     cm = torch.zeros(num_classes, num_classes, device=device, dtype=torch.float64)
-    images = bad = 0
+    batches = bad = 0
     for x, y, n_bad in loader:
         bad += int(n_bad)
         if batch_transform is not None and x.shape[0]:
@@ -296,17 +297,15 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
         with precision.autocast():
             logits = net(x)
         logits = logits.float()
-        loss_sum += compute_loss(logits, y, multi_label).double() * x.shape[0]
-        c, t = accuracy_counts(logits, y, binary_accuracy)
-        correct += c
-        total += t
+        loss_sum += compute_loss(logits, y, multi_label).double()
+        correct, total = accuracy_counts(logits, y, binary_accuracy)
+        acc_sum += correct.double() / total
         # one-hot product instead of bincount: deterministic on CUDA too
         truth = F.one_hot(y.argmax(dim=1), num_classes).double()
         guess = F.one_hot(logits.argmax(dim=1), num_classes).double()
         cm += truth.T @ guess
-        images += x.shape[0]
-    return {'loss_sum': loss_sum, 'correct': correct, 'total': total, 'cm': cm,
-            'images': images, 'bad': bad}
+        batches += 1
+    return {'loss_sum': loss_sum, 'acc_sum': acc_sum, 'cm': cm, 'batches': batches, 'bad': bad}
 
 
 class Timer:

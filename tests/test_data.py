@@ -207,20 +207,49 @@ def test_all_augmentations_colour(image):
     assert 0 <= out.min() and out.max() <= 1
 
 
-def test_roll_shifts_rows_and_columns_as_the_original():
-    img = np.arange(H * W, dtype=np.float32).reshape(1, H, W) / (H * W)
+def roll_offsets(img, out):
+    """(dy, dx) with out == np.roll(img, (dy, dx)) in (-H/2, H/2] x (-W/2, W/2], or None."""
+    for dy in range(H):
+        for dx in range(W):
+            if np.array_equal(out, np.roll(img, (dy, dx), axis=(1, 2))):
+                return (dy if dy <= H // 2 else dy - H), (dx if dx <= W // 2 else dx - W)
+    return None
+
+
+def test_roll_is_a_bounded_wrap_around_shift():
+    img = np.random.default_rng(5).random((1, H, W), dtype=np.float32)
     aug = {'roll': [1.0, (0.25, 0.1)]}  # (x fraction, y fraction)
-    for seed in range(5):
+    shifts = set()
+    for seed in range(12):
         out = augment(img, np.random.default_rng(seed), aug)
-        rng = np.random.default_rng(seed)
-        rng.random()  # the coin
-        dy = int(H * rng.uniform(-0.1, 0.1))
-        dx = int(W * rng.uniform(-0.25, 0.25))
+        # the same pixel values, only moved
+        np.testing.assert_array_equal(np.sort(out, axis=None), np.sort(img, axis=None))
+        dy, dx = roll_offsets(img, out)
         assert abs(dy) <= H * 0.1 and abs(dx) <= W * 0.25
-        np.testing.assert_array_equal(out, np.roll(np.roll(img, dy, axis=1), dx, axis=2))
-    # x fraction 0: columns never move
-    out = augment(img, np.random.default_rng(9), {'roll': [1.0, (0.0, 0.5)]})
-    assert np.array_equal(np.sort(out[0], axis=0), np.sort(img[0], axis=0))
+        shifts.add((dy, dx))
+    # random in both directions on both axes
+    assert {np.sign(dx) for _, dx in shifts} >= {-1, 1} and {np.sign(dy) for dy, _ in shifts} >= {-1, 1}
+    for seed in range(4):  # a zero fraction keeps that axis still
+        assert roll_offsets(img, augment(img, np.random.default_rng(seed), {'roll': [1.0, (0.0, 0.5)]}))[1] == 0
+        assert roll_offsets(img, augment(img, np.random.default_rng(seed), {'roll': [1.0, (0.5, 0.0)]}))[0] == 0
+
+
+@pytest.mark.parametrize('code', [1, 0, -1])
+def test_flip_is_an_involution(image, code):
+    aug = {'flip': [1.0, code]}
+    once = augment(image, np.random.default_rng(0), aug)
+    assert not np.array_equal(once, image)
+    np.testing.assert_array_equal(augment(once, np.random.default_rng(1), aug), image)
+    np.testing.assert_array_equal(np.sort(once, axis=None), np.sort(image, axis=None))
+
+
+def test_noise_stays_in_range_and_changes_pixels(image):
+    for seed in range(5):
+        out = augment(image, np.random.default_rng(seed), {'noise': [1.0, 0.01]})
+        assert 0 <= out.min() and out.max() <= 1
+        changed = np.mean(out != image)
+        assert changed > 0.5  # Gaussian noise moves nearly every pixel (some clip to 0 or 1)
+        assert abs(float(out.mean() - image.mean())) < 0.05  # zero-mean apart from clipping
 
 
 @pytest.mark.parametrize('code, rows, cols', [(1, False, True), (0, True, False), (-1, True, True)])

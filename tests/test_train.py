@@ -67,6 +67,17 @@ def states_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def assert_plot(path, width, height):
+    """path is a PNG of width x height pixels with something drawn on it."""
+    import cv2
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, f'{path} is not a readable image'
+    assert img.shape[:2] == (height, width)
+    colours = np.unique(img.reshape(-1, 3), axis=0)
+    drawn = (img < 250).any(axis=2).mean()  # not white
+    assert len(colours) > 10 and 0.02 < drawn < 0.9, (len(colours), drawn)
+
+
 def error_of(excinfo):
     msg = str(excinfo.value.code)
     assert msg.startswith('ERROR: ') and '\n' not in msg, msg
@@ -197,7 +208,7 @@ def test_epoch_log_and_curves(tmp_path):
     assert lines[0] == 'epoch,train_loss,val_loss,val_accuracy,lr,time_s,bad_images'
     assert lines[1] == '1,1.5,1.2,40.0,0.001,2.0,0' and lines[2] == '2,1.1,,,0.0005,2.1,1'
     png = plot_training_curves(rows, tmp_path / 'curves.png', 'run')
-    assert png.read_bytes()[:4] == b'\x89PNG'
+    assert_plot(png, 1000, 400)  # figsize (10, 4) at 100 dpi
 
 
 # ------------------------------------------------------------------ training runs
@@ -229,9 +240,10 @@ def test_end_to_end_tiny_run(specs, out, capsys):
     with torch.no_grad():
         assert net(torch.rand(3, 1, 64, 64)).shape == (3, 5)
     for epoch in (1, 2):
-        assert (out / 'confmatrix' / f'Tiny_{epoch}.png').read_bytes()[:4] == b'\x89PNG'
+        # 5 classes: a 5.25 x 4.725 inch figure (0.45 inch per class + 3) at 100 dpi
+        assert_plot(out / 'confmatrix' / f'Tiny_{epoch}.png', 525, 472)
     assert len((out / 'logs' / 'Tiny.csv').read_text().splitlines()) == 3
-    assert (out / 'logs' / 'Tiny_curves.png').is_file()
+    assert_plot(out / 'logs' / 'Tiny_curves.png', 1000, 400)
 
 
 def fake_accuracies(monkeypatch, fractions):
@@ -241,7 +253,7 @@ def fake_accuracies(monkeypatch, fractions):
 
     def evaluate(*args, **kwargs):
         stats = real(*args, **kwargs)
-        stats['correct'] = stats['total'] * next(calls)
+        stats['acc_sum'] = torch.tensor(stats['batches'] * next(calls), dtype=torch.float64)
         return stats
     monkeypatch.setattr(AED_train, 'evaluate', evaluate)
 
@@ -420,17 +432,27 @@ def test_ctrl_c_stops_and_saves_best(specs, out, monkeypatch, capsys, save):
 
 
 def test_multi_label_uses_sigmoid_loss_and_batch_augmentation(specs, out, monkeypatch, capsys):
+    import model.training as training
     monkeypatch.setattr(cfg, 'MULTI_LABEL', True)
     monkeypatch.setattr(cfg, 'VAL_HAS_MULTI_LABEL', True)
-    real, sizes = AED_train.batch_augment, []
+    real, steps = training.compute_loss, []
 
-    def batch_augment(x, y, *args, **kwargs):
-        sizes.append(x.shape[0])
-        return real(x, y, *args, **kwargs)
-    monkeypatch.setattr(AED_train, 'batch_augment', batch_augment)
+    def compute_loss(logits, targets, multi_label):
+        loss = real(logits, targets, multi_label)
+        if torch.is_grad_enabled():  # training steps, not validation
+            # the loss the sigmoid outputs give, clipped as the original did
+            p = torch.sigmoid(logits.detach()).clamp(1e-7, 1 - 1e-7)
+            bce = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+            steps.append((multi_label, targets.sum(dim=1), loss.item(), bce.item()))
+        return loss
+    monkeypatch.setattr(training, 'compute_loss', compute_loss)
     assert AED_train.main(train_args(specs, out, epochs=1)) == 0
     # 72 training images in batches of 16: four full batches and one of 8 (>= 16 / 2)
-    assert sizes[:5] == [16, 16, 16, 16, 8]
+    assert [len(per_image) for _, per_image, _, _ in steps] == [16, 16, 16, 16, 8]
+    for multi_label, per_image, loss, bce in steps:
+        assert multi_label and loss == pytest.approx(bce, rel=1e-5)
+        # mixed targets: MEAN_TARGETS_PER_IMAGE (3) classes per image on average, not one-hot
+        assert per_image.mean().item() >= cfg.MEAN_TARGETS_PER_IMAGE and per_image.max() > 1
     assert load_checkpoint(out / 'models' / 'AED_Example_Run_model_best.pt')['multi_label'] is True
     assert re.search(r'VAL ACCURACY: [\d.]+ %', capsys.readouterr().out)
 
@@ -526,3 +548,58 @@ def test_compile_falls_back_with_a_warning(specs, out, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert re.search(r'^WARNING: .*no torch.compile; running uncompiled$', captured.err, re.M)
     assert 'TRAINING DONE!' in captured.out
+
+
+# ------------------------------------------------------------------ validation as the original did it
+
+@pytest.mark.parametrize('multi_label, val_multi', [(False, True), (True, False), (True, True)])
+def test_validation_mixing_follows_val_has_multi_label_alone(specs, out, monkeypatch,
+                                                             multi_label, val_multi):
+    monkeypatch.setattr(cfg, 'MULTI_LABEL', multi_label)
+    monkeypatch.setattr(cfg, 'VAL_HAS_MULTI_LABEL', val_multi)
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
+    real, seen = AED_train.evaluate, []
+
+    def evaluate(net, loader, device, precision, num_classes, multi, binary, batch_transform=None,
+                 **kwargs):
+        seen.append((multi, binary, batch_transform is not None))
+        return real(net, loader, device, precision, num_classes, multi, binary,
+                    batch_transform=batch_transform, **kwargs)
+    monkeypatch.setattr(AED_train, 'evaluate', evaluate)
+    assert AED_train.main(train_args(specs, out, '--batch-size', '4', epochs=1)) == 0
+    # sigmoid loss with MULTI_LABEL, binary accuracy with both, mixing with VAL_HAS_MULTI_LABEL
+    assert seen == [(multi_label, multi_label and val_multi, val_multi)]
+
+
+def test_evaluate_averages_batch_means_as_the_original():
+    from model.training import Precision, evaluate
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+        net[1].bias.zero_()
+    x = torch.tensor([[1.0, 0, 0, 0], [2.0, 0, 0, 0], [3.0, 0, 0, 0], [1.0, 0, 0, 0]]).view(4, 1, 2, 2)
+    y = torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0], [0, 1.0]])
+    batches = [(x[:3], y[:3], 0), (x[3:], y[3:], 0)]  # 3 right, then 1 wrong
+    stats = evaluate(net, batches, torch.device('cpu'), Precision(torch.device('cpu')), 2, False, False)
+    assert stats['batches'] == 2
+    # (1 + 0) / 2, not 3 / 4 as one mean over all images would give
+    assert stats['acc_sum'].item() / stats['batches'] == pytest.approx(0.5)
+    with torch.no_grad():
+        losses = [compute_loss(net(bx), by, False).item() for bx, by, _ in batches]
+    assert stats['loss_sum'].item() / stats['batches'] == pytest.approx(sum(losses) / 2)
+    assert stats['cm'].tolist() == [[3, 0], [1, 0]]
+
+
+def test_epoch_line_reports_the_mean_of_batch_means(specs, out, monkeypatch, capsys):
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 6)  # 3 validation images: batches of 2 and 1
+    real, stats = AED_train.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        stats.append(real(*args, **kwargs))
+        return stats[-1]
+    monkeypatch.setattr(AED_train, 'evaluate', evaluate)
+    assert AED_train.main(train_args(specs, out, '--batch-size', '2', epochs=1)) == 0
+    assert stats[0]['batches'] == 2
+    line = re.search(r'VAL LOSS: ([\d.]+) VAL ACCURACY: ([\d.]+) %', capsys.readouterr().out)
+    assert float(line[1]) == pytest.approx(stats[0]['loss_sum'].item() / 2, abs=1e-6)
+    assert float(line[2]) == AED_train.val_percent(stats[0]['acc_sum'].item() / 2)
