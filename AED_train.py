@@ -11,8 +11,8 @@ weights are saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_
     python AED_train.py --resume model/AED_Demo_last.pt
     torchrun --nproc_per_node=4 AED_train.py --run-name Urban4gpu
 
-Every setting is checked before any work: a bad constant or flag is one ERROR
-line and exit status 2. --resume restores the run's own settings (recorded in
+Every setting is checked before any work: each bad constant or flag is one
+ERROR line, and the run stops with exit status 2. --resume restores the run's own settings (recorded in
 its checkpoint); a flag given with it overrides one, with a warning.
 
 BATCH_SIZE larger than the training set is clamped to its size with a
@@ -35,7 +35,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import config as cfg
-from model.audio import check_spec_params, read_spec_settings
+from model import config_checks as check
+from model.audio import read_spec_settings
 from model.checkpoint import (CheckpointError, build_model, class_counts, clean_state_dict,
                               detached_copy, load_checkpoint, load_weights, plain,
                               resolve_model_path, save_checkpoint)
@@ -75,7 +76,8 @@ class TrainError(Exception):
 
 
 class ConfigError(TrainError):
-    """A constant or flag that cannot work; reported before any work, exit status 2."""
+    """Constants or flags that cannot work, one line each (the arguments); reported
+    before any work, exit status 2."""
 
 
 def build_parser():
@@ -130,106 +132,101 @@ def parse_args(argv):
     return args
 
 
-def _is_int(v, low=None):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (low is None or v >= low)
+def _number(label, value, low, below=None):
+    """A finite number >= low (and < below)."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and value >= low and (below is None or value < below))
+    if not ok:
+        rule = f'from {low} to below {below}' if below is not None else f'of at least {low}'
+        return f'{label} must be a number {rule}, got {value!r}'
+    return None
 
 
-def _is_number(v, low=None, below=None):
-    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            and math.isfinite(v) and (low is None or v >= low) and (below is None or v < below))
+def _is_whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_path(v):
-    return isinstance(v, (str, Path)) and str(v) != ''
+def _train_specific(args):
+    """The checks model.config_checks has no helper for: [problem or None]."""
+    schedule = args.learning_rate
+    good_schedule = (isinstance(schedule, dict) and schedule
+                     and all(_is_whole(k) and k >= 0 for k in schedule)
+                     and all(_number('', r, 0) is None for r in schedule.values()))
+    try:
+        check_augmentation(args.augmentation)
+        augmentation = None
+    except ValueError as e:
+        augmentation = f'IM_AUGMENTATION: {e}'
+    im_size = args.im_size
+    return [
+        None if good_schedule else (f'LEARNING_RATE must be a non-empty {{epoch: rate}} dict with '
+                                    f'whole epochs >= 0 and rates >= 0, got {schedule!r}'),
+        augmentation,
+        None if (isinstance(im_size, (list, tuple)) and len(im_size) == 2
+                 and all(_is_whole(a) and a >= 1 for a in im_size))
+        else f'IM_SIZE (--im-size) must be (width, height) in pixels, got {im_size!r}',
+        None if (isinstance(args.snapshot_epochs, (list, tuple))
+                 and all(_is_whole(e) for e in args.snapshot_epochs))
+        else f'SNAPSHOT_EPOCHS must be a list of epochs ([-1] = every epoch), got {args.snapshot_epochs!r}',
+        None if (isinstance(args.run_name, str) and args.run_name.strip()
+                 and not {'/', '\\'} & set(args.run_name))
+        else f'RUN_NAME (--run-name) must be a non-empty name without / or \\, got {args.run_name!r}',
+        None if args.max_samples_per_class is None
+        else check.whole('MAX_SAMPLES_PER_CLASS (None = no limit)', args.max_samples_per_class, 1),
+    ]
 
 
-def _is_bool(v):
-    return isinstance(v, bool)
+def _output_folders(args):
+    """Output folders may not exist yet, but must not be files."""
+    return [f'{label}: {path} is a file, not a folder' if Path(path).is_file() else None
+            for label, path in (('MODEL_PATH (--model-path)', args.model_path),
+                                ('LOG_PATH (--log-path)', args.log_path),
+                                ('CONFMATRIX_PATH (--confmatrix-path)', args.confmatrix_path))]
 
 
 def check_config(args):
-    """Every constant and flag AED_train uses, checked before any work: raises
-    ConfigError naming the first bad one (the constant, and its flag if it has one)."""
-    checks = [
-        ('DATASET_PATH (--dataset)', args.dataset, _is_path, 'a folder'),
-        ('MODEL_PATH (--model-path)', args.model_path, _is_path, 'a folder'),
-        ('LOG_PATH (--log-path)', args.log_path, _is_path, 'a folder'),
-        ('CONFMATRIX_PATH (--confmatrix-path)', args.confmatrix_path, _is_path, 'a folder'),
-        ('RUN_NAME (--run-name)', args.run_name,
-         lambda v: isinstance(v, str) and v.strip() != '' and not {'/', '\\'} & set(v),
-         'a non-empty name without / or \\'),
-        ('PRETRAINED_MODEL (--pretrained)', args.pretrained, lambda v: v is None or _is_path(v),
-         'None or a checkpoint path or name'),
-        ('RANDOM_SEED (--seed)', args.seed, lambda v: _is_int(v, 0), 'an integer >= 0'),
-        ('TRAIN_WORKERS (--workers)', args.workers, lambda v: _is_int(v, 0), 'an integer >= 0'),
-        ('BATCH_SIZE (--batch-size)', args.batch_size, lambda v: _is_int(v, 1), 'an integer >= 1'),
-        ('EPOCH_START', args.epoch_start, lambda v: _is_int(v, 0), 'an integer >= 0'),
-        ('EPOCHS (--epochs)', args.epochs, lambda v: _is_int(v, args.epoch_start),
-         f'an integer >= EPOCH_START ({args.epoch_start})'),
-        ('IM_SIZE (--im-size)', args.im_size,
-         lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(a, 1) for a in v),
-         '(width, height) in pixels'),
-        ('IM_DIM', args.im_dim, lambda v: _is_int(v) and v in (1, 3), '1 (grey) or 3 (colour)'),
-        ('FILTERS (--filters)', args.filters, lambda v: _is_int(v, 1), 'an integer >= 1'),
-        ('DROPOUT', args.dropout, lambda v: _is_number(v, 0, 1), 'a probability in [0, 1)'),
-        ('NONLINEARITY', args.nonlinearity, lambda v: v in ACTIVATIONS, f'one of {sorted(ACTIVATIONS)}'),
-        ('INIT_GAIN', cfg.INIT_GAIN, lambda v: _is_number(v) and v > 0, 'a number > 0'),
-        ('OPTIMIZER', args.optimizer, lambda v: v in ('adam', 'nesterov'), "'adam' or 'nesterov'"),
-        ('L2_WEIGHT', args.l2_weight, lambda v: _is_number(v, 0), 'a number >= 0'),
-        ('VAL_SPLIT', args.val_split, lambda v: _is_number(v, 0, 1),
-         'at least 0 and below 1 (0 trains on everything without validation)'),
-        ('MIN_SAMPLES_PER_CLASS', args.min_samples_per_class, _is_int, 'an integer (-1 = off)'),
-        ('MAX_SAMPLES_PER_CLASS', args.max_samples_per_class, lambda v: v is None or _is_int(v, 1),
-         'None or an integer >= 1'),
-        ('MEAN_TARGETS_PER_IMAGE', args.mean_targets_per_image, lambda v: _is_number(v, 1),
-         'a number >= 1'),
-        ('SNAPSHOT_EPOCHS', args.snapshot_epochs,
-         lambda v: isinstance(v, (list, tuple)) and all(_is_int(e) for e in v), 'a list of epochs'),
-        ('CONFMATRIX_MAX_CLASSES', cfg.CONFMATRIX_MAX_CLASSES, lambda v: _is_int(v, 1), 'an integer >= 1'),
-        ('SAMPLE_RATE', cfg.SAMPLE_RATE, lambda v: _is_int(v, 1), 'an integer >= 1'),
-        ('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, lambda v: v in ('linear', 'sinc'), "'linear' or 'sinc'"),
+    """Every constant and flag this run uses (a resumed run's restored ones), checked
+    before any work: [one-line problem], empty when all is well."""
+    start = args.epoch_start if _is_whole(args.epoch_start) else 0
+    problems = [
+        check.folder('DATASET_PATH (--dataset)', args.dataset),
+        *_output_folders(args),
+        check.whole('EPOCH_START', args.epoch_start, 0),
+        check.whole('EPOCHS (--epochs)', args.epochs, start),
+        check.whole('BATCH_SIZE (--batch-size)', args.batch_size, 1),
+        check.whole('FILTERS (--filters)', args.filters, 1),
+        check.whole('TRAIN_WORKERS (--workers)', args.workers, 0),
+        check.whole('RANDOM_SEED (--seed)', args.seed, 0),
+        check.whole('MIN_SAMPLES_PER_CLASS (-1 = off)', args.min_samples_per_class, -1),
+        check.whole('CONFMATRIX_MAX_CLASSES', cfg.CONFMATRIX_MAX_CLASSES, 1),
+        check.one_of('IM_DIM', args.im_dim, (1, 3)),
+        check.one_of('NONLINEARITY', args.nonlinearity, tuple(ACTIVATIONS)),
+        check.one_of('OPTIMIZER', args.optimizer, ('adam', 'nesterov')),
+        check.device('DEVICE (--device)', args.device),
+        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP),
+        check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
+        check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
+        _number('DROPOUT', args.dropout, 0, below=1),
+        _number('VAL_SPLIT (0 = no validation)', args.val_split, 0, below=1),
+        _number('L2_WEIGHT', args.l2_weight, 0),
+        _number('MEAN_TARGETS_PER_IMAGE', args.mean_targets_per_image, 1),
+        _number('INIT_GAIN', cfg.INIT_GAIN, 1e-12),
+        *_train_specific(args),
+        *(check.flag(CONFIG_SETTINGS[key], getattr(args, key)) for key in BOOLEAN_SETTINGS),
+        *(check.flag(name, getattr(cfg, name))
+          for name in ('USE_CACHE', 'NORMALIZE_CONFMATRIX', 'LOAD_OUTPUT_LAYER', 'SAVE_AFTER_INTERRUPT')),
+        check.flag('COMPILE (--compile)', args.compile),
     ]
-    checks += [(CONFIG_SETTINGS[k], getattr(args, k), _is_bool, 'True or False') for k in BOOLEAN_SETTINGS]
-    checks += [(name, getattr(cfg, name), _is_bool, 'True or False')
-               for name in ('USE_CACHE', 'NORMALIZE_CONFMATRIX', 'LOAD_OUTPUT_LAYER', 'SAVE_AFTER_INTERRUPT')]
-    checks.append(('COMPILE (--compile)', args.compile, _is_bool, 'True or False'))
-    for name, value, ok, rule in checks:
-        if not ok(value):
-            raise ConfigError(f'{name} must be {rule}, got {value!r}')
-    _check_composite(args)
-
-
-def _check_composite(args):
-    """The settings that check_config cannot judge one value at a time."""
-    schedule = args.learning_rate
-    if not (isinstance(schedule, dict) and schedule and all(_is_int(k, 0) for k in schedule)
-            and all(_is_number(r, 0) for r in schedule.values())):
-        raise ConfigError(f'LEARNING_RATE must be a non-empty {{epoch: rate}} dict with epochs >= 0 '
-                          f'and rates >= 0, got {schedule!r}')
-    try:
-        check_augmentation(args.augmentation)
-    except ValueError as e:
-        raise ConfigError(f'IM_AUGMENTATION: {e}') from None
-    try:
-        check_spec_params(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP)
-    except ValueError as e:
-        raise ConfigError(f'SPEC_LENGTH / SPEC_OVERLAP: {e}') from None
-    try:
-        flat_size(tuple(args.im_size), args.filters)
-    except ValueError as e:
-        raise ConfigError(f'IM_SIZE (--im-size) / FILTERS (--filters): {e}') from None
-    if not Path(args.dataset).is_dir():
-        raise ConfigError(f'DATASET_PATH (--dataset): dataset folder {args.dataset} does not exist')
-    for name, path in (('MODEL_PATH (--model-path)', args.model_path),
-                       ('LOG_PATH (--log-path)', args.log_path),
-                       ('CONFMATRIX_PATH (--confmatrix-path)', args.confmatrix_path)):
-        if Path(path).exists() and not Path(path).is_dir():
-            raise ConfigError(f'{name}: {path} is a file, not a folder')
     if args.pretrained and not args.resume:
-        try:
-            resolve_model_path(args.pretrained, args.model_path)
-        except CheckpointError as e:
-            raise ConfigError(f'PRETRAINED_MODEL (--pretrained): {e}') from None
+        problems.append(check.model_file('PRETRAINED_MODEL (--pretrained)', args.pretrained,
+                                         'MODEL_PATH (--model-path)', args.model_path))
+    problems = [msg for msg in problems if msg]
+    if not problems:
+        try:  # needs a valid size and filter count
+            flat_size(tuple(args.im_size), args.filters)
+        except ValueError as e:
+            problems.append(f'IM_SIZE (--im-size) / FILTERS (--filters): {e}')
+    return problems
 
 
 def distributed_env(environ):
@@ -303,7 +300,9 @@ def settle_settings(args, warn):
     resume = load_resume(args.resume) if args.resume else None
     if resume:
         apply_resume(args, resume, warn)
-    check_config(args)
+    problems = check_config(args)
+    if problems:
+        raise ConfigError(*problems)
     return resume
 
 
@@ -796,7 +795,8 @@ def main(argv=None):
     try:
         result = train(args)
     except ConfigError as e:
-        print(f'ERROR: {e}', file=sys.stderr)
+        for msg in e.args:
+            print(f'ERROR: {msg}', file=sys.stderr)
         sys.exit(2)
     except (TrainError, CheckpointError) as e:
         sys.exit(f'ERROR: {e}')

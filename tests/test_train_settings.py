@@ -67,21 +67,24 @@ BAD_CONFIG = [
     ('IM_AUGMENTATION', {'noise': [1.5, 0.01]}, 'probability in 0..1'),
     ('LEARNING_RATE', {}, 'non-empty'),
     ('LEARNING_RATE', {0: 'fast'}, 'rates >= 0'),
-    ('LEARNING_RATE', {-5: 0.001}, 'epochs >= 0'),
+    ('LEARNING_RATE', {-5: 0.001}, 'whole epochs >= 0'),
     ('LR_DESCENT', 'yes', 'True or False'),
-    ('OPTIMIZER', 'sgd', "'adam' or 'nesterov'"),
+    ('OPTIMIZER', 'sgd', "'adam', 'nesterov'"),
     ('NONLINEARITY', 'tanh', 'relu'),
-    ('DROPOUT', 1.0, '[0, 1)'),
-    ('IM_DIM', 2, '1 (grey) or 3'),
+    ('DROPOUT', 1.0, 'from 0 to below 1'),
+    ('IM_DIM', 2, 'one of 1, 3'),
     ('VAL_SPLIT', 1, 'below 1'),
-    ('MAX_SAMPLES_PER_CLASS', 0, 'None or an integer >= 1'),
-    ('MEAN_TARGETS_PER_IMAGE', 0.5, '>= 1'),
+    ('MAX_SAMPLES_PER_CLASS', 0, '(None = no limit) must be a whole number of at least 1'),
+    ('MEAN_TARGETS_PER_IMAGE', 0.5, 'at least 1'),
     ('SNAPSHOT_EPOCHS', 10, 'a list of epochs'),
     ('MULTI_LABEL', 'no', 'True or False'),
-    ('L2_WEIGHT', -1e-4, '>= 0'),
-    ('EPOCH_START', 3, 'EPOCHS (--epochs) must be an integer >= EPOCH_START (3)'),
-    ('SPEC_OVERLAP', 3, 'overlap'),
-    ('CONFMATRIX_MAX_CLASSES', 0, '>= 1'),
+    ('L2_WEIGHT', -1e-4, 'at least 0'),
+    ('EPOCH_START', 3, 'EPOCHS (--epochs) must be a whole number of at least 3, got 2'),
+    ('SPEC_OVERLAP', 3, 'smaller than SPEC_LENGTH'),
+    ('SPEC_LENGTH', 4, 'SPEC_LENGTH'),
+    ('SAMPLE_RATE', 0, 'at least 1'),
+    ('MIN_SAMPLES_PER_CLASS', -2, 'at least -1'),
+    ('CONFMATRIX_MAX_CLASSES', 0, 'at least 1'),
     ('COMPILE', 'yes', 'True or False'),
 ]
 
@@ -95,10 +98,22 @@ def test_bad_constant_is_one_error_line_before_any_work(specs, tmp_path, monkeyp
     with pytest.raises(SystemExit) as e:
         AED_train.main(run_args(specs, tmp_path / 'run'))
     line = config_error(e, capsys)
-    constant = 'SPEC_LENGTH / SPEC_OVERLAP' if name == 'SPEC_OVERLAP' else name
+    constant = 'EPOCHS' if name == 'EPOCH_START' else name
     assert constant in line and reason in line, line
     assert not built  # no dataset read, no network built
     assert not (tmp_path / 'run').exists()
+
+
+def test_every_bad_setting_gets_its_own_error_line(specs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cfg, 'IM_AUGMENTATION', {'rolll': [0.5, (0.0, 0.05)]})
+    monkeypatch.setattr(cfg, 'OPTIMIZER', 'sgd')
+    with pytest.raises(SystemExit) as e:
+        AED_train.main(run_args(specs, tmp_path / 'run', '--batch-size', '0'))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith('ERROR: ') for line in err)
+    for name in ('IM_AUGMENTATION', 'OPTIMIZER', 'BATCH_SIZE (--batch-size)'):
+        assert sum(name in line for line in err) == 1, name
 
 
 BAD_FLAGS = [
@@ -106,10 +121,10 @@ BAD_FLAGS = [
     (['--workers', '-1'], 'TRAIN_WORKERS (--workers)'),
     (['--seed', '-3'], 'RANDOM_SEED (--seed)'),
     (['--filters', '0'], 'FILTERS (--filters)'),
+    (['--device', 'gpu'], "DEVICE (--device) must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
     (['--im-size', '32', '32'], 'too small'),
     (['--run-name', 'a/b'], 'RUN_NAME (--run-name)'),
-    (['--dataset', 'no_such_folder'],
-     'DATASET_PATH (--dataset): dataset folder no_such_folder does not exist'),
+    (['--dataset', 'no_such_folder'], 'DATASET_PATH (--dataset): folder no_such_folder does not exist'),
     (['--log-path', 'a_file'], 'LOG_PATH (--log-path): a_file is a file, not a folder'),
     (['--pretrained', 'missing.pt'], 'PRETRAINED_MODEL (--pretrained): model file missing.pt not found'),
 ]
