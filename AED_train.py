@@ -649,13 +649,14 @@ def train_one_epoch(run, epoch):
     run.train_set.set_epoch(epoch)
     if run.sampler is not None:
         run.sampler.set_epoch(epoch)
-    mix = mix_batches(run.batch_size, run.args.mean_targets_per_image, run.np_rng)
+    mix = (mix_batches(run.batch_size, run.args.mean_targets_per_image, run.np_rng)
+           if run.multi_label else None)
     with tqdm(total=len(run.train_loader), desc=f'EPOCH {epoch}', unit='batch', leave=False,
               disable=not run.main_process) as bar:
         train_loss, batches, bad = train_epoch(
             run.net, run.train_loader, run.optimizer, run.device, run.precision, run.multi_label,
-            run.args.l2_weight, batch_transform=mix if run.multi_label else None,
-            channels_last=run.channels_last, progress=bar, agree=run.agree)
+            run.args.l2_weight, batch_transform=mix, channels_last=run.channels_last,
+            progress=bar, agree=run.agree)
     if run.world > 1:
         # DDP keeps the weights equal; batch-norm statistics are made equal here
         for buffer in run.module.buffers():

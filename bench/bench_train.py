@@ -18,7 +18,10 @@ come from CUDA events on a GPU (no host sync inside the loop), wall clock on a C
 --epochs-overhead instead runs AED_train.py itself for --epochs epochs (demo
 data, demo preset unless --size/--filters say otherwise) and reports, side by
 side, the time spent in training steps and the whole run's wall time; their
-ratio is what an epoch costs beyond its steps (goal <= 1.3 on a CPU).
+ratio is what an epoch costs beyond its steps (goal <= 1.3 on a CPU). It also
+reports how long the training loop itself spent per epoch in save_epoch (the
+log, plots and checkpoints, or with the background writer handing them over):
+the part that stalls a GPU.
 
     python -m bench.bench_train
     python -m bench.bench_train --steps 4 --batch 16 --workers 2
@@ -104,7 +107,8 @@ def synthetic(x, y):
 
 
 def epochs_overhead(args, data, out):
-    """One AED_train.py run; returns (seconds in training steps, whole-run wall seconds)."""
+    """One AED_train.py run; returns (seconds in training steps, whole-run wall seconds,
+    seconds the training loop spent in save_epoch: the epoch's files, or handing them over)."""
     import AED_train
     import config as cfg
     import model.training as training
@@ -112,16 +116,22 @@ def epochs_overhead(args, data, out):
 
     timer = Timer(select_device(args.device))
     real, spent = training.train_step, []
+    real_save, saving = AED_train.save_epoch, []
 
     def timed_step(*a, **kw):
         start = timer.now()
         loss = real(*a, **kw)
         spent.append(timer.now() - start)
         return loss
+
+    def timed_save(*a, **kw):
+        start = time.perf_counter()
+        real_save(*a, **kw)
+        saving.append(time.perf_counter() - start)
     saved = {name: getattr(cfg, name) for name in ('LOG_PATH', 'CONFMATRIX_PATH', 'MIXED_PRECISION')}
     cfg.LOG_PATH, cfg.CONFMATRIX_PATH = str(out / 'logs'), str(out / 'confmatrix')
     cfg.MIXED_PRECISION = args.amp == 'on'
-    training.train_step = timed_step
+    training.train_step, AED_train.save_epoch = timed_step, timed_save
     argv = ['--dataset', str(data), '--model-path', str(out / 'models'), '--run-name', 'Bench',
             '--epochs', str(args.epochs), '--batch-size', str(args.batch), '--workers', str(args.workers),
             '--im-size', *map(str, args.size), '--filters', str(args.filters), '--device', args.device]
@@ -131,10 +141,10 @@ def epochs_overhead(args, data, out):
             AED_train.main(argv + (['--compile'] if args.compile else []))
             wall = time.perf_counter() - start
     finally:
-        training.train_step = real
+        training.train_step, AED_train.save_epoch = real, real_save
         for name, value in saved.items():
             setattr(cfg, name, value)
-    return sum(spent), wall
+    return sum(spent), wall, sum(saving)
 
 
 def main_epochs_overhead(args):
@@ -143,14 +153,17 @@ def main_epochs_overhead(args):
         data = args.data or make_specs(Path(tmp) / 'demo', 480)
         for r in range(args.rounds or 1):
             runs.append(epochs_overhead(args, data, Path(tmp) / f'run{r}'))
-    steps = statistics.median(s for s, _ in runs)
-    wall = statistics.median(w for _, w in runs)
+    steps = statistics.median(s for s, _, _ in runs)
+    wall = statistics.median(w for _, w, _ in runs)
+    saving = statistics.median(f for _, _, f in runs) / args.epochs
     print(f'\n{args.device}, AED_train.py, {args.size[0]}x{args.size[1]} images, {args.filters} filters, '
           f'batch {args.batch}, {args.workers} workers, {args.epochs} epochs'
           f'{", --compile" if args.compile else ""}; median of {len(runs)} run(s)')
-    print('| steps only (s) | whole run (s) | whole / steps |')
-    print('|---:|---:|---:|')
-    print(f'| {steps:.1f} | {wall:.1f} | {wall / steps:.2f} (goal <= 1.3) |')
+    print('| steps only (s) | whole run (s) | outside steps per epoch (s) | saving files per epoch (s) '
+          '| whole / steps |')
+    print('|---:|---:|---:|---:|---:|')
+    print(f'| {steps:.1f} | {wall:.1f} | {(wall - steps) / args.epochs:.2f} | {saving:.3f} '
+          f'| {wall / steps:.2f} (goal <= 1.3) |')
     return steps, wall
 
 

@@ -70,7 +70,8 @@ def detached_copy(obj):
     """obj (dicts, lists, tuples of tensors and plain values, e.g. an optimizer's
     state_dict) with every tensor copied to the CPU: a snapshot later steps cannot change."""
     if torch.is_tensor(obj):
-        return obj.detach().cpu().clone()
+        obj = obj.detach()
+        return obj.clone() if obj.device.type == 'cpu' else obj.cpu()  # one copy either way
     if isinstance(obj, dict):
         return {k: detached_copy(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

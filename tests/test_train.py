@@ -603,3 +603,19 @@ def test_epoch_line_reports_the_mean_of_batch_means(specs, out, monkeypatch, cap
     line = re.search(r'VAL LOSS: ([\d.]+) VAL ACCURACY: ([\d.]+) %', capsys.readouterr().out)
     assert float(line[1]) == pytest.approx(stats[0]['loss_sum'].item() / 2, abs=1e-6)
     assert float(line[2]) == AED_train.val_percent(stats[0]['acc_sum'].item() / 2)
+
+
+def test_detached_copy_is_not_changed_by_later_steps():
+    from model.checkpoint import detached_copy
+    net = AEDNet(3, (64, 64), 1, 2)
+    optimizer = make_optimizer('adam', net.parameters(), 0.01)
+    net(torch.rand(2, 1, 64, 64)).sum().backward()
+    optimizer.step()
+    saved = detached_copy(optimizer.state_dict())
+    before = {k: v.clone() for k, v in saved['state'][0].items()}
+    net(torch.rand(2, 1, 64, 64)).sum().backward()
+    optimizer.step()  # updates the live moments in place
+    assert not torch.equal(optimizer.state_dict()['state'][0]['exp_avg'], before['exp_avg'])
+    for key, value in before.items():
+        assert torch.equal(saved['state'][0][key], value), key
+    assert saved['param_groups'][0]['betas'] == (0.5, 0.999)
