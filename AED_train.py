@@ -8,8 +8,12 @@ weights are saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_
 
     python AED_train.py
     python AED_train.py --dataset dataset/train/spec --run-name Demo --im-size 128 64 --filters 16 --epochs 10
-    python AED_train.py --resume model/AED_Demo_last.pt --epochs 20 --compile
+    python AED_train.py --resume model/AED_Demo_last.pt
     torchrun --nproc_per_node=4 AED_train.py --run-name Urban4gpu
+
+Every setting is checked before any work: each bad constant or flag is one
+ERROR line, and the run stops with exit status 2. --resume restores the run's own settings (recorded in
+its checkpoint); a flag given with it overrides one, with a warning.
 
 BATCH_SIZE larger than the training set is clamped to its size with a
 warning (a small dataset is legitimate). Under torchrun, BATCH_SIZE is per
@@ -31,25 +35,52 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import config as cfg
+from model import config_checks as check
 from model.audio import read_spec_settings
-from model.checkpoint import (CheckpointError, build_model, clean_state_dict, detached_copy,
-                              load_checkpoint, load_weights, resolve_model_path, save_checkpoint)
-from model.data import DatasetError, SpecDataset, batch_augment, build_cache, make_loader, parse_dataset
+from model.checkpoint import (CheckpointError, build_model, class_counts, clean_state_dict,
+                              detached_copy, load_checkpoint, load_weights, plain,
+                              resolve_model_path, save_checkpoint)
+from model.data import (DatasetError, SpecDataset, batch_augment, build_cache, check_augmentation,
+                        make_loader, parse_dataset)
 from model.metrics import class_metrics, plot_confusion_matrix
-from model.net import AEDNet, count_params, flat_size, weighted_layers
+from model.net import ACTIVATIONS, AEDNet, count_params, flat_size, weighted_layers
 from model.training import (BackgroundWriter, Precision, Timer, all_can_step, configure_backend,
-                            evaluate, learning_rate, make_optimizer, maybe_compile,
-                            plot_training_curves, rng_state, select_device, set_learning_rate,
-                            set_rng_state, train_epoch, write_epoch_log)
+                            describe_schedule, evaluate, learning_rate, make_optimizer,
+                            maybe_compile, plot_training_curves, rng_state, select_device,
+                            set_learning_rate, set_rng_state, train_epoch, write_epoch_log)
 
 ROOT = Path(__file__).resolve().parent
+
+
+# run settings only config.py sets, recorded in every checkpoint: key: constant
+CONFIG_SETTINGS = {
+    'augmentation': 'IM_AUGMENTATION', 'learning_rate': 'LEARNING_RATE', 'lr_descent': 'LR_DESCENT',
+    'epoch_start': 'EPOCH_START', 'optimizer': 'OPTIMIZER', 'l2_weight': 'L2_WEIGHT',
+    'val_split': 'VAL_SPLIT', 'min_samples_per_class': 'MIN_SAMPLES_PER_CLASS',
+    'max_samples_per_class': 'MAX_SAMPLES_PER_CLASS', 'sort_classes': 'SORT_CLASSES_ALPHABETICALLY',
+    'randomize_train_set': 'RANDOMIZE_TRAIN_SET', 'multi_label': 'MULTI_LABEL',
+    'val_has_multi_label': 'VAL_HAS_MULTI_LABEL', 'mean_targets_per_image': 'MEAN_TARGETS_PER_IMAGE',
+    'snapshot_epochs': 'SNAPSHOT_EPOCHS', 'mixed_precision': 'MIXED_PRECISION'}
+# run settings with a flag, recorded in every checkpoint: key: flag
+FLAG_SETTINGS = {'dataset': '--dataset', 'epochs': '--epochs', 'batch_size': '--batch-size',
+                 'seed': '--seed', 'deterministic': '--deterministic', 'compile': '--compile',
+                 'model_path': '--model-path', 'log_path': '--log-path',
+                 'confmatrix_path': '--confmatrix-path'}
+PATH_SETTINGS = ('dataset', 'model_path', 'log_path', 'confmatrix_path')
+BOOLEAN_SETTINGS = ('lr_descent', 'sort_classes', 'randomize_train_set', 'multi_label',
+                    'val_has_multi_label', 'mixed_precision')
 
 
 class TrainError(Exception):
     """A setting or input that makes training impossible; the message says why."""
 
 
-def parse_args(argv):
+class ConfigError(TrainError):
+    """Constants or flags that cannot work, one line each (the arguments); reported
+    before any work, exit status 2."""
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--dataset', type=Path, default=ROOT / cfg.DATASET_PATH,
@@ -62,13 +93,18 @@ def parse_args(argv):
     p.add_argument('--filters', type=int, default=cfg.FILTERS,
                    help='filters of the first convolution (later blocks use 2x..16x)')
     p.add_argument('--run-name', default=cfg.RUN_NAME,
-                   help='name in checkpoint, log and plot file names (a resumed run keeps its own)')
+                   help='name in checkpoint, log and plot file names')
     p.add_argument('--model-path', type=Path, default=ROOT / cfg.MODEL_PATH,
                    help='folder for checkpoints (and to look up --pretrained names)')
+    p.add_argument('--log-path', type=Path, default=ROOT / cfg.LOG_PATH,
+                   help='folder for the CSV epoch log and the training-curve plot')
+    p.add_argument('--confmatrix-path', type=Path, default=ROOT / cfg.CONFMATRIX_PATH,
+                   help='folder for the per-epoch confusion-matrix plots')
     p.add_argument('--pretrained', default=cfg.PRETRAINED_MODEL,
                    help='checkpoint to start from: a path, or a file name under --model-path')
     p.add_argument('--resume', type=Path, default=None,
-                   help='continue an interrupted run from its AED_<RUN_NAME>_last.pt')
+                   help="continue an interrupted run from its AED_<RUN_NAME>_last.pt with the "
+                        "run's own settings; flags given with it override them")
     p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
     p.add_argument('--workers', type=int, default=cfg.TRAIN_WORKERS,
                    help='data loader processes (0 loads in the main process)')
@@ -77,30 +113,120 @@ def parse_args(argv):
                    help='reproducible runs: deterministic algorithms, no cuDNN autotuning')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.COMPILE,
                    help='train with torch.compile (falls back with a warning where unavailable)')
-    return p.parse_args(argv)
+    return p
 
 
-def check_settings(args):
-    """Settings that can be checked before touching any file."""
-    if not 0 <= cfg.VAL_SPLIT < 1:
-        raise TrainError(f'VAL_SPLIT must be at least 0 and below 1 (got {cfg.VAL_SPLIT}); '
-                         f'0 trains on everything without validation')
-    if args.batch_size < 1:
-        raise TrainError(f'batch size must be at least 1, got {args.batch_size}')
-    if args.epochs < cfg.EPOCH_START:
-        raise TrainError(f'--epochs ({args.epochs}) is below EPOCH_START ({cfg.EPOCH_START})')
-    if args.filters < 1:
-        raise TrainError(f'--filters must be at least 1, got {args.filters}')
-    if args.workers < 0:
-        raise TrainError(f'--workers must be 0 or more, got {args.workers}')
-    if cfg.OPTIMIZER not in ('adam', 'nesterov'):
-        raise TrainError(f"OPTIMIZER must be 'adam' or 'nesterov', got {cfg.OPTIMIZER!r}")
-    if not cfg.LEARNING_RATE:
-        raise TrainError('LEARNING_RATE must hold at least one {epoch: rate} entry')
+def parse_args(argv):
+    """Flags with their defaults, plus args.explicit: the names of the flags given
+    (a resumed run keeps its own settings except for these)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # parsed again into a namespace that already holds every name: argparse then sets
+    # no defaults, so only the flags on the command line replace the placeholder
+    unset = object()
+    given = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
+    args.explicit = {name for name, value in vars(given).items() if value is not unset}
+    for key, name in CONFIG_SETTINGS.items():
+        setattr(args, key, getattr(cfg, name))
+    args.im_dim, args.dropout, args.nonlinearity = cfg.IM_DIM, cfg.DROPOUT, cfg.NONLINEARITY
+    return args
+
+
+def _number(label, value, low, below=None):
+    """A finite number >= low (and < below)."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and value >= low and (below is None or value < below))
+    if not ok:
+        rule = f'from {low} to below {below}' if below is not None else f'of at least {low}'
+        return f'{label} must be a number {rule}, got {value!r}'
+    return None
+
+
+def _is_whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _train_specific(args):
+    """The checks model.config_checks has no helper for: [problem or None]."""
+    schedule = args.learning_rate
+    good_schedule = (isinstance(schedule, dict) and schedule
+                     and all(_is_whole(k) and k >= 0 for k in schedule)
+                     and all(_number('', r, 0) is None for r in schedule.values()))
     try:
-        flat_size(tuple(args.im_size), args.filters)
+        check_augmentation(args.augmentation)
+        augmentation = None
     except ValueError as e:
-        raise TrainError(str(e)) from None
+        augmentation = f'IM_AUGMENTATION: {e}'
+    im_size = args.im_size
+    return [
+        None if good_schedule else (f'LEARNING_RATE must be a non-empty {{epoch: rate}} dict with '
+                                    f'whole epochs >= 0 and rates >= 0, got {schedule!r}'),
+        augmentation,
+        None if (isinstance(im_size, (list, tuple)) and len(im_size) == 2
+                 and all(_is_whole(a) and a >= 1 for a in im_size))
+        else f'IM_SIZE (--im-size) must be (width, height) in pixels, got {im_size!r}',
+        None if (isinstance(args.snapshot_epochs, (list, tuple))
+                 and all(_is_whole(e) for e in args.snapshot_epochs))
+        else f'SNAPSHOT_EPOCHS must be a list of epochs ([-1] = every epoch), got {args.snapshot_epochs!r}',
+        None if (isinstance(args.run_name, str) and args.run_name.strip()
+                 and not {'/', '\\'} & set(args.run_name))
+        else f'RUN_NAME (--run-name) must be a non-empty name without / or \\, got {args.run_name!r}',
+        None if args.max_samples_per_class is None
+        else check.whole('MAX_SAMPLES_PER_CLASS (None = no limit)', args.max_samples_per_class, 1),
+    ]
+
+
+def _output_folders(args):
+    """Output folders may not exist yet, but must not be files."""
+    return [f'{label}: {path} is a file, not a folder' if Path(path).is_file() else None
+            for label, path in (('MODEL_PATH (--model-path)', args.model_path),
+                                ('LOG_PATH (--log-path)', args.log_path),
+                                ('CONFMATRIX_PATH (--confmatrix-path)', args.confmatrix_path))]
+
+
+def check_config(args):
+    """Every constant and flag this run uses (a resumed run's restored ones), checked
+    before any work: [one-line problem], empty when all is well."""
+    start = args.epoch_start if _is_whole(args.epoch_start) else 0
+    problems = [
+        check.folder('DATASET_PATH (--dataset)', args.dataset),
+        *_output_folders(args),
+        check.whole('EPOCH_START', args.epoch_start, 0),
+        check.whole('EPOCHS (--epochs)', args.epochs, start),
+        check.whole('BATCH_SIZE (--batch-size)', args.batch_size, 1),
+        check.whole('FILTERS (--filters)', args.filters, 1),
+        check.whole('TRAIN_WORKERS (--workers)', args.workers, 0),
+        check.whole('RANDOM_SEED (--seed)', args.seed, 0),
+        check.whole('MIN_SAMPLES_PER_CLASS (-1 = off)', args.min_samples_per_class, -1),
+        check.whole('CONFMATRIX_MAX_CLASSES', cfg.CONFMATRIX_MAX_CLASSES, 1),
+        check.one_of('IM_DIM', args.im_dim, (1, 3)),
+        check.one_of('NONLINEARITY', args.nonlinearity, tuple(ACTIVATIONS)),
+        check.one_of('OPTIMIZER', args.optimizer, ('adam', 'nesterov')),
+        check.device('DEVICE (--device)', args.device),
+        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP),
+        check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
+        check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
+        _number('DROPOUT', args.dropout, 0, below=1),
+        _number('VAL_SPLIT (0 = no validation)', args.val_split, 0, below=1),
+        _number('L2_WEIGHT', args.l2_weight, 0),
+        _number('MEAN_TARGETS_PER_IMAGE', args.mean_targets_per_image, 1),
+        _number('INIT_GAIN', cfg.INIT_GAIN, 1e-12),
+        *_train_specific(args),
+        *(check.flag(CONFIG_SETTINGS[key], getattr(args, key)) for key in BOOLEAN_SETTINGS),
+        *(check.flag(name, getattr(cfg, name))
+          for name in ('USE_CACHE', 'NORMALIZE_CONFMATRIX', 'LOAD_OUTPUT_LAYER', 'SAVE_AFTER_INTERRUPT')),
+        check.flag('COMPILE (--compile)', args.compile),
+    ]
+    if args.pretrained and not args.resume:
+        problems.append(check.model_file('PRETRAINED_MODEL (--pretrained)', args.pretrained,
+                                         'MODEL_PATH (--model-path)', args.model_path))
+    problems = [msg for msg in problems if msg]
+    if not problems:
+        try:  # needs a valid size and filter count
+            flat_size(tuple(args.im_size), args.filters)
+        except ValueError as e:
+            problems.append(f'IM_SIZE (--im-size) / FILTERS (--filters): {e}')
+    return problems
 
 
 def distributed_env(environ):
@@ -117,6 +243,76 @@ def load_resume(path):
         raise CheckpointError(f'{path} is not a resume checkpoint (AED_<RUN_NAME>_last.pt); '
                               f'use --pretrained to start from its weights')
     return ckpt
+
+
+def training_meta(args, classes, train_items, val_items):
+    """A checkpoint's 'training' metadata (JSON-able, paths absolute): every setting
+    that determines the run, which --resume restores, plus the CSV log's path and
+    the images per class."""
+    meta = {key: getattr(args, key) for key in (*FLAG_SETTINGS, *CONFIG_SETTINGS)}
+    meta['log_file'] = Path(args.log_path) / f'{args.run_name}.csv'
+    meta['class_counts'] = {'train': class_counts(classes, train_items),
+                            'val': class_counts(classes, val_items)}
+    return plain(meta)
+
+
+def _shown(value):
+    return str(value) if isinstance(value, (str, Path)) else repr(value)
+
+
+def apply_resume(args, ckpt, warn):
+    """Give args the resumed run's settings; flags given explicitly override them with
+    a warning. Raises ConfigError for an override the saved network cannot take."""
+    for key, flag in (('im_size', '--im-size'), ('filters', '--filters')):
+        if key in args.explicit and plain(getattr(args, key)) != plain(ckpt[key]):
+            raise ConfigError(f'{flag} {_shown(plain(getattr(args, key)))} cannot change a resumed '
+                              f'run: {args.resume} holds a network for {flag} {_shown(ckpt[key])}')
+        setattr(args, key, list(ckpt[key]) if key == 'im_size' else ckpt[key])
+    args.im_dim = ckpt['im_dim']
+    args.dropout = ckpt.get('dropout', args.dropout)
+    args.nonlinearity = ckpt.get('nonlinearity', args.nonlinearity)
+    saved = {'run_name': ckpt.get('run_name', args.run_name), **ckpt.get('training', {})}
+    if 'training' not in ckpt:
+        warn(f'{args.resume} records no run settings (an older checkpoint): '
+             f'flags and config.py apply')
+    flags = {'run_name': '--run-name', **FLAG_SETTINGS}
+    for key, flag in flags.items():
+        if key not in saved:
+            continue
+        value = Path(saved[key]) if key in PATH_SETTINGS else saved[key]
+        if key not in args.explicit:
+            setattr(args, key, value)
+        elif plain(getattr(args, key)) != plain(value):
+            warn(f"{flag} {_shown(plain(getattr(args, key)))} overrides the resumed run's "
+                 f"{_shown(saved[key])}")
+    for key, name in CONFIG_SETTINGS.items():
+        if key not in saved:
+            continue
+        if plain(getattr(args, key)) != saved[key]:
+            warn(f"config.py's {name} {getattr(args, key)!r} differs from the resumed run's "
+                 f"{saved[key]!r}; the run's is kept")
+        setattr(args, key, saved[key])
+
+
+def settle_settings(args, warn):
+    """The run's settings, before any work: a --resume checkpoint's restored (flags
+    given override them), then all checked. Returns the resume checkpoint or None."""
+    resume = load_resume(args.resume) if args.resume else None
+    if resume:
+        apply_resume(args, resume, warn)
+    problems = check_config(args)
+    if problems:
+        raise ConfigError(*problems)
+    return resume
+
+
+def announce(args, say):
+    """Where the run writes and how its learning rate will run, once at the start."""
+    for name, path in (('MODEL PATH', args.model_path), ('LOG PATH', args.log_path),
+                       ('CONFMATRIX PATH', args.confmatrix_path)):
+        say(f'{name}: {Path(path).absolute()}')
+    say('LEARNING RATE: ' + describe_schedule(args.learning_rate, args.epoch_start, args.epochs,
+                                              args.lr_descent))
 
 
 def val_percent(fraction):
@@ -170,7 +366,7 @@ class Run:
 
     @property
     def multi_label(self):
-        return bool(cfg.MULTI_LABEL)
+        return bool(self.args.multi_label)
 
     def say(self, msg):
         if self.main_process:
@@ -183,9 +379,10 @@ class Run:
     def path(self, kind, epoch=None):
         """Where the run writes: 'log', 'curves', 'confmatrix', 'last', 'snapshot', 'best'."""
         models, name = Path(self.args.model_path), self.run_name
-        return {'log': ROOT / cfg.LOG_PATH / f'{name}.csv',
-                'curves': ROOT / cfg.LOG_PATH / f'{name}_curves.png',
-                'confmatrix': ROOT / cfg.CONFMATRIX_PATH / f'{name}_{epoch}.png',
+        logs, cms = Path(self.args.log_path), Path(self.args.confmatrix_path)
+        return {'log': logs / f'{name}.csv',
+                'curves': logs / f'{name}_curves.png',
+                'confmatrix': cms / f'{name}_{epoch}.png',
                 'last': models / f'AED_{name}_last.pt',
                 'snapshot': models / f'AED_{name}_model_epoch_{epoch}.pt',
                 'best': models / f'AED_{name}_model_best.pt'}[kind]
@@ -193,12 +390,12 @@ class Run:
 
 def train(args):
     """Run the whole training; returns a dict with net (unwrapped), best_epoch,
-    max_acc, log rows and interrupted. Raises TrainError, CheckpointError."""
-    check_settings(args)
+    max_acc, log rows and interrupted. Raises TrainError (ConfigError), CheckpointError."""
     run = Run(args, *(distributed_env(os.environ) or (0, 1, 0)))
+    run.resume = settle_settings(args, run.warn)
+    announce(args, run.say)
+    run.run_name = args.run_name
     setup_device(run)
-    run.resume = load_resume(args.resume) if args.resume else None
-    run.run_name = run.resume['run_name'] if run.resume else args.run_name
     read_dataset(run)
     build_network(run)
     setup_optimizer(run)
@@ -244,8 +441,8 @@ def read_dataset(run):
     args = run.args
     try:
         classes, train_items, val_items, stats = parse_dataset(
-            args.dataset, cfg.MIN_SAMPLES_PER_CLASS, cfg.MAX_SAMPLES_PER_CLASS,
-            cfg.SORT_CLASSES_ALPHABETICALLY, cfg.VAL_SPLIT, args.seed)
+            args.dataset, args.min_samples_per_class, args.max_samples_per_class,
+            args.sort_classes, args.val_split, args.seed)
     except DatasetError as e:
         raise TrainError(str(e)) from None
     if not train_items:
@@ -258,7 +455,7 @@ def read_dataset(run):
         run.say('NO VALIDATION SET (VAL_SPLIT = 0): training on all images; '
                 'the best epoch is the one with the lowest train loss')
     if run.resume and list(run.resume['classes']) != list(classes):
-        raise TrainError(f'{args.resume} was trained on classes {list(run.resume["classes"])}, '
+        raise ConfigError(f'{args.resume} was trained on classes {list(run.resume["classes"])}, '
                          f'but {args.dataset} holds {classes}')
     run.classes, run.train_items, run.val_items = classes, train_items, val_items
     run.batch_size = args.batch_size
@@ -282,11 +479,11 @@ def build_network(run):
             raise CheckpointError(f'{args.resume}: weights do not match the architecture '
                                   f'it describes') from None
         im_size, im_dim, filters = tuple(resume['im_size']), resume['im_dim'], resume['filters']
-        dropout = resume.get('dropout', cfg.DROPOUT)
-        nonlinearity = resume.get('nonlinearity', cfg.NONLINEARITY)
+        dropout = resume.get('dropout', args.dropout)
+        nonlinearity = resume.get('nonlinearity', args.nonlinearity)
     else:
-        im_size, im_dim, filters = tuple(args.im_size), cfg.IM_DIM, args.filters
-        dropout, nonlinearity = cfg.DROPOUT, cfg.NONLINEARITY
+        im_size, im_dim, filters = tuple(args.im_size), args.im_dim, args.filters
+        dropout, nonlinearity = args.dropout, args.nonlinearity
         net = AEDNet(len(run.classes), im_size, im_dim, filters, dropout, nonlinearity, cfg.INIT_GAIN)
     if run.world > 1:
         # DDP starts every process from rank 0's weights; dropout masks should differ per process
@@ -307,7 +504,8 @@ def build_network(run):
                 # what AED_spec.py recorded for these images, else config.py's settings
                 'spec': read_spec_settings(args.dataset) or {
                     'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                    'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}}
+                    'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD},
+                'training': training_meta(args, run.classes, run.train_items, run.val_items)}
     run.module = net
 
 
@@ -317,10 +515,10 @@ def setup_optimizer(run):
     run.channels_last = device.type == 'cuda'
     net = run.module
     run.module = net.to(device, memory_format=torch.channels_last) if run.channels_last else net.to(device)
-    run.precision = Precision(device, cfg.MIXED_PRECISION)
-    run.optimizer = make_optimizer(cfg.OPTIMIZER, run.module.parameters(),
-                                   learning_rate(cfg.LEARNING_RATE, cfg.EPOCH_START, args.epochs,
-                                                 cfg.LR_DESCENT))
+    run.precision = Precision(device, args.mixed_precision)
+    run.optimizer = make_optimizer(args.optimizer, run.module.parameters(),
+                                   learning_rate(args.learning_rate, args.epoch_start, args.epochs,
+                                                 args.lr_descent))
     if resume:
         run.optimizer.load_state_dict(resume['optimizer'])
         if resume.get('scaler'):
@@ -352,18 +550,18 @@ def prepare_data(run):
         cache = build_cache(run.train_items + run.val_items, im_size, im_dim,
                             workers=max(1, args.workers), progress=run.main_process)
     run.train_set = SpecDataset(run.train_items, num_classes, im_size, im_dim,
-                                cfg.IM_AUGMENTATION or None, seed=args.seed, cache=cache)
+                                args.augmentation or None, seed=args.seed, cache=cache)
     val_set = SpecDataset(run.val_items, num_classes, im_size, im_dim, None, seed=args.seed, cache=cache)
     pin = run.device.type == 'cuda'
     if run.world > 1:
         run.sampler = DistributedSampler(run.train_set, num_replicas=run.world, rank=run.rank,
-                                         shuffle=cfg.RANDOMIZE_TRAIN_SET, seed=args.seed)
+                                         shuffle=args.randomize_train_set, seed=args.seed)
         run.train_loader = make_loader(run.train_set, run.batch_size, False, args.workers, pin,
                                        sampler=run.sampler, seed=args.seed)
         # every process validates its own unpadded share; the sums are added up
         val_part = Subset(val_set, range(run.rank, len(val_set), run.world))
     else:
-        run.train_loader = make_loader(run.train_set, run.batch_size, cfg.RANDOMIZE_TRAIN_SET,
+        run.train_loader = make_loader(run.train_set, run.batch_size, args.randomize_train_set,
                                        args.workers, pin, seed=args.seed)
         val_part = val_set
     if run.val_items:
@@ -373,7 +571,7 @@ def prepare_data(run):
 def restore_progress(run):
     """Log, best epoch and random state of a resumed run."""
     resume = run.resume
-    run.start_epoch = cfg.EPOCH_START
+    run.start_epoch = run.args.epoch_start
     if resume:
         run.rows = list(resume.get('log', []))
         run.best_epoch, run.max_acc = resume['best_epoch'], resume['max_acc']
@@ -418,7 +616,7 @@ def fit(run):
     for epoch in range(run.start_epoch, run.args.epochs + 1):
         try:
             start = timer.now()
-            lr = learning_rate(cfg.LEARNING_RATE, epoch, run.args.epochs, cfg.LR_DESCENT)
+            lr = learning_rate(run.args.learning_rate, epoch, run.args.epochs, run.args.lr_descent)
             set_learning_rate(run.optimizer, lr)
             totals = train_one_epoch(run, epoch)
             stats = validate(run)
@@ -437,11 +635,11 @@ def fit(run):
             else f'MIN TRAIN LOSS: {run.best_loss:.6f}')
 
 
-def mix_batches(batch_size, rng):
+def mix_batches(batch_size, mean_targets, rng):
     """The original's batch augmentation (MULTI_LABEL), only for reasonably full batches."""
     def mix(x, y):
         if x.shape[0] >= batch_size // 2:
-            return batch_augment(x, y, cfg.MEAN_TARGETS_PER_IMAGE, rng)
+            return batch_augment(x, y, mean_targets, rng)
         return x, y
     return mix
 
@@ -451,13 +649,14 @@ def train_one_epoch(run, epoch):
     run.train_set.set_epoch(epoch)
     if run.sampler is not None:
         run.sampler.set_epoch(epoch)
-    mix = mix_batches(run.batch_size, run.np_rng) if run.multi_label else None
+    mix = (mix_batches(run.batch_size, run.args.mean_targets_per_image, run.np_rng)
+           if run.multi_label else None)
     with tqdm(total=len(run.train_loader), desc=f'EPOCH {epoch}', unit='batch', leave=False,
               disable=not run.main_process) as bar:
         train_loss, batches, bad = train_epoch(
             run.net, run.train_loader, run.optimizer, run.device, run.precision, run.multi_label,
-            cfg.L2_WEIGHT, batch_transform=mix, channels_last=run.channels_last, progress=bar,
-            agree=run.agree)
+            run.args.l2_weight, batch_transform=mix, channels_last=run.channels_last,
+            progress=bar, agree=run.agree)
     if run.world > 1:
         # DDP keeps the weights equal; batch-norm statistics are made equal here
         for buffer in run.module.buffers():
@@ -469,12 +668,13 @@ def validate(run):
     """Validation sums of this process (see model.training.evaluate), or None without a validation set."""
     if run.val_loader is None:
         return None
-    binary_acc = run.multi_label and cfg.VAL_HAS_MULTI_LABEL
+    binary_acc = run.multi_label and run.args.val_has_multi_label
     # as in the original, VAL_HAS_MULTI_LABEL alone mixes validation batches;
     # the same mixing every epoch
     mix = None
-    if cfg.VAL_HAS_MULTI_LABEL:
-        mix = mix_batches(run.batch_size, np.random.default_rng([run.args.seed, 2, run.rank]))
+    if run.args.val_has_multi_label:
+        mix = mix_batches(run.batch_size, run.args.mean_targets_per_image,
+                          np.random.default_rng([run.args.seed, 2, run.rank]))
     return evaluate(run.module, run.val_loader, run.device, run.precision, len(run.classes),
                     run.multi_label, binary_acc, batch_transform=mix, channels_last=run.channels_last)
 
@@ -546,7 +746,7 @@ def save_epoch(run, epoch, cm, rng):
                else clean_state_dict(run.module.state_dict()))
     meta = {**run.meta, 'epoch': epoch}
     snapshot = (run.path('snapshot', epoch)
-                if -1 in cfg.SNAPSHOT_EPOCHS or epoch in cfg.SNAPSHOT_EPOCHS else None)
+                if -1 in run.args.snapshot_epochs or epoch in run.args.snapshot_epochs else None)
     resume = dict(resume=True, optimizer=detached_copy(run.optimizer.state_dict()),
                   scaler=run.precision.scaler.state_dict(),
                   best_state=None if run.best_epoch == epoch else run.best_state,
@@ -595,6 +795,10 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         result = train(args)
+    except ConfigError as e:
+        for msg in e.args:
+            print(f'ERROR: {msg}', file=sys.stderr)
+        sys.exit(2)
     except (TrainError, CheckpointError) as e:
         sys.exit(f'ERROR: {e}')
     except KeyboardInterrupt:  # before the first epoch: nothing to save

@@ -11,12 +11,17 @@ loading a file can never run code. Keys:
     im_size, im_dim       network input (width, height) and channels
     filters, dropout, nonlinearity, multi_label
     spec                  {'length', 'overlap', 'sample_rate', 'resample'}
+    training              how the run was made (AED_train.py; JSON-able values):
+                          dataset, epochs, batch_size, seed, learning_rate,
+                          lr_descent, augmentation, class_counts, the output
+                          folders and log_file, and the other run settings
 """
 import os
 import pickle
 import struct
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.net import AEDNet
@@ -45,6 +50,27 @@ def clean_state_dict(state_dict):
                 key = key[len(prefix):]
         out[key] = value.detach().cpu().clone() if torch.is_tensor(value) else value
     return out
+
+
+def plain(value):
+    """value with tuples as lists, Paths as absolute strings and numpy numbers as
+    Python ones: what weights_only loading accepts and json.dumps can write."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value.absolute())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def class_counts(classes, items):
+    """{class name: number of items} for (path, class index) items, every class listed."""
+    counts = np.bincount(np.array([label for _, label in items], dtype=np.int64),
+                         minlength=len(classes))
+    return {c: int(n) for c, n in zip(classes, counts)}
 
 
 def detached_copy(obj):

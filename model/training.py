@@ -22,14 +22,21 @@ PROB_CLIP = 1e-7
 ######################## schedule and optimiser ########################
 
 def learning_rate(schedule, epoch, epochs, descent):
-    """The learning rate of an epoch from a {epoch: rate} schedule.
+    """The learning rate of an epoch from a {epoch: rate} schedule (the original's rule).
 
-    With descent, rates are interpolated linearly between the SORTED epoch
-    keys (defect 12: the original relied on Python 2 dict order) plus the
-    point (epochs, last rate), and the curve is read at
-    max(first key, epoch - 1), as the original did. Without descent it is a
-    step schedule: the rate of the largest key <= epoch (the first key's rate
-    before that).
+    With descent, a linear curve runs through the points of the schedule, its
+    keys SORTED (defect 12: the original relied on Python 2 dict order), plus
+    the point (epochs, last rate); epoch e runs at the curve's value at
+    max(first key, e - 1). So the first two epochs both start near the first
+    rate, and the final rate is first used at epoch last key + 1: a run of
+    exactly that many epochs, or fewer, never reaches it. A run shorter than
+    the last key has the schedule squeezed into its own length:
+    {0: 0.001, 55: 1e-6} over 10 epochs ends with epoch 10 at 0.0001009 (the
+    curve at 9 of 10); over 55 epochs epoch 55 runs at 1.92e-5. A longer run
+    keeps the last rate from epoch last key + 1 on.
+
+    Without descent it is a step schedule: the rate of the largest key <= epoch
+    (the first key's rate before that).
     """
     if not schedule:
         raise ValueError('the learning-rate schedule is empty')
@@ -41,11 +48,28 @@ def learning_rate(schedule, epoch, epochs, descent):
             if key <= epoch:
                 rate = value
         return rate
-    # like the original, the point (epochs, last rate) joins the curve, so a
-    # shorter run reaches the final rate at its own last epoch
+    # like the original, the point (epochs, last rate) joins the curve
     points = sorted(list(zip(keys, rates)) + [(epochs, rates[-1])], key=lambda p: p[0])
     xs, ys = zip(*points)
     return float(np.interp(max(keys[0], epoch - 1), xs, ys))
+
+
+def describe_schedule(schedule, first, last, descent):
+    """One line saying how a schedule runs from epoch first to epoch last, e.g.
+    'epoch 1 0.001 -> epoch 10 0.0001009 (linear; schedule {0: 0.001, 55: 1e-06}
+    fitted to 10 epochs)'."""
+    keys = sorted(schedule)
+    shown = {k: float(schedule[k]) for k in keys}
+    start, end = (learning_rate(schedule, e, last, descent) for e in (first, last))
+    line = f'epoch {first} {start:.4g} -> epoch {last} {end:.4g} '
+    if not descent:
+        late = [k for k in keys if k > last]
+        note = f'; keys after epoch {last} not reached' if late else ''
+        return line + f'(steps; schedule {shown}{note})'
+    if keys[-1] > last:
+        return line + f'(linear; schedule {shown} fitted to {last} epochs)'
+    note = f'; final rate from epoch {keys[-1] + 1}' if keys[-1] < last else ''
+    return line + f'(linear; schedule {shown}{note})'
 
 
 def set_learning_rate(optimizer, rate):

@@ -315,39 +315,32 @@ def test_pretrained_with_other_architecture_or_not_a_checkpoint(specs, out, tmp_
             'im_dim': 1, 'filters': 8}
     save_checkpoint(tmp_path / 'wide.pt', other, meta)
     (tmp_path / 'notes.txt').write_text('not a model\n')
-    for name, reason in ((tmp_path / 'wide.pt', 'shape'), (tmp_path / 'notes.txt', 'not an AED checkpoint'),
-                         (tmp_path / 'missing.pt', 'not found')):
+    # a missing file is a configuration error (exit 2): tests/test_train_settings.py
+    for name, reason in ((tmp_path / 'wide.pt', 'shape'), (tmp_path / 'notes.txt', 'not an AED checkpoint')):
         with pytest.raises(SystemExit) as e:
             AED_train.main(train_args(specs, out, '--pretrained', str(name), epochs=1))
         assert reason in error_of(e)
 
 
-@pytest.mark.parametrize('case', ['missing', 'one_class', 'empty_class', 'val_split_1', 'tiny_image',
-                                  'all_unreadable'])
+# a missing dataset, VAL_SPLIT = 1 and a too small image are configuration errors
+# (exit 2): tests/test_train_settings.py
+@pytest.mark.parametrize('case', ['one_class', 'empty_class', 'all_unreadable'])
 def test_bad_dataset_or_settings_give_one_line_error(specs, out, monkeypatch, case):
     dataset = out / 'data'
-    extra = []
     if case == 'one_class':
         subset(specs, dataset, ['hum'])
     elif case == 'empty_class':
         subset(specs, dataset, ['hum', 'siren'])
         (dataset / 'void').mkdir()
-    elif case == 'val_split_1':
-        subset(specs, dataset, ['hum', 'siren'], per_class=2)
-        monkeypatch.setattr(cfg, 'VAL_SPLIT', 1)
-    elif case == 'tiny_image':
-        subset(specs, dataset, ['hum', 'siren'], per_class=2)
-        extra = ['--im-size', '32', '32']
     elif case == 'all_unreadable':
         for c in ('hum', 'siren'):
             (dataset / c).mkdir(parents=True)
             for i in range(3):
                 (dataset / c / f'{i}.png').write_bytes(b'garbage')
     with pytest.raises(SystemExit) as e:
-        AED_train.main(train_args(dataset, out, *extra, epochs=1))
+        AED_train.main(train_args(dataset, out, epochs=1))
     msg = error_of(e)
-    expected = {'missing': 'does not exist', 'one_class': 'at least 2', 'empty_class': 'void',
-                'val_split_1': 'VAL_SPLIT', 'tiny_image': 'too small',
+    expected = {'one_class': 'at least 2', 'empty_class': 'void',
                 'all_unreadable': 'no training batch could be loaded'}[case]
     assert expected in msg
     assert not list(out.glob('models/*model*.pt'))  # no model written
