@@ -12,28 +12,32 @@ confusion-matrix PNG and optional CSV/JSON reports follow the summary.
     python AED_eval.py
     python AED_eval.py --testdir dataset/test --modelname AED_Example_Run_model_best.pt --quiet
     for m in model/*.pt; do python AED_eval.py --modelname "$m" --quiet --json "reports/$(basename "$m" .pt).json"; done
+    torchrun --nproc_per_node 4 AED_eval.py --testdir big_test_set --quiet
 """
 import argparse
 import csv
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 import config as cfg
 from model.audio import class_folders
-from model.inference import (CheckpointError, average_precision, default_workers, file_loader,
-                             open_model, predict_stream, prediction_pooling, rank_predictions,
-                             true_rank)
+from model.inference import (CheckpointError, average_precision, compile_model, default_workers,
+                             open_model, predict_files, prediction_pooling, rank_predictions,
+                             spec_defaults, true_rank)
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
 
 ROOT = Path(__file__).resolve().parent
 # spectrogram settings for a checkpoint that carries none
-SPEC_DEFAULTS = {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                 'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}
+SPEC_DEFAULTS = spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD)
 
 
 def parse_args(argv):
@@ -47,8 +51,11 @@ def parse_args(argv):
                    help=f"window length in seconds (None = the model's, else {cfg.SPEC_LENGTH})")
     p.add_argument('--overlap', type=float, default=None,
                    help=f"window overlap in seconds (None = the model's, else {cfg.SPEC_OVERLAP})")
-    p.add_argument('--batch-size', type=int, default=cfg.BATCH_SIZE,
-                   help='windows per network batch (filled across files)')
+    p.add_argument('--batch-size', type=int, default=None,
+                   help=f'windows per network batch, filled across files (None = {cfg.INFER_BATCH_SIZE} '
+                        f'on CUDA, else {cfg.INFER_BATCH_SIZE_CPU})')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.INFER_COMPILE,
+                   help='torch.compile the network (faster after a compile of ~20 s)')
     p.add_argument('--results', type=int, default=cfg.MAX_PREDICTIONS,
                    help='ranked predictions kept per file for AP')
     p.add_argument('--confidence', type=float, default=cfg.CONFIDENCE_THRESHOLD,
@@ -64,7 +71,7 @@ def parse_args(argv):
                    help='write one row per file as CSV')
     p.add_argument('--quiet', action='store_true', help='a progress bar instead of the per-file lines')
     args = p.parse_args(argv)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         p.error('--batch-size must be at least 1')
     if args.results < 1:
         p.error('--results must be at least 1')
@@ -86,6 +93,53 @@ def score(probs, classes, label, threshold, max_predictions):
     rank = true_rank(ranked, label)
     return {'top_label': classes[top], 'confidence': float(pooled[top]), 'rank': rank,
             'ap': average_precision(ranked, label), 'accuracy': int(rank == 1)}
+
+
+def distributed_env(environ):
+    """(rank, world size, local rank) when started by torchrun with several processes, else None."""
+    world = int(environ.get('WORLD_SIZE', '1'))
+    if world <= 1:
+        return None
+    return int(environ['RANK']), world, int(environ.get('LOCAL_RANK', '0'))
+
+
+def quiet_other_ranks(ddp):
+    """Under torchrun only rank 0 prints; the others still show a traceback."""
+    if ddp and ddp[0]:
+        sys.stdout = sys.stderr = open(os.devnull, 'w')
+        sys.excepthook = lambda *exc: traceback.print_exception(*exc, file=sys.__stderr__)
+
+
+def rank_device(name, ddp):
+    """Under torchrun each process of a CUDA run takes the GPU of its local rank."""
+    if ddp and name in ('auto', 'cuda') and torch.cuda.is_available():
+        torch.cuda.set_device(ddp[2])
+        return f'cuda:{ddp[2]}'
+    return name
+
+
+def predict_sharded(model, paths, settings, batch_size, workers, ddp):
+    """Every file's result, in order; under torchrun each rank predicts a contiguous share
+    and rank 0 yields its own results, then the others' (gathered), the other ranks none."""
+    if not ddp:
+        yield from predict_files(model, paths, settings, batch_size, workers)
+        return
+    rank, world, _ = ddp
+    lo, hi = rank * len(paths) // world, (rank + 1) * len(paths) // world
+    dist.init_process_group('nccl' if model.device.type == 'cuda' else 'gloo')
+    try:
+        mine = []
+        for result in predict_files(model, paths[lo:hi], settings, batch_size, workers, range(lo, hi)):
+            if rank == 0:
+                yield result
+            else:
+                mine.append(result)
+        shares = [None] * world if rank == 0 else None
+        dist.gather_object(mine, shares, dst=0)  # one collective: bad files cannot desynchronise it
+        for share in (shares or [])[1:]:
+            yield from share
+    finally:
+        dist.destroy_process_group()
 
 
 def class_table(rows, classes):
@@ -123,6 +177,8 @@ def write_reports(args, summary, table, rows):
 
 def main(argv=None):
     args = parse_args(argv)
+    ddp = distributed_env(os.environ)
+    quiet_other_ranks(ddp)
     if not args.testdir.is_dir():
         print(f'ERROR: test folder {args.testdir} does not exist', file=sys.stderr)
         sys.exit(2)
@@ -137,26 +193,30 @@ def main(argv=None):
 
     print('IMPORTING MODEL...', end=' ', flush=True)
     try:
-        model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device,
+        model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, rank_device(args.device, ddp),
                                      args.speclength, args.overlap, SPEC_DEFAULTS)
     except (CheckpointError, ValueError) as e:
         print()
         print(f'ERROR: {e}', file=sys.stderr)
         sys.exit(2)
     print('DONE!')
+    warning = compile_model(model, args.compile)
+    if warning:
+        print(f'WARNING: {warning}', file=sys.stderr)
+    batch_size = args.batch_size or (cfg.INFER_BATCH_SIZE if model.device.type == 'cuda'
+                                     else cfg.INFER_BATCH_SIZE_CPU)
     for label in sorted({label for _, label in files} - set(model.classes)):
         print(f"WARNING: test class '{label}' is unknown to the model; its files score as misses",
               file=sys.stderr)
 
     print('TESTING MODEL...')
-    workers = min(args.workers or default_workers(), len(files))
-    loader = file_loader([p for p, _ in files], settings, model.im_size, workers,
-                         pin_memory=model.device.type == 'cuda', chunk=args.batch_size)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    workers = args.workers or default_workers(cores // int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
     rows = []
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit='file', desc='EVAL', disable=not args.quiet, file=sys.stderr)
     try:
-        for item in predict_stream(model, loader, args.batch_size):
+        for item in predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp):
             path, label = files[item['index']]
             row = {'path': str(path), 'true_label': label, 'top_label': None, 'confidence': None,
                    'rank': None, 'ap': None, 'accuracy': None, 'error': item['error']}
@@ -175,6 +235,8 @@ def main(argv=None):
     finally:
         bar.close()
     seconds = time.perf_counter() - start
+    if ddp and ddp[0]:
+        return None  # rank 0 reports every file
 
     scored = [r for r in rows if r['error'] is None]
     errors = len(rows) - len(scored)
@@ -198,7 +260,7 @@ def main(argv=None):
 
     summary = {'model': model.path, 'test_dir': str(args.testdir), 'files': len(rows),
                'scored': len(scored), 'errors': errors, 'map': mean_ap, 'accuracy': accuracy,
-               'seconds': round(seconds, 3), 'settings': {**settings, 'batch_size': args.batch_size,
+               'seconds': round(seconds, 3), 'settings': {**settings, 'batch_size': batch_size,
                                                           'max_predictions': args.results,
                                                           'confidence_threshold': args.confidence}}
     write_reports(args, summary, table, rows)
