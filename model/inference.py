@@ -13,6 +13,7 @@ ranked, filtered by a confidence threshold and cut to the top k.
     for result in predict_files(model, ['dog.wav', 'rain.flac'], settings, batch_size=32):
         rank_predictions(prediction_pooling(result['probs']), model.classes, 0.01, 5)
 """
+import functools
 import os
 import sys
 import time
@@ -266,7 +267,9 @@ def predict_stream(model, items, settings, batch_size=32):
         if item['error'] is not None:
             result['error'] = item['error']
         else:
-            x, silent = cut_windows(item['sig'], item['bounds'], settings, model.im_size, model.device)
+            x, silent = item.get('x'), item.get('silent')
+            if x is None:  # cut here, on the device
+                x, silent = cut_windows(item['sig'], item['bounds'], settings, model.im_size, model.device)
             result['source_rate'] = item['source_rate']
             result['bounds'] += [(a + item['offset'], b + item['offset']) for a, b in item['bounds']]
             result['constant'] += [item['first'] + i for i in silent]
@@ -281,8 +284,15 @@ def predict_stream(model, items, settings, batch_size=32):
 
 
 def predict_files(model, paths, settings, batch_size=32, workers=0, indices=None):
-    """predict_stream over files decoded by `workers` loader processes (0 = in this one)."""
-    blocks = SignalBlocks(paths, settings, indices)
+    """predict_stream over files decoded by `workers` loader processes (0 = in this one).
+
+    On a GPU the workers only decode and the main process cuts windows on the
+    GPU; on a CPU the workers cut them too, in parallel with the network.
+    """
+    on_cpu = model.device.type == 'cpu' and workers > 0
+    transform = functools.partial(cut_windows, settings=settings, im_size=model.im_size,
+                                  device=model.device) if on_cpu else None
+    blocks = SignalBlocks(paths, settings, indices, transform=transform)
     loader = block_loader(blocks, min(workers, len(blocks.paths)), model.device.type == 'cuda')
     return predict_stream(model, loader, settings, batch_size)
 

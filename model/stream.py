@@ -118,13 +118,16 @@ class SignalBlocks(torch.utils.data.IterableDataset):
     window's number), offset (its first sample), source_rate, last, and error
     (None, or the one-line reason a file could not be decoded: then the item
     is the file's last and carries no signal). Only decode errors become error
-    items; any other exception is a bug and propagates.
+    items; any other exception is a bug and propagates. With a transform
+    (sig, bounds) -> (x, silent windows), the workers also cut the windows and
+    items carry x and silent instead of sig (for a CPU, where the workers are
+    the device too and cut windows in parallel).
     """
 
-    def __init__(self, paths, settings, indices=None, block_samples=BLOCK_SAMPLES):
+    def __init__(self, paths, settings, indices=None, block_samples=BLOCK_SAMPLES, transform=None):
         self.paths = list(paths)
         self.indices = list(indices) if indices is not None else list(range(len(self.paths)))
-        self.settings, self.block_samples = dict(settings), block_samples
+        self.settings, self.block_samples, self.transform = dict(settings), block_samples, transform
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -138,8 +141,11 @@ class SignalBlocks(torch.utils.data.IterableDataset):
         try:
             for sig, bounds, first, offset, source_rate, last in file_blocks(path, self.settings,
                                                                              self.block_samples):
-                yield {**head, 'sig': torch.from_numpy(sig), 'bounds': bounds, 'first': first,
-                       'offset': offset, 'source_rate': source_rate, 'last': last}
+                item = {**head, 'sig': torch.from_numpy(sig), 'bounds': bounds, 'first': first,
+                        'offset': offset, 'source_rate': source_rate, 'last': last}
+                if self.transform is not None:
+                    item['x'], item['silent'] = self.transform(item.pop('sig'), bounds)
+                yield item
         except DECODE_ERRORS as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             yield {**head, 'error': reason if isinstance(e, AudioError) else f'{type(e).__name__}: {reason}',
