@@ -10,8 +10,8 @@ weights) are written to a temporary folder. Then, in one run:
 3. AED_eval.py steady state: windows/s from the end of its first network batch
    to the end of its last (process start and model load excluded), on
    --eval-files files of --eval-seconds;
-4. AED_test.py on long files: ms/spec of each file after the first, from its
-   --json output, and its overhead over the bare forward pass;
+4. AED_test.py on two long files, timed the same way, and its overhead over
+   the bare forward pass;
 5. peak RSS (GNU time's "Maximum resident set size": the largest process,
    main or loader worker) of AED_eval.py on a folder of one long file plus
    three short ones, and of AED_test.py on the long file, for a 1-minute and
@@ -28,7 +28,6 @@ weights) are written to a temporary folder. Then, in one run:
 import argparse
 import json
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -188,7 +187,7 @@ def parse_args(argv):
     p.add_argument('--batch-size', type=int, default=None, help='network batch (None = the scripts\' default)')
     p.add_argument('--eval-files', type=int, default=None, help='AED_eval files (CPU 4, CUDA 40)')
     p.add_argument('--eval-seconds', type=float, default=None, help='their length (CPU 30, CUDA 120)')
-    p.add_argument('--test-seconds', type=float, default=None, help='AED_test long files (CPU 60, CUDA 600)')
+    p.add_argument('--test-seconds', type=float, default=None, help='AED_test long files (CPU 60, CUDA 300)')
     p.add_argument('--long-minutes', type=float, default=None, help='the long file of the RSS check (60)')
     p.add_argument('--rss-filters', type=int, default=None, help='network width of the RSS runs (CPU 8, CUDA 64)')
     p.add_argument('--no-compile', action='store_true', help='skip the --compile forward pass')
@@ -196,7 +195,7 @@ def parse_args(argv):
     cuda, quick = args.device.startswith('cuda'), args.quick
     defaults = {'repeats': 1 if quick else 3, 'eval_files': 2 if quick else (40 if cuda else 4),
                 'eval_seconds': 20 if quick else (120 if cuda else 30),
-                'test_seconds': 20 if quick else (600 if cuda else 60),
+                'test_seconds': 20 if quick else (300 if cuda else 60),
                 'long_minutes': 10 if quick else 60, 'rss_filters': 64 if cuda else 8}
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -249,19 +248,19 @@ def main(argv=None):
         rows.append((f'AED_eval steady state, {args.eval_files} files of {args.eval_seconds:g} s '
                      f'({windows} windows)', 'windows/s', ev, ev / bare))
 
-        # 4. AED_test on long files, per file after the first
+        # 4. AED_test on long files, steady state like AED_eval
         long_file = tmp / 'long.wav'
         write_audio(long_file, args.test_seconds, seed=99)
-        pipeline_ms, bare_ms = [], 1000 / bare
+        test_rates = []
         for _ in range(args.repeats):
-            done, _ = run([py, 'AED_test.py', '--modelname', str(ckpt), '--json', '--filenames']
-                          + [str(long_file)] * 3 + common)
-            records = [json.loads(line) for line in done.stdout.splitlines()][1:]  # drop warm-up
-            pipeline_ms += [r['ms'] / r['specs'] for r in records]
-        pipe = statistics.median(pipeline_ms)
-        rows.append((f'AED_test on {args.test_seconds:g} s files ({records[0]["specs"]} specs)', 'specs/s',
-                     1000 / pipe, bare_ms / pipe))
-        overhead = 100 * (pipe / bare_ms - 1)
+            done, _ = run([py, '-c', TIMED_SCRIPT, 'AED_test', '--modelname', str(ckpt), '--json', '--filenames']
+                          + [str(long_file)] * 2 + common)
+            rate, specs = steady_rate(done.stderr)
+            test_rates.append(rate)
+        te = statistics.median(test_rates)
+        rows.append((f'AED_test steady state, 2 files of {args.test_seconds:g} s ({specs} specs)', 'specs/s',
+                     te, te / bare))
+        overhead = 100 * (bare / te - 1)
 
         # 5. peak RSS, 1-minute and long file
         if not Path(GNU_TIME).exists():
@@ -292,7 +291,11 @@ def main(argv=None):
             write_audio(tmp / 'short.wav', 3.0, seed=1)
             whole = [run([py, 'AED_test.py', '--filenames', str(tmp / 'short.wav'), '--modelname',
                           str(ckpt), '--device', 'cpu'])[1] for _ in range(args.repeats)]
+            old = [run([py, 'AED_test.py', '--filenames', str(tmp / 'short.wav'), '--modelname',
+                        str(ckpt), '--device', 'cpu'], cwd=tmp / 'old')[1] for _ in range(args.repeats)]
             rows.append(('whole AED_test.py process, one 3 s file', 's', statistics.median(whole), None))
+            rows.append((f'  same, code of {OLD_COMMIT}', 's', statistics.median(old),
+                         statistics.median(old) / statistics.median(whole)))
 
     print(f'\n{dev}, 512x256 input, 64 filters (RSS runs: {args.rss_filters}), batch {args.batch_size}; '
           f'medians of {args.repeats} run(s)')
@@ -302,6 +305,8 @@ def main(argv=None):
         print(f'| {name} | {unit} | {value:,.1f} | {"" if ratio is None else f"{ratio:.2f}"} |')
     print(f'AED_test overhead over the bare forward pass: {overhead:+.1f} % (goal <= 25 %); '
           f'AED_eval steady state {100 * ev / bare:.0f} % of the bare forward (goal >= 70 % on a GPU)')
+    print('ratio: throughput against the bare forward pass; RSS against the 1-minute file; '
+          f'old code: its time over ours (above 1 = we are faster)')
     for note in notes:
         print('NOTE:', note)
     return rows
@@ -329,7 +334,6 @@ def compare_demo_eval(py, tmp, repeats):
             maps[name] = (summary['map'], summary['accuracy'])
     if maps['new'] != maps['old']:
         raise RuntimeError(f'demo split: MAP/ACCURACY differ from {OLD_COMMIT}: {maps}')
-    shutil.rmtree(old_tree)
     new_wall, old_wall = statistics.median(walls['new']), statistics.median(walls['old'])
     new_loop, old_loop = statistics.median(loops['new']), statistics.median(loops['old'])
     return [(f'AED_eval on the demo test split (40 files), whole process', 's', new_wall, None),
