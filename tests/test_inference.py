@@ -252,3 +252,27 @@ def test_short_silent_and_hours_long_files_stream_through(tmp_path, monkeypatch)
     # the long file came in blocks of bounded size, never whole
     assert max(largest) <= BLOCK_SAMPLES + 30 * rate and len(largest) > 10
     assert max(model.net.batches) == 8
+
+
+def test_compile_falls_back_when_unavailable_or_failing_at_the_first_batch(monkeypatch, capsys):
+    import model.inference as inference
+    from model.inference import compile_model
+    net = tiny_net(7)
+    x = torch.rand(3, 1, 64, 64)
+    expected = predict(net, x, torch.device('cpu'))
+    model = cpu_model(net)
+    assert compile_model(model, False) is None and model.net is net
+    monkeypatch.setattr(torch, 'compile', None)  # a torch without torch.compile
+    warning = compile_model(model, True)
+    assert 'torch.compile' in warning and model.net is net
+    monkeypatch.undo()
+
+    def lazy_failure(plain):  # compiles lazily, then fails at the first call, as inductor can
+        def compiled(x):
+            raise RuntimeError('backend compiler failed: no C++ compiler')
+        return compiled
+    monkeypatch.setattr(inference, 'maybe_compile', lambda n, enabled: (lazy_failure(n), None))
+    assert compile_model(model, True) is None
+    np.testing.assert_allclose(predict(model.net, x, torch.device('cpu')), expected, atol=1e-6)
+    assert 'torch.compile failed at the first batch' in capsys.readouterr().err
+    np.testing.assert_allclose(predict(model.net, x, torch.device('cpu')), expected, atol=1e-6)
