@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from model.audio import SPEC_HEIGHT, SPEC_WIDTH, AudioError, check_spec_params, spectrograms
 from model.checkpoint import CheckpointError, model_from_checkpoint, resolve_model_path
-from model.stream import SignalBlocks, block_loader
+from model.stream import SignalBlocks, as_float, block_loader
 from model.training import maybe_compile, select_device
 
 SPEC_KEYS = ('length', 'overlap', 'sample_rate', 'resample')
@@ -217,9 +217,9 @@ def cut_windows(sig, bounds, settings, im_size, device):
     """
     rate, seconds = settings['sample_rate'], settings['length']
     if device.type == 'cpu':
-        specs, constant = spectrograms(sig.numpy(), bounds, rate, seconds)
+        specs, constant = spectrograms(as_float(sig.numpy()), bounds, rate, seconds)
         return prepare_windows(specs, im_size), constant
-    sig = sig.to(device, non_blocking=True)
+    sig = as_float(sig.to(device, non_blocking=True))
     parts, constant = [], []
     for start in range(0, len(bounds), GPU_SPEC_WINDOWS):
         specs, silent = spectrograms(sig, bounds[start:start + GPU_SPEC_WINDOWS], rate, seconds)

@@ -79,8 +79,23 @@ def _linear_block(src, start, stop, n_new):
     return out
 
 
+def _as_int16(read):
+    """A reader of samples k / 32768 that returns the integers k (exact), as int16."""
+    return lambda a, b: np.rint(read(a, b) * np.float32(32768)).astype(np.int16)
+
+
+def as_float(sig):
+    """A block as float32 samples in [-1, 1] (int16 blocks are 16-bit PCM), numpy or torch."""
+    if sig.dtype in (np.int16, torch.int16):
+        return sig * (np.float32(1 / 32768) if isinstance(sig, np.ndarray) else 1 / 32768)
+    return sig
+
+
 def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
-    """Yield (signal block, bounds inside it, number of its first window, source rate, last)."""
+    """Yield (signal block, bounds inside it, number of its first window, source rate, last).
+
+    A block is float32, or int16 for 16-bit sources (as_float converts it).
+    """
     rate, seconds, overlap = settings['sample_rate'], settings['length'], settings['overlap']
     src = _streamable(path, settings)
     if src is None:  # read whole: load_audio raises AudioError for a bad file
@@ -94,6 +109,8 @@ def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
             if n_new == 0:
                 raise AudioError('file is too short to resample')
             read = src.read if src.rate == rate else (lambda a, b: _linear_block(src, a, b, n_new))
+            if src.int_scale == 32768 and (src.rate != rate or src.f.channels == 1):
+                read = _as_int16(read)  # on the 16-bit grid: half the bytes to the main process
             yield from _blocks(read, n_new, rate, seconds, overlap, source_rate, block_samples)
         return
     yield from _blocks(read, n_new, rate, seconds, overlap, source_rate, block_samples)
@@ -114,7 +131,7 @@ class SignalBlocks(torch.utils.data.IterableDataset):
     """Files -> block items in the workers: file k goes to worker k % workers.
 
     An item is a dict: order (position in paths), index (the caller's id),
-    path, sig (float32 tensor), bounds (inside the block), first (its first
+    path, sig (float32 or int16 tensor, see as_float), bounds (inside the block), first (its first
     window's number), offset (its first sample), source_rate, last, and error
     (None, or the one-line reason a file could not be decoded: then the item
     is the file's last and carries no signal). Only decode errors become error

@@ -7,7 +7,7 @@ import torch
 from model import audio
 from model.inference import LoadedModel, predict, predict_files, prepare_windows, spec_settings
 from model.net import AEDNet
-from model.stream import file_blocks
+from model.stream import as_float, file_blocks
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
@@ -67,7 +67,8 @@ def test_blocks_are_the_samples_of_the_whole_file(tmp_path, rate, subtype, chann
     got = []
     for block, inside, first, offset, block_rate, last in file_blocks(path, settings, block_samples=44100 * 4):
         assert first == len(got) and block_rate == rate and len(block) <= 44100 * 7
-        got += [(offset + a, offset + b, block[a:b]) for a, b in inside]
+        assert block.dtype == (np.int16 if subtype == 'PCM_16' else np.float32)
+        got += [(offset + a, offset + b, as_float(block[a:b])) for a, b in inside]
     assert last and [(a, b) for a, b, _ in got] == bounds
     for a, b, samples in got:
         np.testing.assert_array_equal(samples, whole[a:b])
