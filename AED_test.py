@@ -20,7 +20,6 @@ import config as cfg
 from model.audio import AUDIO_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parent
-# spectrogram settings for a checkpoint that carries none
 
 
 def parse_args(argv):
@@ -105,7 +104,7 @@ def main(argv=None):
     say('IMPORTING MODEL...', end=' ', flush=True)
     try:
         model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device,
-                                     args.speclength, args.overlap,
+                                     args.speclength, args.overlap,  # for a checkpoint without them:
                                      spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE,
                                                    cfg.RESAMPLE_METHOD))
     except (CheckpointError, ValueError) as e:
