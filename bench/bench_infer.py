@@ -187,7 +187,7 @@ def parse_args(argv):
     p.add_argument('--batch-size', type=int, default=None, help='network batch (None = the scripts\' default)')
     p.add_argument('--eval-files', type=int, default=None, help='AED_eval files (CPU 4, CUDA 40)')
     p.add_argument('--eval-seconds', type=float, default=None, help='their length (CPU 30, CUDA 120)')
-    p.add_argument('--test-seconds', type=float, default=None, help='AED_test long files (CPU 60, CUDA 300)')
+    p.add_argument('--test-seconds', type=float, default=None, help='AED_test long files (CPU 60, CUDA 1200)')
     p.add_argument('--long-minutes', type=float, default=None, help='the long file of the RSS check (60)')
     p.add_argument('--rss-filters', type=int, default=None, help='network width of the RSS runs (CPU 8, CUDA 64)')
     p.add_argument('--no-compile', action='store_true', help='skip the --compile forward pass')
@@ -195,7 +195,7 @@ def parse_args(argv):
     cuda, quick = args.device.startswith('cuda'), args.quick
     defaults = {'repeats': 1 if quick else 3, 'eval_files': 2 if quick else (40 if cuda else 4),
                 'eval_seconds': 20 if quick else (120 if cuda else 30),
-                'test_seconds': 20 if quick else (300 if cuda else 60),
+                'test_seconds': 20 if quick else (1200 if cuda else 60),
                 'long_minutes': 10 if quick else 60, 'rss_filters': 64 if cuda else 8}
     for name, value in defaults.items():
         if getattr(args, name) is None:

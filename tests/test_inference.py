@@ -276,3 +276,24 @@ def test_compile_falls_back_when_unavailable_or_failing_at_the_first_batch(monke
     np.testing.assert_allclose(predict(model.net, x, torch.device('cpu')), expected, atol=1e-6)
     assert 'torch.compile failed at the first batch' in capsys.readouterr().err
     np.testing.assert_allclose(predict(model.net, x, torch.device('cpu')), expected, atol=1e-6)
+
+
+def test_a_file_failing_after_some_blocks_is_one_error(tmp_path, monkeypatch):
+    import model.stream as stream
+    for name, seconds in (('a', 4), ('b', 12), ('c', 5)):
+        tone(tmp_path / f'{name}.wav', seconds, rate=22050)
+    real = stream._Source.read
+
+    def read(self, lo, hi):  # 'b' breaks in its third block, as a damaged file can
+        if self.f.name.endswith('b.wav') and lo > 22050 * 8:
+            raise sf.LibsndfileError(0, 'truncated data chunk')
+        return real(self, lo, hi)
+    monkeypatch.setattr(stream._Source, 'read', read)
+    model = cpu_model(tiny_net(8))
+    settings = spec_settings({})
+    blocks = SignalBlocks([tmp_path / f'{n}.wav' for n in 'abc'], settings, block_samples=44100 * 3)
+    out = list(predict_stream(model, iter(blocks), settings, batch_size=4))
+    assert [o['error'] is None for o in out] == [True, False, True]
+    assert 'truncated' in out[1]['error'] and out[1]['probs'] is None
+    for o in (out[0], out[2]):
+        np.testing.assert_allclose(o['probs'], reference_probs(model.net, o['path'], settings)[0], atol=1e-5)
