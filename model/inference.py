@@ -243,7 +243,12 @@ def predict_stream(model, items, settings, batch_size=32):
 
     def run(n):
         nonlocal x_buf, owners
-        probs = predict(model.net, x_buf[:n], model.device, model.multi_label, model.im_dim, n)
+        x = x_buf[:n]
+        if n < batch_size and model.device.type == 'cuda':
+            # one batch shape: no new cudnn autotuning or torch.compile graph for
+            # the last batch (rows are independent in eval mode)
+            x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
+        probs = predict(model.net, x, model.device, model.multi_label, model.im_dim, batch_size)[:n]
         for order in np.unique(owners[:n]):
             if order in files:  # rows of a file that failed later are dropped
                 files[order]['probs'].append(probs[owners[:n] == order])

@@ -53,7 +53,7 @@ def _streamable(path, settings):
         return None
     try:
         f = sf.SoundFile(str(path))
-    except (sf.SoundFileError, OSError, ValueError, TypeError):
+    except (sf.SoundFileError, OSError, ValueError):
         return None  # load_audio gives the reason, or tries librosa
     if f.frames <= 0:
         f.close()
