@@ -13,8 +13,8 @@ ranked, filtered by a confidence threshold and cut to the top k.
     for result in predict_files(model, ['dog.wav', 'rain.flac'], settings, batch_size=32):
         rank_predictions(prediction_pooling(result['probs']), model.classes, 0.01, 5)
 """
+import collections
 import functools
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from model.audio import SPEC_HEIGHT, SPEC_WIDTH, AudioError, check_spec_params, spectrograms
 from model.checkpoint import CheckpointError, model_from_checkpoint, resolve_model_path
-from model.stream import SignalBlocks, as_float, block_loader
+from model.stream import SignalBlocks, as_float, block_loader, default_workers
 from model.training import maybe_compile, select_device
 
 SPEC_KEYS = ('length', 'overlap', 'sample_rate', 'resample')
@@ -202,13 +202,6 @@ def timeline(probs, bounds, rate, classes):
             for i, ((a, b), k) in enumerate(zip(bounds, top))]
 
 
-def default_workers(cores=None):
-    """Decoding workers that leave a core for the network: cores - 1, between 1 and 8."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    return max(1, min(8, (cores or 1) - 1))
-
-
 def cut_windows(sig, bounds, settings, im_size, device):
     """Windows of one signal block as network input (n, 1, H, W) on device, and the silent ones.
 
@@ -239,24 +232,38 @@ def predict_stream(model, items, settings, batch_size=32):
     last prediction).
     """
     files, done = {}, 0  # order -> the file's result so far; files yielded
-    x_buf, owners = None, np.zeros(0, dtype=np.int64)  # windows not yet predicted, their files
+    pending, queued = collections.deque(), 0  # [windows, file order] not yet predicted
+    batch = None  # one input buffer for every batch: no heap fragmentation over hours of audio
 
     def run(n):
-        nonlocal x_buf, owners
-        x = x_buf[:n]
-        if n < batch_size and model.device.type == 'cuda':
-            # one batch shape: no new cudnn autotuning or torch.compile graph for
-            # the last batch (rows are independent in eval mode)
-            x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
-        probs = predict(model.net, x, model.device, model.multi_label, model.im_dim, batch_size)[:n]
-        for order in np.unique(owners[:n]):
+        nonlocal batch, queued
+        if batch is None:
+            batch = pending[0][0].new_empty((batch_size, *pending[0][0].shape[1:]))
+        owners, filled = [], 0
+        while filled < n:  # copy n windows off the front of pending
+            x, order = pending[0]
+            k = min(n - filled, len(x))
+            batch[filled:filled + k] = x[:k]
+            owners.append((order, k))
+            if k == len(x):
+                pending.popleft()
+            else:
+                pending[0] = (x[k:], order)
+            filled += k
+        queued -= n
+        # on CUDA always the full batch shape (no new cudnn autotuning or compiled graph
+        # for the last batch; rows are independent in eval mode)
+        x = batch if model.device.type == 'cuda' else batch[:n]
+        probs = predict(model.net, x, model.device, model.multi_label, model.im_dim, batch_size)
+        row = 0
+        for order, k in owners:
             if order in files:  # rows of a file that failed later are dropped
-                files[order]['probs'].append(probs[owners[:n] == order])
-        x_buf, owners = x_buf[n:], owners[n:]
+                files[order]['probs'].append(probs[row:row + k])
+            row += k
 
     def ready():
         nonlocal done
-        while done in files and (files[done]['last'] and not (owners == done).any()):
+        while done in files and files[done]['last'] and all(order != done for _, order in pending):
             result = files.pop(done)
             result['probs'] = np.concatenate(result['probs']) if result['error'] is None else None
             result['seconds'] = time.perf_counter() - result.pop('start')
@@ -278,13 +285,13 @@ def predict_stream(model, items, settings, batch_size=32):
             result['source_rate'] = item['source_rate']
             result['bounds'] += [(a + item['offset'], b + item['offset']) for a, b in item['bounds']]
             result['constant'] += [item['first'] + i for i in silent]
-            x_buf = x if x_buf is None else torch.cat([x_buf, x])
-            owners = np.concatenate([owners, np.full(len(x), item['order'])])
-        while len(owners) >= batch_size:
+            pending.append((x, item['order']))
+            queued += len(x)
+        while queued >= batch_size:
             run(batch_size)
         yield from ready()
-    if len(owners):
-        run(len(owners))
+    if queued:
+        run(queued)
     yield from ready()
 
 

@@ -12,6 +12,8 @@ only librosa decodes are read whole.
     blocks = SignalBlocks(['a.wav', 'b.flac'], settings)
     loader = block_loader(blocks, workers=2)
 """
+import os
+
 import numpy as np
 import soundfile as sf
 import torch
@@ -167,6 +169,13 @@ class SignalBlocks(torch.utils.data.IterableDataset):
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             yield {**head, 'error': reason if isinstance(e, AudioError) else f'{type(e).__name__}: {reason}',
                    'last': True}
+
+
+def default_workers(cores=None):
+    """Decoding workers that leave a core for the network: cores - 1, between 1 and 8."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    return max(1, min(8, (cores or 1) - 1))
 
 
 def _as_is(item):
