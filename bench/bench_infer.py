@@ -157,17 +157,16 @@ def spectrogram_rates(device, seconds, repeats):
     candidates = {'numpy (CPU, AED_spec)': lambda: spectrograms(sig, bounds),
                   'torch, vectorised': lambda: spectrograms(tsig, bounds),
                   'torch, old per-window loop': lambda: old_torch_spectrograms(tsig, bounds, 44100, 3)}
-    rates = {}
-    for name, fn in candidates.items():
+    times = {name: [] for name in candidates}
+    for fn in candidates.values():
         fn(), sync()  # warm-up
-        times = []
-        for _ in range(repeats):
+    for _ in range(max(3, repeats)):  # alternated rounds: a busy machine slows all alike
+        for name, fn in candidates.items():
             start = time.perf_counter()
             fn()
             sync()
-            times.append(time.perf_counter() - start)
-        rates[name] = len(bounds) / statistics.median(times)
-    return rates
+            times[name].append(time.perf_counter() - start)
+    return {name: len(bounds) / statistics.median(t) for name, t in times.items()}
 
 
 def peak_rss_mb(cmd, cwd=ROOT):
