@@ -16,6 +16,7 @@ about its training (summary.model_meta).
     python AED_eval.py --modelname AED_Demo_model_best.pt       # after bash demo.sh
     python AED_eval.py --testdir dataset/test --modelname AED_Example_Run_model_best.pt --quiet
     for m in model/*.pt; do python AED_eval.py --modelname "$m" --quiet --json "reports/$(basename "$m" .pt).json"; done
+    torchrun --nproc_per_node 4 AED_eval.py --testdir big_test_set --quiet
 """
 import argparse
 import csv
@@ -23,25 +24,26 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 import config as cfg
 from model import config_checks as check
 from model.audio import class_folders
-from model.inference import (CheckpointError, average_precision, default_workers, file_loader,
-                             open_model, predict_stream, prediction_pooling, rank_predictions,
-                             true_rank)
+from model.inference import (CheckpointError, average_precision, compile_model, default_workers,
+                             open_model, predict_files, prediction_pooling, rank_predictions,
+                             spec_defaults, true_rank)
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
 from model.threads import available_cores, pick_threads
 
 ROOT = Path(__file__).resolve().parent
 # spectrogram settings for a checkpoint that carries none
-SPEC_DEFAULTS = {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                 'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}
+SPEC_DEFAULTS = spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD)
 
 
 def parse_args(argv):
@@ -55,8 +57,11 @@ def parse_args(argv):
                    help=f"window length in seconds (None = the model's, else {cfg.SPEC_LENGTH})")
     p.add_argument('--overlap', type=float, default=None,
                    help=f"window overlap in seconds (None = the model's, else {cfg.SPEC_OVERLAP})")
-    p.add_argument('--batch-size', type=int, default=cfg.BATCH_SIZE,
-                   help='windows per network batch (filled across files)')
+    p.add_argument('--batch-size', type=int, default=None,
+                   help=f'windows per network batch, filled across files (None = {cfg.INFER_BATCH_SIZE} '
+                        f'on CUDA, else {cfg.INFER_BATCH_SIZE_CPU})')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.INFER_COMPILE,
+                   help='torch.compile the network (faster after a compile of ~20 s)')
     p.add_argument('--results', type=int, default=cfg.MAX_PREDICTIONS,
                    help='ranked predictions KEPT per file for AP: a true class ranked lower '
                         "scores 0 (AED_test's --results is how many it PRINTS)")
@@ -89,7 +94,10 @@ def check_config(args):
         check.spec_window('--speclength', args.speclength, '--overlap', args.overlap),
         check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
         check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
-        check.whole('BATCH_SIZE (--batch-size)', args.batch_size, 1),
+        check.whole('INFER_BATCH_SIZE', cfg.INFER_BATCH_SIZE, 1),
+        check.whole('INFER_BATCH_SIZE_CPU', cfg.INFER_BATCH_SIZE_CPU, 1),
+        args.batch_size is not None and check.whole('--batch-size', args.batch_size, 1),
+        check.flag('INFER_COMPILE (--compile)', args.compile),
         check.whole('MAX_PREDICTIONS (--results)', args.results, 1),
         check.fraction('CONFIDENCE_THRESHOLD (--confidence)', args.confidence),
         check.device('DEVICE (--device)', args.device),
@@ -104,11 +112,10 @@ def check_config(args):
     return [msg for msg in problems if msg]
 
 
-def set_threads(args, model, files):
+def set_threads(args, model, workers):
     """torch's intra-op threads for this run's network (see model/threads.py)."""
-    reserved = min(args.workers or default_workers(), len(files))
     threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64),
-                           available_cores(), reserved, cap=torch.get_num_threads(),
+                           available_cores(), workers, cap=torch.get_num_threads(),
                            omp_env=os.environ.get('OMP_NUM_THREADS'))
     if threads is not None and model.device.type == 'cpu':
         torch.set_num_threads(threads)
@@ -152,6 +159,53 @@ def score(probs, classes, label, threshold, max_predictions):
             'ap': average_precision(ranked, label), 'accuracy': int(rank == 1),
             'predictions': [{'label': name, 'confidence': round(conf, 6)}
                             for name, conf in ranked if conf >= threshold]}
+
+
+def distributed_env(environ):
+    """(rank, world size, local rank) when started by torchrun with several processes, else None."""
+    world = int(environ.get('WORLD_SIZE', '1'))
+    if world <= 1:
+        return None
+    return int(environ['RANK']), world, int(environ.get('LOCAL_RANK', '0'))
+
+
+def quiet_other_ranks(ddp):
+    """Under torchrun only rank 0 prints; the others still show a traceback."""
+    if ddp and ddp[0]:
+        sys.stdout = sys.stderr = open(os.devnull, 'w')
+        sys.excepthook = lambda *exc: traceback.print_exception(*exc, file=sys.__stderr__)
+
+
+def rank_device(name, ddp):
+    """Under torchrun each process of a CUDA run takes the GPU of its local rank."""
+    if ddp and name in ('auto', 'cuda') and torch.cuda.is_available():
+        torch.cuda.set_device(ddp[2])
+        return f'cuda:{ddp[2]}'
+    return name
+
+
+def predict_sharded(model, paths, settings, batch_size, workers, ddp):
+    """Every file's result, in order; under torchrun each rank predicts a contiguous share
+    and rank 0 yields its own results, then the others' (gathered), the other ranks none."""
+    if not ddp:
+        yield from predict_files(model, paths, settings, batch_size, workers)
+        return
+    rank, world, _ = ddp
+    lo, hi = rank * len(paths) // world, (rank + 1) * len(paths) // world
+    dist.init_process_group('nccl' if model.device.type == 'cuda' else 'gloo')
+    try:
+        mine = []
+        for result in predict_files(model, paths[lo:hi], settings, batch_size, workers, range(lo, hi)):
+            if rank == 0:
+                yield result
+            else:
+                mine.append(result)
+        shares = [None] * world if rank == 0 else None
+        dist.gather_object(mine, shares, dst=0)  # one collective: bad files cannot desynchronise it
+        for share in (shares or [])[1:]:
+            yield from share
+    finally:
+        dist.destroy_process_group()
 
 
 def class_table(rows, classes, unknown=()):
@@ -198,6 +252,8 @@ def write_reports(args, summary, table, rows):
 
 def main(argv=None):
     args = parse_args(argv)
+    ddp = distributed_env(os.environ)
+    quiet_other_ranks(ddp)
     problems = check_config(args)
     for msg in problems:
         print(f'ERROR: {msg}', file=sys.stderr)
@@ -214,7 +270,7 @@ def main(argv=None):
 
     print('IMPORTING MODEL...', end=' ', flush=True)
     try:
-        model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device,
+        model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, rank_device(args.device, ddp),
                                      args.speclength, args.overlap, SPEC_DEFAULTS)
     except (CheckpointError, ValueError) as e:
         print()
@@ -222,17 +278,22 @@ def main(argv=None):
         sys.exit(2)
     print('DONE!')
     unknown = check_classes(model, files)
-    threads = set_threads(args, model, files)
+    # decoding workers per process: under torchrun the processes of a node share its cores
+    workers = args.workers or default_workers(available_cores() // int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
+    workers = min(workers, len(files))
+    threads = set_threads(args, model, workers)
+    warning = compile_model(model, args.compile)
+    if warning:
+        print(f'WARNING: {warning}', file=sys.stderr)
+    batch_size = args.batch_size or (cfg.INFER_BATCH_SIZE if model.device.type == 'cuda'
+                                     else cfg.INFER_BATCH_SIZE_CPU)
 
     print('TESTING MODEL...')
-    workers = min(args.workers or default_workers(), len(files))
-    loader = file_loader([p for p, _ in files], settings, model.im_size, workers,
-                         pin_memory=model.device.type == 'cuda', chunk=args.batch_size)
     rows = []
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit='file', desc='EVAL', disable=not args.quiet, file=sys.stderr)
     try:
-        for item in predict_stream(model, loader, args.batch_size):
+        for item in predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp):
             path, label = files[item['index']]
             row = {'path': str(path), 'true_label': label, 'top_label': None, 'confidence': None,
                    'rank': None, 'ap': None, 'accuracy': None, 'error': item['error']}
@@ -251,6 +312,8 @@ def main(argv=None):
     finally:
         bar.close()
     seconds = time.perf_counter() - start
+    if ddp and ddp[0]:
+        return None  # rank 0 reports every file
 
     scored = [r for r in rows if r['error'] is None]
     errors = len(rows) - len(scored)
@@ -277,7 +340,7 @@ def main(argv=None):
     summary = {'model': model.path, 'test_dir': str(args.testdir), 'files': len(rows),
                'scored': len(scored), 'errors': errors, 'map': mean_ap, 'accuracy': accuracy,
                'unknown_classes': unknown, 'seconds': round(seconds, 3),
-               'settings': {**settings, 'batch_size': args.batch_size, 'threads': threads,
+               'settings': {**settings, 'batch_size': batch_size, 'threads': threads,
                             'max_predictions': args.results, 'confidence_threshold': args.confidence},
                'model_meta': model.meta}
     write_reports(args, summary, table, rows)

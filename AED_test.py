@@ -22,9 +22,6 @@ from model import config_checks as check
 from model.audio import AUDIO_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parent
-# spectrogram settings for a checkpoint that carries none
-SPEC_DEFAULTS = {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                 'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}
 
 
 def parse_args(argv):
@@ -51,6 +48,11 @@ def parse_args(argv):
                    help="also list every window's start and end second and its top class")
     p.add_argument('--json', action='store_true',
                    help='print one JSON object per file and line on stdout, nothing else')
+    p.add_argument('--batch-size', type=int, default=None,
+                   help=f'windows per network batch, filled across files (None = {cfg.INFER_BATCH_SIZE} '
+                        f'on CUDA, else {cfg.INFER_BATCH_SIZE_CPU})')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.INFER_COMPILE,
+                   help='torch.compile the network (faster after a compile of ~20 s)')
     p.add_argument('--timing', action='store_true',
                    help='print import, model-load and prediction times on stderr')
     return p.parse_args(argv)
@@ -65,7 +67,10 @@ def check_config(args):
         check.spec_window('--speclength', args.speclength, '--overlap', args.overlap),
         check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
         check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
-        check.whole('BATCH_SIZE', cfg.BATCH_SIZE, 1),
+        check.whole('INFER_BATCH_SIZE', cfg.INFER_BATCH_SIZE, 1),
+        check.whole('INFER_BATCH_SIZE_CPU', cfg.INFER_BATCH_SIZE_CPU, 1),
+        args.batch_size is not None and check.whole('--batch-size', args.batch_size, 1),
+        check.flag('INFER_COMPILE (--compile)', args.compile),
         check.whole('NUM_RESULTS (--results)', args.results, 1),
         check.fraction('MIN_CONFIDENCE (--confidence)', args.confidence),
         check.device('DEVICE (--device)', args.device),
@@ -74,12 +79,12 @@ def check_config(args):
     return [msg for msg in problems if msg]
 
 
-def set_threads(args, model):
+def set_threads(args, model, workers):
     """torch's intra-op threads for the network (see model/threads.py)."""
     import torch
     from model.threads import available_cores, pick_threads
     threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64),
-                           available_cores(), cap=torch.get_num_threads(),
+                           available_cores(), workers, cap=torch.get_num_threads(),
                            omp_env=os.environ.get('OMP_NUM_THREADS'))
     if threads is not None and model.device.type == 'cpu':
         torch.set_num_threads(threads)
@@ -131,8 +136,9 @@ def main(argv=None):
     if problems:
         sys.exit(2)
     # torch takes seconds to import: flags are checked first so -h and typos answer at once
-    from model.inference import (AudioError, CheckpointError, open_model, predict_file,
-                                 prediction_pooling, rank_predictions, timeline)
+    from model.inference import (CheckpointError, compile_model, default_workers, open_model,
+                                 predict_files, prediction_pooling, rank_predictions, spec_defaults,
+                                 timeline)
     t_imported = time.perf_counter()
     say = (lambda *a, **k: None) if args.json else print  # status lines stay off JSON output
 
@@ -140,30 +146,35 @@ def main(argv=None):
     say('IMPORTING MODEL...', end=' ', flush=True)
     try:
         model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device,
-                                     args.speclength, args.overlap, SPEC_DEFAULTS)
+                                     args.speclength, args.overlap,  # for a checkpoint without them:
+                                     spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE,
+                                                   cfg.RESAMPLE_METHOD))
     except (CheckpointError, ValueError) as e:
         say()
         print(f'ERROR: {e}', file=sys.stderr)
         sys.exit(2)
     say('DONE!')
-    set_threads(args, model)
+    workers = default_workers()
+    set_threads(args, model, workers)
     trained_length = model.spec.get('length')
     if trained_length is not None and trained_length != settings['length']:
         print(f"WARNING: the model was trained on {trained_length} s windows, "
               f"testing with {settings['length']} s", file=sys.stderr)
+    warning = compile_model(model, args.compile)
+    if warning:
+        print(f'WARNING: {warning}', file=sys.stderr)
+    batch_size = args.batch_size or (cfg.INFER_BATCH_SIZE if model.device.type == 'cuda'
+                                     else cfg.INFER_BATCH_SIZE_CPU)
     t_loaded = time.perf_counter()
 
     failed = 0
+    readable = [path for path, error in files if error is None]
+    results = predict_files(model, readable, settings, batch_size, workers)
     for path, error in files:
         say('TESTING:', path)
-        start = time.perf_counter()
         if error is None:
-            try:
-                result = predict_file(model, path, settings, cfg.BATCH_SIZE)
-            except AudioError as e:
-                error = str(e)
-            except Exception as e:  # report, and go on with the other files
-                error = f'{type(e).__name__}: {e}'
+            result = next(results)  # in the order given
+            error = result['error']
         if error is not None:
             failed += 1
             print(f'ERROR: {path}: {error}', file=sys.stderr)
@@ -171,15 +182,15 @@ def main(argv=None):
                 print(json.dumps({'file': path, 'error': error}), flush=True)
             say()
             continue
-        ranked = rank_predictions(prediction_pooling(result.probs), model.classes,
+        ranked = rank_predictions(prediction_pooling(result['probs']), model.classes,
                                   args.confidence, args.results)
-        duration = time.perf_counter() - start
-        count = len(result.probs)
-        windows = timeline(result.probs, result.bounds, result.rate, model.classes) if args.timeline else []
-        if result.constant:
-            print(f'WARNING: {path}: {len(result.constant)} silent window(s)', file=sys.stderr)
+        duration, count = result['seconds'], len(result['probs'])
+        windows = (timeline(result['probs'], result['bounds'], settings['sample_rate'], model.classes)
+                   if args.timeline else [])
+        if result['constant']:
+            print(f"WARNING: {path}: {len(result['constant'])} silent window(s)", file=sys.stderr)
         if args.json:
-            record = {'file': path, 'sample_rate': result.source_rate,
+            record = {'file': path, 'sample_rate': result['source_rate'],
                       'predictions': [{'label': label, 'confidence': round(conf, 6)} for label, conf in ranked],
                       'specs': count, 'ms': round(duration * 1000, 1)}
             if args.timeline:
@@ -187,7 +198,7 @@ def main(argv=None):
                                        'confidence': round(conf, 6)} for a, b, label, conf in windows]
             print(json.dumps(record), flush=True)
             continue
-        print('SAMPLE RATE:', result.source_rate, 'TOP PREDICTION(S):')
+        print('SAMPLE RATE:', result['source_rate'], 'TOP PREDICTION(S):')
         for label, conf in ranked:
             print(f'\t{label} {int(conf * 100)} %')
         if args.timeline:

@@ -176,6 +176,16 @@ EVAL_CONFMATRIX = 'confmatrix/eval_{model}.png'
 # CPU threads for the network (0 = 1 for small models, else the cores the workers leave)
 EVAL_THREADS = 0
 
+# Windows per network batch in AED_eval.py and AED_test.py on a CUDA GPU (not tied to BATCH_SIZE)
+INFER_BATCH_SIZE = 256
+
+# The same on a CPU or MPS device: larger batches are no faster there and cost
+# memory (256 full-size windows need 2 GB for the first layer alone)
+INFER_BATCH_SIZE_CPU = 32
+
+# torch.compile the network for AED_eval.py and AED_test.py (faster after a compile of ~20 s)
+INFER_COMPILE = False
+
 ############################## AED_test.py ##############################
 # Number of ranked results printed per file
 NUM_RESULTS = 5

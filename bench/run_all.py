@@ -27,7 +27,7 @@ BENCHMARKS = [
     ('Training throughput (AED_train.py)', 'bench_train', [], ['--steps', '2']),
     ('Epoch overhead (AED_train.py)', 'bench_train', ['--epochs-overhead'],
      ['--epochs-overhead', '--epochs', '2']),
-    ('Inference (AED_test.py)', 'bench_infer', [], ['--repeats', '1']),
+    ('Inference (AED_eval.py, AED_test.py)', 'bench_infer', [], ['--quick', '--no-compile']),
     ('CPU threads for inference, idle and busy (AED_test.py)', 'bench_threads', [],
      ['--repeats', '1', '--copies', '2']),
 ]
@@ -62,7 +62,7 @@ def main(argv=None):
             print(run.stdout + run.stderr, file=sys.stderr)
             continue
         print(run.stdout, flush=True)
-        lines = [line for line in run.stdout.splitlines() if line.startswith('|') or line.startswith('#')
+        lines = [line for line in run.stdout.splitlines() if line.startswith(('|', '#', 'NOTE', 'AED_test overhead'))
                  or 'median' in line]
         sections.append(f'## {title}\n\n`python -m bench.{script} {" ".join(full)}`'.rstrip() + '\n\n'
                         + '\n'.join(lines) + '\n')

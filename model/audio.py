@@ -385,29 +385,51 @@ def _one_blas_thread():
 
 
 def _torch_spectrograms(sig, bounds, rate, seconds, nfft):
-    """spectrograms() for a torch tensor, all chunks in one torch.fft call (CPU or GPU)."""
+    """spectrograms() for a torch tensor, every window at once (CPU or GPU).
+
+    The windows of split_bounds start at a fixed hop, so all their frames are
+    one strided view of the signal: (windows, frames, width). One rfft, then
+    each window's min and max over its own valid frames. No loop over windows.
+    """
     import torch
+    import torch.nn.functional as F
     frame_len, frame_step = frame_params(rate, seconds)
     width = min(frame_len, nfft)
-    frames = [_frames(sig[a:b], frame_len, frame_step, width, True) for a, b in bounds]
-    mags = torch.fft.rfft(torch.cat(frames).float(), n=nfft).abs()  # (frames, bins)
-    out = torch.zeros((len(bounds), SPEC_HEIGHT, SPEC_WIDTH), dtype=torch.float32, device=sig.device)
-    constant = []
-    offset = 0
-    for i, count in enumerate(len(f) for f in frames):
-        mag = mags[offset:offset + count]  # (frames, bins)
-        offset += count
-        mag = mag - mag.min()
-        peak = mag.max()
-        if peak > 0:
-            mag = mag / peak
-        else:
-            constant.append(i)
-        # rotate 90 deg counter-clockwise: (bins, frames) with the top bin first,
-        # then crop to 256 x 512 and leave the zero padding on the right
-        rotated = mag.T.flip(0)[:SPEC_HEIGHT, :SPEC_WIDTH]
-        out[i, :rotated.shape[0], :rotated.shape[1]] = rotated
-    return out, constant
+    starts = torch.tensor([a for a, _ in bounds], dtype=torch.long)
+    sizes = torch.tensor([b - a for a, b in bounds], dtype=torch.long)
+    hop = int(starts[1] - starts[0]) if len(bounds) > 1 else 1
+    if len(bounds) > 1 and not torch.equal(starts, starts[0] + hop * torch.arange(len(bounds))):
+        raise ValueError('window starts must be evenly spaced, as split_bounds gives them')
+    counts = [_frame_count(int(n), frame_len, frame_step) for n in sizes]
+    n_frames = max(counts)
+    span = max(int(sizes.max()), (n_frames - 1) * frame_step + width)  # samples framed per window
+    first = int(starts[0])
+    sig = sig.float()
+    need = first + hop * (len(bounds) - 1) + span
+    if need > len(sig):
+        sig = F.pad(sig, (0, need - len(sig)))
+    chunks = sig.as_strided((len(bounds), span), (hop, 1), first)  # (W, span), a view
+    sizes, counts = sizes.to(sig.device), torch.tensor(counts, device=sig.device)
+    # samples past a window's own end are zeros, as framesig pads each chunk
+    chunks = chunks * (torch.arange(span, device=sig.device) < sizes[:, None])
+    frames = chunks.unfold(1, width, frame_step)[:, :n_frames]  # (W, F, width)
+    mags = torch.fft.rfft(frames, n=nfft).abs()  # (W, F, bins)
+    # each window's min and max over its own frames only
+    valid = torch.arange(n_frames, device=sig.device) < counts[:, None]  # (W, F)
+    low = mags.amin(dim=2).masked_fill_(~valid, float('inf')).amin(dim=1)
+    peak = mags.amax(dim=2).masked_fill_(~valid, float('-inf')).amax(dim=1) - low
+    constant = ~(peak > 0)
+    scale = torch.where(constant, 0.0, 1 / torch.where(constant, 1.0, peak))  # constant -> zeros
+    mags = mags[:, :SPEC_WIDTH]  # scaled by the whole image, then cropped
+    mags = (mags - low[:, None, None]).mul_(scale[:, None, None])
+    if min(counts) < min(n_frames, SPEC_WIDTH):  # a short window: its missing frames stay zero
+        mags.mul_(valid[:, :SPEC_WIDTH, None])
+    # rotate 90 deg counter-clockwise: (W, bins, frames) with the top bin first,
+    # then crop to 256 x 512 and leave the zero padding on the right
+    images = mags.flip(2).transpose(1, 2)[:, :SPEC_HEIGHT]
+    if images.shape[1:] != (SPEC_HEIGHT, SPEC_WIDTH):
+        images = F.pad(images, (0, SPEC_WIDTH - images.shape[2], 0, SPEC_HEIGHT - images.shape[1]))
+    return images.contiguous(), constant.nonzero().flatten().tolist()
 
 
 def read_chunked(path, seconds=3, overlap=2, rate=44100, resample_method='linear'):

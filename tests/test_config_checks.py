@@ -22,7 +22,7 @@ def error_lines(err):
 
 EVAL_CASES = [  # (constant, bad value)
     ('SPEC_LENGTH', 4), ('SPEC_OVERLAP', 3), ('SAMPLE_RATE', 0), ('RESAMPLE_METHOD', 'cubic'),
-    ('BATCH_SIZE', 0), ('MAX_PREDICTIONS', 0), ('CONFIDENCE_THRESHOLD', 1.5), ('DEVICE', 'gpu'),
+    ('INFER_BATCH_SIZE', 0), ('INFER_BATCH_SIZE_CPU', -1), ('INFER_COMPILE', 'yes'), ('MAX_PREDICTIONS', 0), ('CONFIDENCE_THRESHOLD', 1.5), ('DEVICE', 'gpu'),
     ('EVAL_WORKERS', -1), ('EVAL_THREADS', -2), ('EVAL_CONFMATRIX', 'cm_{model}.txt'),
     ('NORMALIZE_CONFMATRIX', 'yes'), ('CONFMATRIX_MAX_CLASSES', 0), ('TEST_DIR', 'no/such/dir'),
     ('TRAINED_MODEL', 'absent.pt'), ('MODEL_PATH', 'no/such/models/'),
@@ -46,7 +46,7 @@ def test_eval_checks_each_constant_at_start(capsys, monkeypatch, tiny_model, dem
 
 TEST_CASES = [
     ('SPEC_LENGTH', 7), ('SPEC_OVERLAP', 5), ('SAMPLE_RATE', -1), ('RESAMPLE_METHOD', 'x'),
-    ('BATCH_SIZE', 0), ('NUM_RESULTS', 0), ('MIN_CONFIDENCE', -0.1), ('DEVICE', 'tpu'),
+    ('INFER_BATCH_SIZE', 0), ('INFER_BATCH_SIZE_CPU', -1), ('INFER_COMPILE', 'yes'), ('NUM_RESULTS', 0), ('MIN_CONFIDENCE', -0.1), ('DEVICE', 'tpu'),
     ('TEST_THREADS', -1), ('TRAINED_MODEL', 'absent.pt'), ('MODEL_PATH', 'no/such/models/'),
 ]
 
@@ -87,7 +87,7 @@ def test_every_problem_gets_its_own_line(capsys, monkeypatch, tiny_model, demo_d
                          '--results', 0, '--batch-size', 0, '--speclength', 4)
     lines = error_lines(err)
     assert status == 2 and len(lines) == 4
-    for name in ('SAMPLE_RATE', 'MAX_PREDICTIONS (--results)', 'BATCH_SIZE (--batch-size)', '--speclength'):
+    for name in ('SAMPLE_RATE', 'MAX_PREDICTIONS (--results)', '--batch-size', '--speclength'):
         assert sum(name in line for line in lines) == 1
 
 

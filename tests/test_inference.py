@@ -5,12 +5,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from model.audio import split_bounds
+from model.audio import file_spectrograms
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.inference import (SpectrogramFiles, average_precision, load_model, predict, predict_file,
+from model.inference import (LoadedModel, average_precision, load_model, predict, predict_files,
                              predict_stream, prediction_pooling, prepare_windows, rank_predictions,
-                             resolve_device, spec_settings, timeline, true_rank, window_batches)
+                             resolve_device, spec_settings, timeline, true_rank)
 from model.net import AEDNet
+from model.stream import BLOCK_SAMPLES, SignalBlocks
 
 CLASSES = ['a', 'b', 'c', 'd']
 
@@ -75,15 +76,19 @@ def test_spec_settings_precedence_and_validation():
         spec_settings({}, length=4)
 
 
-def test_predict_uses_the_network_it_is_given():
-    # defect 9: the original's predict() read a global network
+def test_predict_uses_the_network_it_is_given(monkeypatch):
+    # defect 9: the original's predict() read a global network. Every output
+    # must be exactly what the network passed in gives, whatever globals exist.
+    import model.inference as inference
+    a, b = tiny_net(1), tiny_net(2)
+    monkeypatch.setattr(inference, 'net', b, raising=False)  # a global a buggy predict could read
     x = torch.rand(5, 1, 64, 64)
     cpu = torch.device('cpu')
-    p1 = predict(tiny_net(1), x, cpu)
-    p2 = predict(tiny_net(2), x, cpu)
-    assert p1.shape == (5, 4)
-    np.testing.assert_allclose(p1.sum(axis=1), 1, atol=1e-5)
-    assert not np.allclose(p1, p2)
+    with torch.no_grad():
+        expect_a, expect_b = torch.softmax(a(x), 1).numpy(), torch.softmax(b(x), 1).numpy()
+    assert not np.allclose(expect_a, expect_b, atol=1e-3)
+    np.testing.assert_allclose(predict(a, x, cpu), expect_a, atol=1e-6)
+    np.testing.assert_allclose(predict(b, x, cpu), expect_b, atol=1e-6)
 
 
 def test_predict_multi_label_and_colour_models():
@@ -93,31 +98,6 @@ def test_predict_multi_label_and_colour_models():
     assert ((sig > 0) & (sig < 1)).all() and not np.allclose(sig.sum(axis=1), 1)
     colour = predict(tiny_net(1, im_dim=3), x, cpu, im_dim=3, batch_size=2)
     assert colour.shape == (3, 4)
-
-
-class RecordingNet(torch.nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.batches = net, []
-
-    def forward(self, x):
-        self.batches.append(len(x))
-        return self.net(x)
-
-
-def test_predict_stream_fills_batches_across_files_in_order():
-    net = tiny_net(3)
-    model = type('M', (), {'net': RecordingNet(net), 'device': torch.device('cpu'),
-                           'multi_label': False, 'im_dim': 1})()
-    xs = [torch.rand(n, 1, 64, 64) for n in (3, 1, 5, 2)]
-    items = [{'index': i, 'x': x, 'error': None} for i, x in enumerate(xs)]
-    items.insert(2, {'index': 99, 'x': None, 'error': 'broken'})
-    out = list(predict_stream(model, iter(items), batch_size=4))
-    assert [o['index'] for o in out] == [0, 1, 99, 2, 3]
-    assert model.net.batches == [4, 4, 3]  # 11 windows from 4 files, not one batch per file
-    assert out[2]['probs'] is None and 'x' not in out[0]
-    for o, x in zip([o for o in out if o['index'] != 99], xs):
-        np.testing.assert_allclose(o['probs'], predict(net, x, torch.device('cpu')), atol=1e-5)
 
 
 def test_load_model_restores_weights_and_metadata(tmp_path):
@@ -154,40 +134,166 @@ def test_resolve_device():
             resolve_device('cuda')
 
 
-def test_predict_file_and_timeline(tmp_path):
-    rate = 22050  # resampled to 44100 first
-    t = np.arange(int(6.5 * rate)) / rate
-    sf.write(tmp_path / 'tone.wav', 0.3 * np.sin(2 * np.pi * 880 * t), rate)
-    net = tiny_net(5)
-    model = type('M', (), {'net': net, 'device': torch.device('cpu'), 'multi_label': False,
-                           'im_dim': 1, 'im_size': (64, 64)})()
-    settings = spec_settings({})
-    result = predict_file(model, tmp_path / 'tone.wav', settings, batch_size=4)
-    bounds = split_bounds(int(6.5 * rate) * 2, 44100, 3, 2)
-    assert result.source_rate == rate and result.bounds == bounds
-    assert result.probs.shape == (len(bounds), 4)
-    rows = timeline(result.probs, result.bounds, result.rate, CLASSES)
-    assert [(a, b) for a, b, _, _ in rows] == [(a / 44100, b / 44100) for a, b in bounds]
-    assert all(label in CLASSES and 0 < conf <= 1 for _, _, label, conf in rows)
+class RecordingNet(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.batches = net, []
+
+    def forward(self, x):
+        self.batches.append(len(x))
+        return self.net(x)
 
 
-def test_spectrogram_files_reports_bad_files_without_raising(tmp_path):
+def cpu_model(net, im_size=(64, 64)):
+    return LoadedModel(net=net, classes=CLASSES, im_size=im_size, im_dim=1, multi_label=False, spec={},
+                       device=torch.device('cpu'))
+
+
+def tone(path, seconds, rate=44100, freq=880, amp=0.3):
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, amp * np.sin(2 * np.pi * freq * t), rate)
+
+
+def reference_probs(net, path, settings, im_size=(64, 64)):
+    """The simple path: numpy spectrograms of the whole file -> prepare_windows -> net."""
+    specs, _, bounds, _ = file_spectrograms(path, settings['length'], settings['overlap'],
+                                            settings['sample_rate'], settings['resample'])
+    with torch.no_grad():
+        return torch.softmax(net(prepare_windows(specs, im_size)), 1).numpy(), bounds
+
+
+def test_predict_files_fills_batches_across_files_and_blocks_in_order(tmp_path):
+    net = tiny_net(3)
+    model = cpu_model(RecordingNet(net))
+    paths = []
+    for i, seconds in enumerate((5, 2.5, 9, 3)):
+        paths.append(tmp_path / f'{i}.wav')
+        tone(paths[-1], seconds, rate=22050, freq=300 + 500 * i)  # resampled to 44100 on the way
     (tmp_path / 'bad.wav').write_bytes(b'RIFF garbage')
-    sf.write(tmp_path / 'good.wav', np.zeros(44100 * 2, dtype=np.float32), 44100)  # silence
-    data = SpectrogramFiles([tmp_path / 'bad.wav', tmp_path / 'good.wav'], spec_settings({}), (64, 64))
-    bad, good = data[0], data[1]
-    assert bad['x'] is None and 'readable' in bad['error']
-    assert good['error'] is None and good['x'].shape == (2, 1, 64, 64) and good['constant'] == [0, 1]
-
-
-def test_window_batches_torch_path_matches_numpy():
-    # the torch FFT path is what CUDA runs; on the CPU it must give the same windows
-    rng = np.random.default_rng(0)
-    sig = rng.standard_normal(44100 * 7).astype(np.float32)
-    bounds = split_bounds(len(sig), 44100, 3, 2)
+    paths.insert(2, tmp_path / 'bad.wav')
     settings = spec_settings({})
-    numpy_path = list(window_batches(sig, bounds, settings, (128, 64), 4))
-    torch_path = list(window_batches(sig, bounds, settings, (128, 64), 4, device=torch.device('cpu')))
-    assert [len(x) for x, _ in numpy_path] == [4, 3]
-    for (a, _), (b, _) in zip(numpy_path, torch_path):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    blocks = SignalBlocks(paths, settings, indices=range(10, 15), block_samples=44100 * 2)
+    out = list(predict_stream(model, iter(blocks), settings, batch_size=4))
+    assert [o['index'] for o in out] == [10, 11, 12, 13, 14]
+    assert out[2]['probs'] is None and 'readable' in out[2]['error']
+    # 5 + 2 + 9 + 3 = 19 windows from 4 files, in blocks of 2 windows: full batches of 4
+    assert [len(o['probs']) for o in out if o['probs'] is not None] == [5, 2, 9, 3]
+    assert model.net.batches == [4, 4, 4, 4, 3]
+    for o, path in zip([o for o in out if o['error'] is None], [p for p in paths if p.name != 'bad.wav']):
+        expected, bounds = reference_probs(net, path, settings)
+        assert o['bounds'] == bounds and o['source_rate'] == 22050 and o['constant'] == []
+        np.testing.assert_allclose(o['probs'], expected, atol=1e-5)
+        rows = timeline(o['probs'], o['bounds'], 44100, CLASSES)
+        assert [(a, b) for a, b, _, _ in rows] == [(a / 44100, b / 44100) for a, b in bounds]
+
+
+def test_decode_errors_in_workers_are_results_not_a_stopped_run(tmp_path):
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f'{i}.wav')
+        tone(paths[-1], 2 + i, freq=400 + 300 * i)
+    paths[1].write_bytes(b'RIFF\x00\x00\x00\x00WAVEbroken')
+    (tmp_path / 'empty.wav').write_bytes(b'')
+    paths.append(tmp_path / 'empty.wav')
+    model = cpu_model(tiny_net(4))
+    out = list(predict_files(model, paths, spec_settings({}), batch_size=3, workers=2))
+    assert [o['path'] for o in out] == paths
+    assert [o['error'] is not None for o in out] == [False, True, False, False, False, True]
+    assert 'empty' in out[5]['error']
+    assert [len(o['probs']) for o in out if o['error'] is None] == [2, 4, 5, 6]
+
+
+def test_a_bug_is_not_reported_as_a_bad_file(tmp_path, monkeypatch):
+    # issue 10.4: only decode errors become per-file errors; a bug is a traceback
+    import model.inference as inference
+    import model.stream as stream
+    tone(tmp_path / 'a.wav', 3)
+    model = cpu_model(tiny_net(5))
+
+    def broken(*args, **kwargs):
+        raise TypeError('a bug in the spectrogram code')
+    monkeypatch.setattr(inference, 'spectrograms', broken)
+    with pytest.raises(TypeError, match='a bug'):
+        list(predict_files(model, [tmp_path / 'a.wav'], spec_settings({}), workers=0))
+    monkeypatch.undo()
+    monkeypatch.setattr(stream, 'split_bounds', broken)  # in a loader worker (forked: patched too)
+    with pytest.raises(TypeError, match='a bug'):
+        list(predict_files(model, [tmp_path / 'a.wav'], spec_settings({}), workers=1))
+
+
+def test_short_silent_and_hours_long_files_stream_through(tmp_path, monkeypatch):
+    import model.inference as inference
+    tone(tmp_path / 'short.wav', 0.2)
+    sf.write(tmp_path / 'silent.wav', np.zeros(44100 * 4, dtype=np.int16), 44100)
+    # two hours of 8 kHz audio as a sparse file: a header, then zeros the OS never stores
+    rate, seconds = 8000, 2 * 3600
+    with sf.SoundFile(tmp_path / 'long.wav', 'w', rate, 1, 'PCM_16') as f:
+        f.write(np.full(rate, 100, dtype=np.int16))
+    with open(tmp_path / 'long.wav', 'r+b') as f:
+        f.truncate(44 + 2 * rate * seconds)
+    with open(tmp_path / 'long.wav', 'r+b') as f:  # RIFF and data sizes for the full length
+        f.seek(4), f.write((36 + 2 * rate * seconds).to_bytes(4, 'little'))
+        f.seek(40), f.write((2 * rate * seconds).to_bytes(4, 'little'))
+    assert sf.info(tmp_path / 'long.wav').duration == seconds
+    largest = []
+    real_cut = inference.cut_windows
+
+    def cut(sig, bounds, *args):
+        largest.append(len(sig))
+        return real_cut(sig, bounds, *args)
+    monkeypatch.setattr(inference, 'cut_windows', cut)
+    model = cpu_model(RecordingNet(tiny_net(6)))
+    settings = spec_settings({}, length=30, overlap=0, sample_rate=rate)
+    out = list(predict_files(model, [tmp_path / n for n in ('short.wav', 'silent.wav', 'long.wav')],
+                             settings, batch_size=8, workers=0))
+    assert [o['error'] for o in out] == [None, None, None]
+    assert len(out[0]['probs']) == 1 and out[1]['constant'] == [0]
+    assert len(out[2]['probs']) == seconds // 30 and out[2]['constant'] == list(range(1, seconds // 30))
+    # the long file came in blocks of bounded size, never whole
+    assert max(largest) <= BLOCK_SAMPLES + 30 * rate and len(largest) > 10
+    assert max(model.net.batches) == 8
+
+
+def test_compile_falls_back_when_unavailable_or_failing_at_the_first_batch(monkeypatch, capsys):
+    import model.inference as inference
+    from model.inference import compile_model
+    net = tiny_net(7)
+    x = torch.rand(3, 1, 64, 64)
+    expected = predict(net, x, torch.device('cpu'))
+    model = cpu_model(net)
+    assert compile_model(model, False) is None and model.net is net
+    monkeypatch.setattr(torch, 'compile', None)  # a torch without torch.compile
+    warning = compile_model(model, True)
+    assert 'torch.compile' in warning and model.net is net
+    monkeypatch.undo()
+
+    def lazy_failure(plain):  # compiles lazily, then fails at the first call, as inductor can
+        def compiled(x):
+            raise RuntimeError('backend compiler failed: no C++ compiler')
+        return compiled
+    monkeypatch.setattr(inference, 'maybe_compile', lambda n, enabled: (lazy_failure(n), None))
+    assert compile_model(model, True) is None
+    np.testing.assert_allclose(predict(model.net, x, torch.device('cpu')), expected, atol=1e-6)
+    assert 'torch.compile failed at the first batch' in capsys.readouterr().err
+    np.testing.assert_allclose(predict(model.net, x, torch.device('cpu')), expected, atol=1e-6)
+
+
+def test_a_file_failing_after_some_blocks_is_one_error(tmp_path, monkeypatch):
+    import model.stream as stream
+    for name, seconds in (('a', 4), ('b', 12), ('c', 5)):
+        tone(tmp_path / f'{name}.wav', seconds, rate=22050)
+    real = stream._Source.read
+
+    def read(self, lo, hi):  # 'b' breaks in its third block, as a damaged file can
+        if self.f.name.endswith('b.wav') and lo > 22050 * 8:
+            raise sf.LibsndfileError(0, 'truncated data chunk')
+        return real(self, lo, hi)
+    monkeypatch.setattr(stream._Source, 'read', read)
+    model = cpu_model(tiny_net(8))
+    settings = spec_settings({})
+    blocks = SignalBlocks([tmp_path / f'{n}.wav' for n in 'abc'], settings, block_samples=44100 * 3)
+    out = list(predict_stream(model, iter(blocks), settings, batch_size=4))
+    assert [o['error'] is None for o in out] == [True, False, True]
+    assert 'truncated' in out[1]['error'] and out[1]['probs'] is None
+    for o in (out[0], out[2]):
+        np.testing.assert_allclose(o['probs'], reference_probs(model.net, o['path'], settings)[0], atol=1e-5)
