@@ -125,7 +125,9 @@ def main(argv=None):
 
     failed = 0
     readable = [path for path, error in files if error is None]
-    results = predict_files(model, readable, settings, batch_size, default_workers())
+    # one file on a CPU: decoding is a sliver of the network's time, not worth a worker process
+    workers = 0 if len(readable) == 1 and model.device.type == 'cpu' else default_workers()
+    results = predict_files(model, readable, settings, batch_size, workers)
     for path, error in files:
         say('TESTING:', path)
         if error is None:
