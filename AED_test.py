@@ -154,7 +154,9 @@ def main(argv=None):
         print(f'ERROR: {e}', file=sys.stderr)
         sys.exit(2)
     say('DONE!')
-    workers = default_workers()
+    readable = [path for path, error in files if error is None]
+    # one file on a CPU: decoding is a sliver of the network's time, not worth a worker process
+    workers = 0 if len(readable) == 1 and model.device.type == 'cpu' else default_workers()
     set_threads(args, model, workers)
     trained_length = model.spec.get('length')
     if trained_length is not None and trained_length != settings['length']:
@@ -168,7 +170,6 @@ def main(argv=None):
     t_loaded = time.perf_counter()
 
     failed = 0
-    readable = [path for path, error in files if error is None]
     results = predict_files(model, readable, settings, batch_size, workers)
     for path, error in files:
         say('TESTING:', path)

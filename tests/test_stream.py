@@ -43,6 +43,12 @@ def test_torch_spectrogram_of_silence_and_at_other_rates():
     bounds = audio.split_bounds(len(sig), 44100, 2, 1)
     images, constant = audio.spectrograms(torch.from_numpy(sig), bounds, 44100, 2)
     assert constant == [0, 1] and not images[:2].any() and float(images[2:].amax()) == pytest.approx(1)
+    sig = events(44100 * 20, 44100, 8)
+    sig[44100 * 10:44100 * 14] = 0  # windows 10, 11 and 12 are silent (past the first batch of 8)
+    bounds = audio.split_bounds(len(sig), 44100, 2, 1)
+    images, constant = audio.spectrograms(torch.from_numpy(sig), bounds, 44100, 2)
+    assert constant == audio.spectrograms(sig, bounds, 44100, 2)[1] == [10, 11, 12]
+    assert not images[10:13].any() and images[13].any()
     sig = events(22050 * 7, 22050, 4)
     bounds = audio.split_bounds(len(sig), 22050, 5, 4)
     grey, _ = audio.spectrograms(sig, bounds, 22050, 5, uint8=True)
