@@ -172,18 +172,28 @@ def _round_to_grid(x, int_scale):
 
 def _resample_linear(sig, rate, target_rate, int_scale):
     n_new = int(len(sig) * target_rate / rate)
-    if len(sig) < 2:
-        return np.full(n_new, sig[0] if len(sig) else 0, dtype=np.float32)
+    return linear_resample_range(lambda lo, hi: sig[lo:hi], len(sig), n_new, 0, n_new, int_scale)
+
+
+def linear_resample_range(read, n, n_new, start, stop, int_scale=None):
+    """Samples start..stop of the linear resampling of n samples onto n_new points.
+
+    read(lo, hi) returns source samples lo..hi, so a long file can be resampled
+    block by block (model.stream): every output sample gets the same float64
+    position whatever the range, so blocks join into the whole-file result.
+    """
+    if n < 2:
+        return np.full(stop - start, read(0, n)[0] if n else 0, dtype=np.float32)
     # np.interp in blocks of 32k points: all at once it builds ~150 MB of
     # float64 temporaries per minute of audio and runs 2x slower. Rounding each
     # float64 block, while it is in cache, gives the original's samples exactly.
-    step = (len(sig) - 1) / max(n_new - 1, 1)
-    out = np.empty(n_new, dtype=np.float32)
-    for start in range(0, n_new, 1 << 15):
-        positions = np.arange(start, min(start + (1 << 15), n_new)) * step
-        lo, hi = int(positions[0]), min(int(positions[-1]) + 2, len(sig))
-        block = np.interp(positions, np.arange(lo, hi), sig[lo:hi])
-        out[start:start + len(positions)] = _round_to_grid(block, int_scale)
+    step = (n - 1) / max(n_new - 1, 1)
+    out = np.empty(stop - start, dtype=np.float32)
+    for a in range(start, stop, 1 << 15):
+        positions = np.arange(a, min(a + (1 << 15), stop)) * step
+        lo, hi = int(positions[0]), min(int(positions[-1]) + 2, n)
+        block = np.interp(positions, np.arange(lo, hi), read(lo, hi))
+        out[a - start:a - start + len(positions)] = _round_to_grid(block, int_scale)
     return out
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from model.audio import INT_SCALES, AudioError, load_audio, resample, split_bounds
+from model.audio import (INT_SCALES, AudioError, linear_resample_range, load_audio, resample,
+                         split_bounds)
 
 # Samples at the analysis rate per block (about 24 s at 44.1 kHz, 4 MB of float32)
 BLOCK_SAMPLES = 1 << 20
@@ -64,24 +65,6 @@ def _streamable(path, settings):
     return _Source(f)
 
 
-def _linear_block(src, start, stop, n_new):
-    """Samples start..stop of the linear resampling of the whole file (as model.audio.resample)."""
-    n = src.frames
-    if n < 2:
-        return np.full(stop - start, src.read(0, n)[0], dtype=np.float32)
-    step = (n - 1) / max(n_new - 1, 1)
-    out = np.empty(stop - start, dtype=np.float32)
-    for a in range(start, stop, 1 << 15):  # the same float64 positions as resample
-        positions = np.arange(a, min(a + (1 << 15), stop)) * step
-        lo, hi = int(positions[0]), min(int(positions[-1]) + 2, n)
-        out[a - start:a - start + len(positions)] = np.interp(positions, np.arange(lo, hi), src.read(lo, hi))
-    if src.int_scale:  # round onto the source's integer grid, as resample does
-        out *= np.float32(src.int_scale)
-        np.round(out, out=out)
-        out *= np.float32(1 / src.int_scale)
-    return out
-
-
 def _as_int16(read):
     """A reader of samples k / 32768 that returns the integers k (exact), as int16."""
     return lambda a, b: np.rint(read(a, b) * np.float32(32768)).astype(np.int16)
@@ -111,7 +94,11 @@ def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
             n_new = src.frames if src.rate == rate else int(src.frames * rate / src.rate)
             if n_new == 0:
                 raise AudioError('file is too short to resample')
-            read = src.read if src.rate == rate else (lambda a, b: _linear_block(src, a, b, n_new))
+            if src.rate == rate:
+                read = src.read
+            else:  # the samples model.audio.resample gives for the whole file
+                def read(a, b):
+                    return linear_resample_range(src.read, src.frames, n_new, a, b, src.int_scale)
             if src.int_scale == 32768 and (src.rate != rate or src.f.channels == 1):
                 read = _as_int16(read)  # on the 16-bit grid: half the bytes to the main process
             yield from _blocks(read, n_new, rate, seconds, overlap, source_rate, block_samples)
