@@ -40,6 +40,7 @@ from model.inference import (CheckpointError, average_precision, compile_model, 
                              spec_defaults, true_rank)
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
 from model.threads import available_cores, pick_threads
+from model.training import distributed_env
 
 ROOT = Path(__file__).resolve().parent
 # spectrogram settings for a checkpoint that carries none
@@ -159,14 +160,6 @@ def score(probs, classes, label, threshold, max_predictions):
             'ap': average_precision(ranked, label), 'accuracy': int(rank == 1),
             'predictions': [{'label': name, 'confidence': round(conf, 6)}
                             for name, conf in ranked if conf >= threshold]}
-
-
-def distributed_env(environ):
-    """(rank, world size, local rank) when started by torchrun with several processes, else None."""
-    world = int(environ.get('WORLD_SIZE', '1'))
-    if world <= 1:
-        return None
-    return int(environ['RANK']), world, int(environ.get('LOCAL_RANK', '0'))
 
 
 def quiet_other_ranks(ddp):

@@ -45,9 +45,10 @@ from model.data import (DatasetError, SpecDataset, batch_augment, build_cache, c
 from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import ACTIVATIONS, AEDNet, count_params, flat_size, weighted_layers
 from model.training import (BackgroundWriter, Precision, Timer, all_can_step, configure_backend,
-                            describe_schedule, evaluate, learning_rate, make_optimizer,
-                            maybe_compile, plot_training_curves, rng_state, select_device,
-                            set_learning_rate, set_rng_state, train_epoch, write_epoch_log)
+                            describe_schedule, distributed_env, evaluate, learning_rate,
+                            make_optimizer, maybe_compile, plot_training_curves, rng_state,
+                            select_device, set_learning_rate, set_rng_state, train_epoch,
+                            write_epoch_log)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -227,14 +228,6 @@ def check_config(args):
         except ValueError as e:
             problems.append(f'IM_SIZE (--im-size) / FILTERS (--filters): {e}')
     return problems
-
-
-def distributed_env(environ):
-    """(rank, world size, local rank) when started by torchrun with several processes, else None."""
-    world = int(environ.get('WORLD_SIZE', '1'))
-    if world <= 1:
-        return None
-    return int(environ['RANK']), world, int(environ.get('LOCAL_RANK', '0'))
 
 
 def load_resume(path):

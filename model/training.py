@@ -123,6 +123,14 @@ def accuracy(logits, targets, binary=False):
 
 ######################## devices and precision ########################
 
+def distributed_env(environ):
+    """(rank, world size, local rank) when started by torchrun with several processes, else None."""
+    world = int(environ.get('WORLD_SIZE', '1'))
+    if world <= 1:
+        return None
+    return int(environ['RANK']), world, int(environ.get('LOCAL_RANK', '0'))
+
+
 def select_device(name='auto'):
     """'auto' picks CUDA, then Apple MPS, then CPU; anything else is passed to torch.device."""
     if name == 'auto':
