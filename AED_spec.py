@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import config as cfg
 from model.audio import (SPEC_SETTINGS, AudioError, class_folders, file_spectrograms,
-                         read_spec_settings, write_spec_settings)
+                         read_spec_settings, spec_defaults, write_spec_settings)
 
 ROOT = Path(__file__).resolve().parent
 RESAMPLE_METHODS = ('linear', 'sinc')
@@ -156,8 +156,7 @@ def main(argv=None):
     if problems:
         sys.exit(2)
 
-    settings = {'length': args.speclength, 'overlap': args.overlap,
-                'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD}
+    settings = spec_defaults(args.speclength, args.overlap, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD)
     previous = read_spec_settings(args.dst)
     if previous is not None and previous != settings and not args.overwrite:
         sys.exit(f'ERROR: {args.dst} holds spectrograms made with {previous}; use --overwrite '

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 import config as cfg
 from model import config_checks as check
-from model.audio import read_spec_settings
+from model.audio import read_spec_settings, spec_defaults
 from model.checkpoint import (CheckpointError, build_model, class_counts, clean_state_dict,
                               detached_copy, load_checkpoint, load_weights, plain,
                               resolve_model_path, save_checkpoint)
@@ -495,9 +495,8 @@ def build_network(run):
                 'im_dim': im_dim, 'filters': filters, 'dropout': dropout,
                 'nonlinearity': nonlinearity, 'multi_label': run.multi_label,
                 # what AED_spec.py recorded for these images, else config.py's settings
-                'spec': read_spec_settings(args.dataset) or {
-                    'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
-                    'sample_rate': cfg.SAMPLE_RATE, 'resample': cfg.RESAMPLE_METHOD},
+                'spec': read_spec_settings(args.dataset) or spec_defaults(
+                    cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD),
                 'training': training_meta(args, run.classes, run.train_items, run.val_items)}
     run.module = net
 

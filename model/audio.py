@@ -54,6 +54,15 @@ def class_folders(root):
     return folders, messages
 
 
+# The keys of a spectrogram-settings dict (AED_spec's .spec_settings.json, a checkpoint's 'spec')
+SPEC_KEYS = ('length', 'overlap', 'sample_rate', 'resample')
+
+
+def spec_defaults(length, overlap, sample_rate, resample):
+    """The spectrogram-settings dict, built in one place: scripts pass config.py's values."""
+    return dict(zip(SPEC_KEYS, (length, overlap, sample_rate, resample)))
+
+
 # Written by AED_spec.py next to the class folders, read by AED_train.py, so a
 # checkpoint records the settings its images were really made with
 SETTINGS_FILE = '.spec_settings.json'

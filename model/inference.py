@@ -24,20 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from model.audio import SPEC_HEIGHT, SPEC_WIDTH, AudioError, check_spec_params, spectrograms
+from model.audio import (SPEC_HEIGHT, SPEC_WIDTH, AudioError, check_spec_params,
+                         spec_defaults, spectrograms)
 from model.checkpoint import (CheckpointError, checkpoint_meta, model_from_checkpoint,
                               resolve_model_path)
 from model.stream import SignalBlocks, as_float, block_loader, default_workers
 from model.training import maybe_compile, select_device
 
-SPEC_KEYS = ('length', 'overlap', 'sample_rate', 'resample')
 # Spectrogram windows computed at once on a GPU (their frames and FFT take ~0.5 GB)
 GPU_SPEC_WINDOWS = 256
-
-
-def spec_defaults(length, overlap, sample_rate, resample):
-    """The spectrogram-settings dict, built in one place: scripts pass config.py's values."""
-    return dict(zip(SPEC_KEYS, (length, overlap, sample_rate, resample)))
 
 
 # Used when neither the caller nor the checkpoint names a setting (the original's values)
