@@ -44,7 +44,7 @@ def test_eval_on_demo_test_set(capsys, tiny_model, demo_data, tmp_path):
     assert [row[0] for row in table] == ['beeps', 'clicks', 'hum', 'noise_bursts', 'siren']
     assert all(int(row[4]) == 2 for row in table)
 
-    rows = list(csv.DictReader(open(tmp_path / 'r.csv')))
+    rows = list(csv.DictReader((tmp_path / 'r.csv').read_text().splitlines()))
     assert len(rows) == 10 and rows[0]['true_label'] == 'beeps'
     assert [r['top_label'] for r in rows] == [label for _, _, label, _, _ in lines]
     report = json.loads((tmp_path / 'r.json').read_text())
@@ -88,7 +88,8 @@ def test_unknown_class_and_corrupt_file(capsys, tiny_model, messy_testdir, tmp_p
     assert re.search(r'ERROR: \S+/clicks/corrupt\.wav: \S', err)  # after the bar's carriage return
     assert 'ERRORS: 1 / 13' in out
     assert not re.search(r'^\d+ \S+ LABEL:', out, flags=re.M)  # --quiet: a bar instead
-    rows = {r['path'].rsplit('/', 1)[-1]: r for r in csv.DictReader(open(tmp_path / 'r.csv'))}
+    lines = (tmp_path / 'r.csv').read_text().splitlines()
+    rows = {r['path'].rsplit('/', 1)[-1]: r for r in csv.DictReader(lines)}
     assert rows['dog_0.wav']['ap'] == '0.0' and rows['dog_1.wav']['rank'] == ''
     assert rows['corrupt.wav']['error'] and rows['corrupt.wav']['ap'] == ''
     # MAP is over the 12 decoded files; the two unknown-class files count as 0
@@ -119,7 +120,7 @@ def test_unknown_classes_in_table_csv_and_json(capsys, tiny_model, messy_testdir
     # the unknown class is listed after the model's classes, its 2 files all misses
     assert list(table)[-1] == 'dogs' and table['dogs'] == ('0.0000', '0.0000', '0.0000', '2')
     assert sum(int(r[3]) for r in table.values()) == 12  # every decoded file counted once
-    rows = list(csv.DictReader(open(tmp_path / 'r.csv')))
+    rows = list(csv.DictReader((tmp_path / 'r.csv').read_text().splitlines()))
     assert {r['path'].rsplit('/', 1)[-1]: r['unknown_class'] for r in rows if r['unknown_class'] == '1'} \
         == {'dog_0.wav': '1', 'dog_1.wav': '1'}
     assert sum(r['unknown_class'] == '0' for r in rows) == 11
