@@ -73,8 +73,8 @@ def parse_args(argv):
     p.add_argument('--workers', type=int, default=cfg.EVAL_WORKERS,
                    help='processes decoding files ahead of the network (0 = CPU cores - 1)')
     p.add_argument('--threads', type=int, default=cfg.EVAL_THREADS,
-                   help='CPU threads for the network (0 = 1 for a small model, else the cores '
-                        'the workers leave; OMP_NUM_THREADS, when set, is kept)')
+                   help='CPU threads for the network (0 = 1 for a small model, else every core; '
+                        'OMP_NUM_THREADS, when set, is kept)')
     p.add_argument('--confmatrix', default=str(ROOT / cfg.EVAL_CONFMATRIX),
                    help="confusion-matrix PNG ({model} = checkpoint file stem; '' = none)")
     p.add_argument('--json', type=Path, default=None, metavar='FILE',
@@ -113,10 +113,10 @@ def check_config(args):
     return [msg for msg in problems if msg]
 
 
-def set_threads(args, model, workers):
+def set_threads(args, model):
     """torch's intra-op threads for this run's network (see model/threads.py)."""
     threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64),
-                           available_cores(), workers, cap=torch.get_num_threads(),
+                           available_cores(), cap=torch.get_num_threads(),
                            omp_env=os.environ.get('OMP_NUM_THREADS'))
     if threads is not None and model.device.type == 'cpu':
         torch.set_num_threads(threads)
@@ -274,7 +274,7 @@ def main(argv=None):
     # decoding workers per process: under torchrun the processes of a node share its cores
     workers = args.workers or default_workers(available_cores() // int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
     workers = min(workers, len(files))
-    threads = set_threads(args, model, workers)
+    threads = set_threads(args, model)
     warning = compile_model(model, args.compile)
     if warning:
         print(f'WARNING: {warning}', file=sys.stderr)

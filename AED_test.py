@@ -79,12 +79,12 @@ def check_config(args):
     return [msg for msg in problems if msg]
 
 
-def set_threads(args, model, workers):
+def set_threads(args, model):
     """torch's intra-op threads for the network (see model/threads.py)."""
     import torch
     from model.threads import available_cores, pick_threads
     threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64),
-                           available_cores(), workers, cap=torch.get_num_threads(),
+                           available_cores(), cap=torch.get_num_threads(),
                            omp_env=os.environ.get('OMP_NUM_THREADS'))
     if threads is not None and model.device.type == 'cpu':
         torch.set_num_threads(threads)
@@ -157,7 +157,7 @@ def main(argv=None):
     readable = [path for path, error in files if error is None]
     # one file on a CPU: decoding is a sliver of the network's time, not worth a worker process
     workers = 0 if len(readable) == 1 and model.device.type == 'cpu' else default_workers()
-    set_threads(args, model, workers)
+    set_threads(args, model)
     trained_length = model.spec.get('length')
     if trained_length is not None and trained_length != settings['length']:
         print(f"WARNING: the model was trained on {trained_length} s windows, "

@@ -173,7 +173,7 @@ EVAL_WORKERS = 0
 # Confusion-matrix plot of an evaluation; {model} becomes the checkpoint's file stem
 EVAL_CONFMATRIX = 'confmatrix/eval_{model}.png'
 
-# CPU threads for the network (0 = 1 for small models, else the cores the workers leave)
+# CPU threads for the network (0 = 1 for small models, else every core)
 EVAL_THREADS = 0
 
 # Windows per network batch in AED_eval.py and AED_test.py on a CUDA GPU (not tied to BATCH_SIZE)
