@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def commands(text):
     """Shell commands of a script or of the README's code blocks, continuation lines joined."""
+    if '```' in text:  # Markdown: only the fenced code blocks hold commands
+        text = '\n'.join(re.findall(r'```[a-z]*\n(.*?)```', text, re.S))
     text = re.sub(r'\\\n\s*', ' ', text)
     lines = [re.sub(r'^\$ ', '', line.strip()) for line in text.splitlines()]
     return [line for line in lines if re.search(r'AED_\w+\.py', line) and not line.startswith('#')]
