@@ -95,6 +95,21 @@ def check_spec_params(seconds, overlap):
                          f'length ({seconds} s), got {overlap}')
 
 
+def read_mono(f, frames=-1):
+    """The next `frames` (-1 = all) of an open soundfile.SoundFile as mono float32 in [-1, 1].
+
+    Channels are averaged in float32. Shared by load_audio and the block
+    reader of model.stream, so both give the same samples.
+    """
+    if f.subtype == 'PCM_16':  # numpy converts 15x faster than libsndfile
+        raw = f.read(frames, dtype='int16', always_2d=True)  # (N, C)
+        # the same values as libsndfile's float read: int / 32768
+        data = np.multiply(raw, np.float32(1 / 32768), dtype=np.float32)
+    else:
+        data = f.read(frames, dtype='float32', always_2d=True)
+    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+
+
 def load_audio(path):
     """Read any file soundfile can decode (librosa as fallback), downmixed to mono.
 
@@ -109,13 +124,7 @@ def load_audio(path):
     try:
         with sf.SoundFile(str(path)) as f:
             rate, int_scale = f.samplerate, INT_SCALES.get(f.subtype)
-            if f.subtype == 'PCM_16':  # numpy converts 15x faster than libsndfile
-                raw = f.read(dtype='int16', always_2d=True)  # (N, C)
-                # the same values as libsndfile's float read: int / 32768
-                data = np.multiply(raw, np.float32(1 / 32768), dtype=np.float32)
-            else:
-                data = f.read(dtype='float32', always_2d=True)
-        data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+            data = read_mono(f)
     except (sf.SoundFileError, OSError, ValueError, EOFError) as sf_error:  # not decodable
         try:
             if Path(path).suffix.lower() in LIBSNDFILE_EXTENSIONS:

@@ -19,8 +19,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from model.audio import (INT_SCALES, AudioError, linear_resample_range, load_audio, resample,
-                         split_bounds)
+from model.audio import (INT_SCALES, AudioError, linear_resample_range, load_audio, read_mono,
+                         resample, split_bounds)
 
 # Samples at the analysis rate per block (about 24 s at 44.1 kHz, 4 MB of float32)
 BLOCK_SAMPLES = 1 << 20
@@ -38,14 +38,9 @@ class _Source:
 
     def read(self, lo, hi):
         self.f.seek(lo)
-        if self.f.subtype == 'PCM_16':
-            raw = self.f.read(hi - lo, dtype='int16', always_2d=True)
-            data = np.multiply(raw, np.float32(1 / 32768), dtype=np.float32)
-        else:
-            data = self.f.read(hi - lo, dtype='float32', always_2d=True)
+        data = read_mono(self.f, hi - lo)
         if len(data) != hi - lo:
             raise AudioError('file is shorter than its header says')
-        data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
         if not np.isfinite(data).all():
             raise AudioError('file contains NaN or infinite samples')
         return np.ascontiguousarray(data, dtype=np.float32)
