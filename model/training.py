@@ -24,22 +24,16 @@ PROB_CLIP = 1e-7
 def learning_rate(schedule, epoch, epochs, descent):
     """The learning rate of an epoch from a {epoch: rate} schedule (the original's rule).
 
-    With descent, a linear curve runs through the points of the schedule, its
-    keys SORTED (defect 12: the original relied on Python 2 dict order), plus
-    the point (epochs, last rate); epoch e runs at the curve's value at
-    max(first key, e - 1). So the first two epochs both start near the first
-    rate, and the final rate is first used at epoch last key + 1: a run of
-    exactly that many epochs, or fewer, never reaches it. A run shorter than
-    the last key has the schedule squeezed into its own length:
-    {0: 0.001, 55: 1e-6} over 10 epochs ends with epoch 10 at 0.0001009 (the
-    curve at 9 of 10); over 55 epochs epoch 55 runs at 1.92e-5. A longer run
-    keeps the last rate from epoch last key + 1 on.
+    With descent, a linear curve runs through the points of the schedule, its keys
+    SORTED (defect 12: the original relied on Python 2 dict order), plus the point
+    (epochs, last rate); epoch e runs at the curve's value at max(first key, e - 1). So
+    the final rate is first used at epoch last key + 1, and a run shorter than the last
+    key has the schedule squeezed into its own length: {0: 0.001, 55: 1e-6} over 10
+    epochs ends with epoch 10 at 0.0001009 (the curve at 9 of 10).
 
     Without descent it is a step schedule: the rate of the largest key <= epoch
     (the first key's rate before that).
     """
-    if not schedule:
-        raise ValueError('the learning-rate schedule is empty')
     keys = sorted(schedule)
     rates = [float(schedule[k]) for k in keys]
     if not descent:
@@ -89,8 +83,8 @@ def make_optimizer(name, params, rate):
 ######################## loss and accuracy ########################
 
 def compute_loss(logits, targets, multi_label):
-    """Mean categorical cross-entropy on logits, or for multi-label the mean
-    binary cross-entropy of the sigmoid outputs clipped to [1e-7, 1 - 1e-7]
+    """Port of AED_train.calc_loss and calc_loss_multi: mean categorical cross-entropy on
+    logits, or for multi-label the mean binary cross-entropy of the sigmoid outputs clipped to [1e-7, 1 - 1e-7]
     over all elements. Computed in float32 (safe inside autocast)."""
     logits, targets = logits.float(), targets.float()
     if not multi_label:
@@ -106,19 +100,12 @@ def l2_penalty(net):
     return torch.stack(terms).sum()
 
 
-def accuracy_counts(logits, targets, binary):
-    """(correct, total) as tensors: top-1 hits per image, or with binary the
-    elements where sigmoid > 0.5 agrees with target > 0.5."""
-    if binary:
-        hits = (torch.sigmoid(logits.float()) > 0.5) == (targets > 0.5)
-        return hits.sum(), torch.tensor(hits.numel(), device=hits.device)
-    hits = logits.argmax(dim=1) == targets.argmax(dim=1)
-    return hits.sum(), torch.tensor(hits.numel(), device=hits.device)
-
-
 def accuracy(logits, targets, binary=False):
-    correct, total = accuracy_counts(logits, targets, binary)
-    return correct.item() / max(1, total.item())
+    """Port of AED_train.calc_accuracy (top-1 hits per image) and, with binary,
+    calc_accuracy_multi (elements where sigmoid > 0.5 agrees with target > 0.5): a tensor."""
+    if binary:
+        return ((torch.sigmoid(logits.float()) > 0.5) == (targets > 0.5)).double().mean()
+    return (logits.argmax(dim=1) == targets.argmax(dim=1)).double().mean()
 
 
 ######################## devices and precision ########################
@@ -133,19 +120,12 @@ def distributed_env(environ):
 
 def select_device(name='auto'):
     """'auto' picks CUDA, then Apple MPS, then CPU; anything else is passed to torch.device."""
+    available = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(), 'cpu': True}
     if name == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda')
-        mps = getattr(torch.backends, 'mps', None)
-        if mps is not None and mps.is_available():
-            return torch.device('mps')
-        return torch.device('cpu')
+        return torch.device(next(kind for kind, ok in available.items() if ok))
     device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {name} requested but CUDA is not available')
-    mps = getattr(torch.backends, 'mps', None)
-    if device.type == 'mps' and not (mps is not None and mps.is_available()):
-        raise ValueError(f'device {name} requested but MPS is not available')
+    if not available.get(device.type, True):
+        raise ValueError(f'device {name} requested but {device.type.upper()} is not available')
     return device
 
 
@@ -266,11 +246,12 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
     return mean, batches, bad
 
 
-def all_can_step(group=None):
-    """agree() for train_epoch under torch.distributed: a MIN all-reduce of one
-    CPU flag per batch. group: a gloo group when the default one is NCCL, so
-    the flag never waits for the GPU."""
+def all_can_step():
+    """agree() for train_epoch under torch.distributed: a MIN all-reduce of one CPU flag
+    per batch, through a gloo group where the default one is NCCL (the flag never waits
+    for the GPU). Every process must call it, in the same order."""
     import torch.distributed as dist
+    group = dist.new_group(backend='gloo') if dist.get_backend() == 'nccl' else None
 
     def agree(ok):
         flag = torch.tensor([int(ok)], dtype=torch.int32)
@@ -306,8 +287,7 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
             logits = net(x)
         logits = logits.float()
         loss_sum += compute_loss(logits, y, multi_label).double()
-        correct, total = accuracy_counts(logits, y, binary_accuracy)
-        acc_sum += correct.double() / total
+        acc_sum += accuracy(logits, y, binary_accuracy)
         # one-hot product instead of bincount: deterministic on CUDA too
         truth = F.one_hot(y.argmax(dim=1), num_classes).double()
         guess = F.one_hot(logits.argmax(dim=1), num_classes).double()
@@ -316,16 +296,11 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
     return {'loss_sum': loss_sum, 'acc_sum': acc_sum, 'cm': cm, 'batches': batches, 'bad': bad}
 
 
-class Timer:
-    """Wall-clock seconds that wait for queued GPU work first."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def now(self):
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+def clock(device):
+    """Wall-clock seconds, after the queued GPU work is done."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 ######################## logs and plots ########################
