@@ -20,10 +20,10 @@ legitimate). Under torchrun, BATCH_SIZE is per process and only the first
 process prints and writes files.
 """
 import argparse
-import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +36,17 @@ from tqdm import tqdm
 
 import config as cfg
 from model.audio import read_spec_settings, spec_defaults
-from model.checkpoint import CheckpointError, clean_state_dict, detached_copy, load_weights, save_checkpoint
+from model.checkpoint import (CheckpointError, clean_state_dict, load_weights, resolve_model_path,
+                              save_checkpoint)
 from model.data import DatasetError, SpecDataset, batch_augment, build_cache, make_loader, parse_dataset
 from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import AEDNet, count_params, weighted_layers
-from model.run_settings import CONFIG_SETTINGS, CONSTANTS, SettingsError, settle, training_meta
+from model.run_settings import (CONFIG_SETTINGS, CONSTANTS, Progress, SettingsError, restore_progress,
+                                resume_record, settle, training_meta)
 from model.training import (BackgroundWriter, Precision, all_can_step, clock, configure_backend,
                             describe_schedule, distributed_env, evaluate, learning_rate, make_optimizer,
-                            maybe_compile, plot_training_curves, rng_state, select_device,
-                            set_learning_rate, set_rng_state, train_epoch, write_epoch_log)
+                            maybe_compile, percent, plot_training_curves, rng_states, select_device,
+                            set_learning_rate, train_epoch, write_epoch_log)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -148,31 +150,18 @@ class Job:
     agree: object = None          # under torchrun: all processes skip a batch together
 
 
-@dataclass
-class Best:
-    """The run's progress: the best epoch so far (the original's max_acc, BEST_EPOCH and
-    BEST_MODEL, here a copy of its weights: defect 1) and the epoch log."""
-    epoch: int = 0
-    max_acc: float = -1.0
-    loss: float = math.inf
-    state: dict = None
-    rows: list = field(default_factory=list)
-
-
 def train(args):
     """The run: the original's module-level code, from parseDataset to the last saveModel.
     Returns {'net', 'best_epoch', 'max_acc', 'log', 'interrupted'}; raises SettingsError,
     TrainError or CheckpointError."""
     resume, pretrained = settle(args, warn)
-    for title, path in (('MODEL PATH', args.model_path), ('LOG PATH', args.log_path),
-                        ('CONFMATRIX PATH', args.confmatrix_path)):
-        say(f'{title}: {Path(path).absolute()}')
-    say('LEARNING RATE: ' + describe_schedule(args.learning_rate, args.epoch_start, args.epochs,
-                                              args.lr_descent))
     job, writer = None, BackgroundWriter()
     try:
         job = setup(args, resume, pretrained)
-        best, start = restore_progress(job, resume)
+        best, start = Progress(), args.epoch_start
+        if resume:
+            best, start = restore_progress(resume, args.epochs, job.np_rng, warn)
+            say(f'RESUMING {args.run_name} AT EPOCH {start}')
         say('START TRAINING...')
         epoch, interrupted = start - 1, False
         for epoch in range(start, args.epochs + 1):
@@ -182,7 +171,7 @@ def train(args):
                 set_learning_rate(job.optimizer, lr)
                 sums = add_up(job, train_one_epoch(job, epoch), validate(job))
                 cm = report(job, best, epoch, lr, sums, clock(job.device) - began)
-                rng = gather_rng(job.np_rng)
+                rng = rng_states(job.np_rng)
                 if main_process():
                     save_epoch(job, best, epoch, cm, rng, writer)
             except KeyboardInterrupt:
@@ -205,11 +194,13 @@ def train(args):
 
 def setup(args, resume, pretrained):
     """Device, data, network and optimiser; joins torchrun's process group where there is one."""
+    for title, path in (('MODEL PATH', args.model_path), ('LOG PATH', args.log_path),
+                        ('CONFMATRIX PATH', args.confmatrix_path)):
+        say(f'{title}: {Path(path).absolute()}')
+    say('LEARNING RATE: ' + describe_schedule(args.learning_rate, args.epoch_start, args.epochs,
+                                              args.lr_descent))
     rank, world, local_rank = distributed_env(os.environ) or (0, 1, 0)
-    try:
-        device = select_device(args.device)
-    except (ValueError, RuntimeError) as e:
-        raise TrainError(str(e)) from None
+    device = select_device(args.device)
     if device.type == 'cuda' and world > 1:
         device = torch.device('cuda', local_rank)
         torch.cuda.set_device(device)
@@ -220,8 +211,8 @@ def setup(args, resume, pretrained):
         warn(f'batch size {args.batch_size} is larger than the training set '
              f'({batch_size} images per process); using {batch_size}')
     module, meta = build_network(args, classes, train_items, val_items, resume, pretrained, rank, world)
-    channels_last = device.type == 'cuda'
-    module = module.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    cuda = device.type == 'cuda'
+    module = module.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
     precision = Precision(device, args.mixed_precision)
     optimizer = make_optimizer(args.optimizer, module.parameters(), learning_rate(
         args.learning_rate, args.epoch_start, args.epochs, args.lr_descent))
@@ -230,22 +221,21 @@ def setup(args, resume, pretrained):
         if resume.get('scaler'):
             precision.scaler.load_state_dict(resume['scaler'])
     say(f'DEVICE: {device} ({precision}), {world} PROCESS(ES), BATCH SIZE {batch_size}')
+    loaders = make_loaders(args, classes, train_items, val_items, batch_size, cuda, rank, world)
     net, agree = module, None
     if world > 1:
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        dist.init_process_group('nccl' if cuda else 'gloo')
         agree = all_can_step()
-        net = DistributedDataParallel(module, device_ids=[device.index] if channels_last else None)
+        net = DistributedDataParallel(module, device_ids=[device.index] if cuda else None)
     net, warning = maybe_compile(net, args.compile)
     if warning:
         warn(warning)
-    train_loader, val_loader = make_loaders(args, classes, train_items, val_items, batch_size,
-                                            device, rank, world)
-    return Job(args, device, module, net, optimizer, precision, train_loader, val_loader, meta,
+    return Job(args, device, module, net, optimizer, precision, *loaders, meta,
                np.random.default_rng([args.seed, rank]), agree)
 
 
 def read_dataset(args, resume):
-    """Port of AED_train.parseDataset's use: class folders -> classes, train and val items."""
+    """AED_train.parseDataset's part: class folders -> classes, train and val items, and the lines."""
     try:
         classes, train_items, val_items, stats = parse_dataset(
             args.dataset, args.min_samples_per_class, args.max_samples_per_class,
@@ -285,9 +275,10 @@ def build_network(args, classes, train_items, val_items, resume, pretrained, ran
     say(f'MODEL HAS {weighted_layers(net)} WEIGHTED LAYERS')
     say(f'MODEL HAS {count_params(net)} PARAMS')
     if pretrained:
-        load_weights(net, pretrained, args.load_output_layer, source=str(args.pretrained))
-        say(f'IMPORTED MODEL PARAMS FROM {args.pretrained}'
-            + ('' if args.load_output_layer else ' (ALL BUT THE OUTPUT LAYER)'))
+        path = resolve_model_path(args.pretrained, args.model_path)
+        load_weights(net, pretrained, args.load_output_layer, source=str(path))
+        say(f'IMPORTED MODEL PARAMS FROM {path}' + ('' if args.load_output_layer
+                                                   else ' (ALL BUT THE OUTPUT LAYER)'))
     meta = {'classes': list(classes), 'run_name': args.run_name, 'im_size': list(args.im_size),
             'im_dim': args.im_dim, 'filters': args.filters, 'dropout': args.dropout,
             'nonlinearity': args.nonlinearity, 'multi_label': args.multi_label,
@@ -298,18 +289,17 @@ def build_network(args, classes, train_items, val_items, resume, pretrained, ran
     return net, meta
 
 
-def make_loaders(args, classes, train_items, val_items, batch_size, device, rank, world):
-    """Port of AED_train.getNextImageBatch: the training and validation loaders (None
-    without validation images). Under torchrun each process trains and validates its own share."""
-    im_size, pin = tuple(args.im_size), device.type == 'cuda'
+def make_loaders(args, classes, train_items, val_items, batch_size, pin, rank, world):
+    """Port of AED_train.getDatasetChunk and getNextImageBatch: the training loader and the
+    validation one (None without validation images). Under torchrun each process trains
+    and validates its own share."""
+    im_size = tuple(args.im_size)
     cache = None
     if args.use_cache:
-        cache = build_cache(train_items + val_items, im_size, args.im_dim, workers=args.workers,
-                            progress=main_process())
+        cache = build_cache(train_items + val_items, im_size, args.im_dim, args.workers, main_process())
     train_set = SpecDataset(train_items, len(classes), im_size, args.im_dim, args.augmentation,
-                            seed=args.seed, cache=cache, replace_unreadable=True)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank,
-                                 shuffle=args.randomize_train_set, seed=args.seed)
+                            args.seed, cache, replace_unreadable=True)
+    sampler = DistributedSampler(train_set, world, rank, shuffle=args.randomize_train_set, seed=args.seed)
     train_loader = make_loader(train_set, batch_size, args.workers, sampler, pin)
     if not val_items:
         return train_loader, None
@@ -319,66 +309,37 @@ def make_loaders(args, classes, train_items, val_items, batch_size, device, rank
     return train_loader, make_loader(val_part, batch_size, args.workers, pin_memory=pin)
 
 
-def restore_progress(job, resume):
-    """(Best, first epoch): a resumed run's log, best epoch and random state."""
-    if not resume:
-        return Best(), job.args.epoch_start
-    best = Best(resume['best_epoch'], resume['max_acc'], resume['best_loss'],
-                resume.get('best_state') or clean_state_dict(job.module.state_dict()),
-                list(resume.get('log', [])))
-    # every process has its own random state (older checkpoints held rank 0's alone, as a dict)
-    states = resume['rng'] if isinstance(resume['rng'], list) else [resume['rng']]
-    rank, world, _ = distributed_env(os.environ) or (0, 1, 0)
-    if len(states) < world:
-        warn(f'the run saved the random states of {len(states)} process(es); '
-             f'the others continue from fresh seeds')
-    if rank < len(states):
-        set_rng_state(states[rank], job.np_rng)
-    start = resume['epoch'] + 1
-    say(f'RESUMING {job.args.run_name} AT EPOCH {start}')
-    if start > job.args.epochs:
-        warn(f'nothing to train: the run already reached epoch {start - 1} of {job.args.epochs}')
-    return best, start
-
-
 # ---------------------------------------------------------------- the steps of an epoch
-
-def mixer(batch_size, mean_targets, rng):
-    """Port of getNextImageBatch's batch augmentation (MULTI_LABEL), for reasonably full batches."""
-    def mix(x, y):
-        return batch_augment(x, y, mean_targets, rng) if x.shape[0] >= batch_size // 2 else (x, y)
-    return mix
-
 
 def train_one_epoch(job, epoch):
     """One pass over this process's training share; returns [loss sum, batches, unreadable]."""
     args, loader = job.args, job.train_loader
     loader.sampler.set_epoch(epoch)  # each epoch its own shuffle...
     loader.dataset.set_epoch(epoch)  # ...and its own augmentation
-    mix = mixer(loader.batch_size, args.mean_targets_per_image, job.np_rng) if args.multi_label else None
+    mix = partial(batch_augment, mean_targets=args.mean_targets_per_image, rng=job.np_rng,
+                  min_images=loader.batch_size // 2) if args.multi_label else None
     with tqdm(total=len(loader), desc=f'EPOCH {epoch}', unit='batch', leave=False,
               disable=not main_process()) as bar:
-        loss, batches, bad = train_epoch(job.net, loader, job.optimizer, job.device, job.precision,
-                                         args.multi_label, args.l2_weight, batch_transform=mix,
-                                         channels_last=job.device.type == 'cuda', progress=bar,
-                                         agree=job.agree)
+        totals = train_epoch(job.net, loader, job.optimizer, job.device, job.precision,
+                             args.multi_label, args.l2_weight, batch_transform=mix,
+                             channels_last=job.device.type == 'cuda', progress=bar, agree=job.agree)
     if dist.is_initialized():
         # DDP keeps the weights equal; batch-norm statistics are made equal here
         for buffer in job.module.buffers():
             dist.broadcast(buffer, src=0)
-    return [loss * batches, batches, bad]
+    return totals
 
 
 def validate(job):
     """Validation sums of this process (see model.training.evaluate), or None without a validation set."""
-    args = job.args
-    if job.val_loader is None:
+    args, loader = job.args, job.val_loader
+    if loader is None:
         return None
     # as in the original, VAL_HAS_MULTI_LABEL alone mixes validation batches; the same mixing every epoch
-    rank = (distributed_env(os.environ) or (0,))[0]
-    mix = (mixer(job.val_loader.batch_size, args.mean_targets_per_image,
-                 np.random.default_rng([args.seed, 2, rank])) if args.val_has_multi_label else None)
-    return evaluate(job.module, job.val_loader, job.device, job.precision, len(job.meta['classes']),
+    rng = np.random.default_rng([args.seed, 2, (distributed_env(os.environ) or (0,))[0]])
+    mix = partial(batch_augment, mean_targets=args.mean_targets_per_image, rng=rng,
+                  min_images=loader.batch_size // 2) if args.val_has_multi_label else None
+    return evaluate(job.module, loader, job.device, job.precision, len(job.meta['classes']),
                     args.multi_label, args.multi_label and args.val_has_multi_label,
                     batch_transform=mix, channels_last=job.device.type == 'cuda')
 
@@ -396,11 +357,6 @@ def add_up(job, totals, stats):
     return packed.cpu().numpy()
 
 
-def val_percent(fraction):
-    """Accuracy in % truncated to 0.1, as the original printed and compared it."""
-    return math.floor(fraction * 1000 + 1e-6) / 10.0
-
-
 def report(job, best, epoch, lr, sums, seconds):
     """Print the epoch line, log the row, keep the best weights; returns the confusion matrix or None."""
     batches, bad = int(sums[1]), int(sums[2])
@@ -415,7 +371,7 @@ def report(job, best, epoch, lr, sums, seconds):
         cm, bad = sums[7:].reshape(k, k).astype(np.int64), bad + int(val_bad)
         # means of the batch means, as the original averaged them
         val_loss = val_loss_sum / val_batches if val_batches else float('nan')
-        acc = val_percent(acc_sum / val_batches) if val_batches else 0.0
+        acc = percent(acc_sum / val_batches) if val_batches else 0.0
         row.update(val_loss=round(float(val_loss), 6), val_accuracy=acc)
         val_loss = f'{val_loss:.6f}'
     best.rows.append({**row, 'bad_images': bad})
@@ -431,16 +387,6 @@ def report(job, best, epoch, lr, sums, seconds):
     return cm
 
 
-def gather_rng(np_rng):
-    """The random states of all processes, in rank order (each has its own dropout and mixing)."""
-    state = rng_state(np_rng)
-    if not dist.is_initialized():
-        return [state]
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)
-    return states
-
-
 def save_epoch(job, best, epoch, cm, rng, writer):
     """Port of the original's per-epoch showConfusionMatrix and saveModel: hand the epoch's
     log, plots, snapshot and resume checkpoint (rng: every process's random state) to the
@@ -451,11 +397,7 @@ def save_epoch(job, best, epoch, cm, rng, writer):
     meta = {**job.meta, 'epoch': epoch}
     snapshot = (run_path(args, 'snapshot', epoch)
                 if -1 in args.snapshot_epochs or epoch in args.snapshot_epochs else None)
-    resume = dict(resume=True, optimizer=detached_copy(job.optimizer.state_dict()),
-                  scaler=job.precision.scaler.state_dict(),
-                  best_state=None if best.epoch == epoch else best.state,
-                  best_epoch=best.epoch, max_acc=best.max_acc, best_loss=float(best.loss),
-                  log=list(best.rows), rng=rng)
+    resume = resume_record(best, epoch, job.optimizer, job.precision.scaler, rng)
     writer.submit(write_epoch_files, args, epoch, cm, list(best.rows), weights, meta, snapshot, resume)
     if snapshot:
         say(f'SNAPSHOT SAVED: {snapshot}')

@@ -95,13 +95,6 @@ def checkpoint_meta(ckpt):
     return json.loads(json.dumps({k: v for k, v in meta.items() if v is not SKIP}))
 
 
-def class_counts(classes, items):
-    """{class name: number of items} for (path, class index) items, every class listed."""
-    counts = np.bincount(np.array([label for _, label in items], dtype=np.int64),
-                         minlength=len(classes))
-    return {c: int(n) for c, n in zip(classes, counts)}
-
-
 def save_checkpoint(path, net, meta, **extra):
     """Write weights and metadata atomically (a crash never leaves half a file); returns
     the Path. net: a module (torch.compile and DDP wrappers are fine), or a state dict

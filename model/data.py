@@ -1,10 +1,8 @@
 """Training data: dataset split, image loading, augmentation and batching.
 
-Pure functions with explicit parameters (the scripts pass config values in),
-plus a torch Dataset and DataLoader factory built on them. Images are
-(C, H, W) float32 arrays in [0, 1]; targets are one-hot float32 vectors.
-Random draws use numpy Generators seeded from (seed, epoch, index), so an
-epoch's batches do not depend on the number of loader workers.
+Pure functions with explicit parameters, plus a torch Dataset and DataLoader
+built on them. Images are (C, H, W) float32 arrays in [0, 1]; targets are
+one-hot float32 vectors.
 """
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -44,12 +42,10 @@ def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val
                   seed=1337):
     """Split a folder of class sub-folders into training and validation items.
 
-    Port of AED_train.parseDataset. Returns (classes, train, val, stats): the
-    class names, lists of (image path, class index) and {class: image count}
-    (after capping at max_samples and oversampling up to min_samples, like the
-    original's CLASS LABELS line). One numpy Generator seeded with `seed` drives
-    the class shuffle (sort_classes=False), the oversampling and the split
-    shuffle, so the result depends only on the folder contents and the seed.
+    Port of AED_train.parseDataset. Returns (classes, train, val, stats): the class names,
+    lists of (image path, class index) and {class: image count} (after capping at
+    max_samples and oversampling up to min_samples: the original's CLASS LABELS line).
+    The result depends only on the folder contents and the seed.
     """
     root = Path(path)
     rng = np.random.default_rng(seed)
@@ -89,13 +85,11 @@ def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val
 def read_image_uint8(path, im_size, im_dim):
     """Decode an image file into uint8 (im_dim, H, W), resized to im_size=(width, height).
 
-    The decoding half of AED_train.openImage: colour images are made grey with
-    cv2's BGR->GRAY weights and grey images copied to three BGR channels, as
-    the original's cv2.imread + cvtColor did; 16-bit images become 8-bit and
-    alpha is dropped. Raises ImageError with the reason.
+    The decoding half of AED_train.openImage: colour images are made grey with cv2's
+    BGR->GRAY weights and grey images copied to three BGR channels, as the original's
+    cv2.imread + cvtColor did; 16-bit images become 8-bit and alpha is dropped. Raises
+    ImageError with the reason.
     """
-    if im_dim not in (1, 3):
-        raise ValueError(f'image channels must be 1 or 3, got {im_dim}')
     try:
         data = np.fromfile(path, dtype=np.uint8)  # works for unicode paths on every OS
     except OSError as e:
@@ -127,11 +121,8 @@ def to_float(img):
 
 
 def load_image(path, im_size, im_dim):
-    """Float32 (im_dim, H, W) image in [0, 1], resized to im_size=(width, height).
-
-    Port of AED_train.openImage (without its dict cache; see build_cache).
-    Raises ImageError('<reason>') for a missing, empty or undecodable file.
-    """
+    """Port of AED_train.openImage (its cache: build_cache): float32 (im_dim, H, W) in [0, 1],
+    resized to im_size=(width, height); ImageError for a missing, empty or undecodable file."""
     return to_float(read_image_uint8(path, im_size, im_dim))
 
 
@@ -149,7 +140,8 @@ def _is_pair(v):
 # The known augmentations, in the order augment() applies them: (test of the value, what it must be)
 AUGMENTATIONS = {
     'crop': (lambda v: _is_number(v) and 0 <= v < 0.5, 'a fraction in [0, 0.5)'),
-    'flip': (lambda v: _is_number(v) and int(v) == v, 'a cv2 flip code (1 horizontal, 0 vertical, -1 both)'),
+    'flip': (lambda v: _is_number(v) and int(v) == v,
+             'a cv2 flip code (1 horizontal, 0 vertical, -1 both)'),
     'roll': (lambda v: _is_pair(v) and min(v) >= 0, '(x_fraction, y_fraction) with both >= 0'),
     'mean': (_is_number, 'a number'),
     'noise': (lambda v: _is_number(v) and v >= 0, 'a variance >= 0'),
@@ -238,7 +230,7 @@ def augment(img, rng, augmentation, copy=True):
     return out.copy() if copy and out is img else out
 
 
-def batch_augment(x, y, mean_targets, rng, max_steps=None):
+def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
     """Mix images of a batch until it has mean_targets targets per image on average.
 
     Port of AED_train.getAugmentedBatches (MULTI_LABEL training), in place on torch
@@ -246,11 +238,13 @@ def batch_augment(x, y, mean_targets, rng, max_steps=None):
     any pair i != j, as the original drew, adds image j onto image i, re-normalises
     image i to [0, 1] and ORs the targets. The original could loop forever (defect 6);
     here at most max_steps (default 20 * B) steps run, and none where the batch's
-    classes together are fewer than mean_targets. Returns (x, y).
+    classes together are fewer than mean_targets. A batch of fewer than min_images
+    is left alone (the original mixed only batches of at least BATCH_SIZE // 2).
+    Returns (x, y).
     """
     b = len(y)
     max_steps = 20 * b if max_steps is None else max_steps
-    if b < 2 or float((y.sum(0) > 0).sum()) < mean_targets:
+    if b < max(2, min_images) or float((y.sum(0) > 0).sum()) < mean_targets:
         return x, y
     for _ in range(max_steps):
         if float(y.sum(1).mean()) >= mean_targets:
@@ -299,10 +293,10 @@ def build_cache(items, im_size, im_dim, workers=0, progress=True):
         except ImageError as e:
             cache.errors[str(paths[row])] = str(e)
 
-    with tqdm(total=len(paths), unit='img', desc='CACHING IMAGES', disable=not progress) as bar, \
-            ThreadPoolExecutor(max(1, workers)) as pool:
-        for _ in pool.map(fill, range(len(paths))):
-            bar.update()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for _ in tqdm(pool.map(fill, range(len(paths))), total=len(paths), unit='img',
+                      desc='CACHING IMAGES', disable=not progress):
+            pass
     return cache
 
 

@@ -1,18 +1,23 @@
 """AED_train.py's run settings: the checks before any work, what every checkpoint records
-about its run, and --resume restoring a run's own settings.
+about its run, and --resume: a run's own settings and its progress, written into its
+AED_<RUN_NAME>_last.pt and restored from it.
 
 The functions take the namespace AED_train.parse_args builds: the flags plus config.py's
 constants under the keys of CONFIG_SETTINGS and CONSTANTS (none of them reads config.py).
 Each problem is one line, made with model.config_checks, and all are reported together.
 """
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 from model import config_checks as check
-from model.checkpoint import CheckpointError, load_checkpoint, plain, resolve_model_path
+from model.checkpoint import CheckpointError, detached_copy, load_checkpoint, plain, resolve_model_path
 from model.data import augmentation_problems
 from model.net import ACTIVATIONS, flat_size
+from model.training import select_device, set_rng_state
 
 # run settings only config.py sets, recorded in every checkpoint: key: constant
 CONFIG_SETTINGS = {
@@ -104,7 +109,7 @@ def problems(s):
         else check.whole('MAX_SAMPLES_PER_CLASS (None = no limit)', s.max_samples_per_class, 1),
         check.whole('CONFMATRIX_MAX_CLASSES', s.confmatrix_max_classes, 1),
         check.one_of('OPTIMIZER', s.optimizer, ('adam', 'nesterov')),
-        check.device('DEVICE (--device)', s.device),
+        _device_problem(s.device),
         check.spec_window('SPEC_LENGTH', s.spec_length, 'SPEC_OVERLAP', s.spec_overlap),
         check.whole('SAMPLE_RATE', s.sample_rate, 1),
         check.one_of('RESAMPLE_METHOD', s.resample_method, check.RESAMPLE_METHODS),
@@ -116,6 +121,17 @@ def problems(s):
         *_schedule_problems(s),
         *_network_problems(s),
     ]
+
+
+def _device_problem(name):
+    """A device name torch knows, of a kind this machine has."""
+    problem = check.device('DEVICE (--device)', name)
+    if problem is None:
+        try:
+            select_device(name)
+        except ValueError as e:
+            problem = f'DEVICE (--device): {e}'
+    return problem
 
 
 def _schedule_problems(s):
@@ -197,3 +213,41 @@ def training_meta(s, classes, train_items, val_items):
     meta['class_counts'] = {'train': class_counts(classes, train_items),
                             'val': class_counts(classes, val_items)}
     return plain(meta)
+
+
+@dataclass
+class Progress:
+    """What a run has done: the best epoch so far (the original's max_acc, BEST_EPOCH and
+    BEST_MODEL, here a copy of its weights: defect 1) and the epoch log."""
+    epoch: int = 0
+    max_acc: float = -1.0
+    loss: float = math.inf
+    state: dict = None
+    rows: list = field(default_factory=list)
+
+
+def resume_record(progress, epoch, optimizer, scaler, rng):
+    """What AED_<RUN_NAME>_last.pt holds after `epoch` besides its weights: the optimiser's
+    and the loss scaler's state, the progress and every process's random state (rng)."""
+    return dict(resume=True, optimizer=detached_copy(optimizer.state_dict()), scaler=scaler.state_dict(),
+                # when this epoch is the best, the best weights are the checkpoint's own
+                best_state=None if progress.epoch == epoch else progress.state,
+                best_epoch=progress.epoch, max_acc=progress.max_acc, best_loss=float(progress.loss),
+                log=list(progress.rows), rng=rng)
+
+
+def restore_progress(ckpt, epochs, np_rng, warn):
+    """A resume checkpoint's progress, with this process's random state restored (older
+    checkpoints held rank 0's alone, as a dict); returns (Progress, first epoch to train)."""
+    progress = Progress(ckpt['best_epoch'], ckpt['max_acc'], ckpt['best_loss'],
+                        ckpt.get('best_state') or ckpt['state_dict'], list(ckpt.get('log', [])))
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    states = ckpt['rng'] if isinstance(ckpt['rng'], list) else [ckpt['rng']]
+    if len(states) < world:
+        warn(f'the run saved the random states of {len(states)} process(es); '
+             f'the others continue from fresh seeds')
+    if rank < len(states):
+        set_rng_state(states[rank], np_rng)
+    if ckpt['epoch'] >= epochs:
+        warn(f'nothing to train: the run already reached epoch {ckpt["epoch"]} of {epochs}')
+    return progress, ckpt['epoch'] + 1

@@ -1,9 +1,8 @@
 """Training helpers for AED_train.py: schedule, loss, accuracy, optimiser, loops, logs.
-
-Every function takes its settings as arguments (none reads config.py), so the
-script, the tests and the benchmark share exactly the same code.
+Every function takes its settings as arguments (none reads config.py).
 """
 import csv
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,8 +83,8 @@ def make_optimizer(name, params, rate):
 
 def compute_loss(logits, targets, multi_label):
     """Port of AED_train.calc_loss and calc_loss_multi: mean categorical cross-entropy on
-    logits, or for multi-label the mean binary cross-entropy of the sigmoid outputs clipped to [1e-7, 1 - 1e-7]
-    over all elements. Computed in float32 (safe inside autocast)."""
+    logits, or for multi-label the mean binary cross-entropy of the sigmoid outputs clipped
+    to [1e-7, 1 - 1e-7] over all elements. Computed in float32 (safe inside autocast)."""
     logits, targets = logits.float(), targets.float()
     if not multi_label:
         return F.cross_entropy(logits, targets)
@@ -98,6 +97,11 @@ def l2_penalty(net):
     """Sum of squared weights of conv and dense layers (no biases, no batch norm)."""
     terms = [m.weight.pow(2).sum() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return torch.stack(terms).sum()
+
+
+def percent(fraction):
+    """Accuracy in % truncated to 0.1, as the original printed and compared it."""
+    return math.floor(fraction * 1000 + 1e-6) / 10.0
 
 
 def accuracy(logits, targets, binary=False):
@@ -120,7 +124,8 @@ def distributed_env(environ):
 
 def select_device(name='auto'):
     """'auto' picks CUDA, then Apple MPS, then CPU; anything else is passed to torch.device."""
-    available = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(), 'cpu': True}
+    available = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(),
+                 'cpu': True}
     if name == 'auto':
         return torch.device(next(kind for kind, ok in available.items() if ok))
     device = torch.device(name)
@@ -134,19 +139,15 @@ class Precision:
     fp16 with a GradScaler. Elsewhere (or with enabled=False) plain float32."""
 
     def __init__(self, device, enabled=True):
-        self.enabled = bool(enabled) and device.type == 'cuda'
         self.dtype = None
-        if self.enabled:
+        if enabled and device.type == 'cuda':
             # emulated bf16 (T4, V100) is slower than fp16
             native = torch.cuda.is_bf16_supported(including_emulation=False)
             self.dtype = torch.bfloat16 if native else torch.float16
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.enabled and self.dtype == torch.float16)
-        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.dtype == torch.float16)
 
     def autocast(self):
-        if not self.enabled:
-            return nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+        return nullcontext() if self.dtype is None else torch.autocast('cuda', dtype=self.dtype)
 
     def __str__(self):
         return {None: 'float32', torch.bfloat16: 'bf16 autocast',
@@ -169,12 +170,9 @@ def configure_backend(device, deterministic):
 
 
 def maybe_compile(net, enabled):
-    """torch.compile(net) when enabled; returns (network, warning or None).
-
-    Where torch.compile is missing or cannot build on this platform, the plain
-    network is returned with a one-line warning instead of failing the run.
-    Compilation itself is lazy: errors at the first forward are not caught here.
-    """
+    """(torch.compile(net) when enabled, None), or (net, a one-line warning) where torch.compile
+    is missing or cannot build here. Compiling is lazy: errors at the first forward are not
+    caught here."""
     if not enabled:
         return net, None
     compile_fn = getattr(torch, 'compile', None)
@@ -211,17 +209,15 @@ def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
 
 def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight=0.0,
                 batch_transform=None, channels_last=False, progress=None, agree=None):
-    """Train over loader once; returns (mean batch loss, batches, unreadable images).
+    """Train over loader once, as the original's loop over train_net; returns (sum of the
+    batch losses, batches, unreadable images).
 
-    loader yields (x, y, n_bad) as model.data.collate makes them.
-    batch_transform(x, y) -> (x, y) runs on the CPU tensors before the copy to
-    the device (batch augmentation). Batches of fewer than 2 images are
-    skipped: batch norm cannot normalise a single image in training mode.
-    progress: optional tqdm bar, advanced once per batch.
-    agree(ok) -> bool: under DDP, whether every process can step (see
-    all_can_step); all skip a batch together, else their gradient
-    all-reduces fall out of step and one process waits forever.
-    """
+    loader yields (x, y, unreadable) as model.data.collate makes them. batch_transform(x, y)
+    -> (x, y) runs on the CPU tensors (batch augmentation). Batches of fewer than 2 images
+    are skipped: batch norm cannot normalise one image in training mode. progress: a tqdm
+    bar. agree(ok) -> bool: under DDP, whether every process can step (all_can_step); all
+    skip a batch together, else their gradient all-reduces fall out of step and one waits
+    forever."""
     net.train()
     loss_sum = torch.zeros((), device=device)
     batches = bad = 0
@@ -242,8 +238,7 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
             # reading the loss syncs the GPU, so only now and then
             if batches and batches % 10 == 0:
                 progress.set_postfix(loss=f'{loss_sum.item() / batches:.4f}')
-    mean = loss_sum.item() / batches if batches else float('nan')
-    return mean, batches, bad
+    return loss_sum.item(), batches, bad
 
 
 def all_can_step():
@@ -263,13 +258,10 @@ def all_can_step():
 @torch.no_grad()
 def evaluate(net, loader, device, precision, num_classes, multi_label, binary_accuracy,
              batch_transform=None, channels_last=False):
-    """Validate; returns a dict of loss_sum and acc_sum (sums of the batch means
-    of loss and accuracy, as the original averaged them: divide by batches),
-    batches, bad (unreadable images) and cm (confusion matrix tensor
-    (K, K), rows = argmax of targets).
-
-    Sums, not means, so results of several processes can simply be added.
-    """
+    """Validate, as the original's loop over test_net; returns a dict of loss_sum and
+    acc_sum (sums of the batch means, as the original averaged them: divide by batches),
+    batches, bad (unreadable images) and cm (confusion matrix tensor (K, K), rows = targets):
+    sums, so that the results of several processes can be added."""
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     acc_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -316,12 +308,11 @@ class BackgroundWriter:
     """
 
     def __init__(self):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='aed-writer')
-        self._pending = None
+        self._pool, self._pending = ThreadPoolExecutor(1, thread_name_prefix='aed-writer'), None
 
-    def submit(self, fn, *args, **kwargs):
+    def submit(self, fn, *args):
         self.wait()
-        self._pending = self._pool.submit(fn, *args, **kwargs)
+        self._pending = self._pool.submit(fn, *args)
 
     def wait(self):
         """Block until the submitted job is done; re-raises its exception."""
@@ -340,11 +331,8 @@ LOG_FIELDS = ('epoch', 'train_loss', 'val_loss', 'val_accuracy', 'lr', 'time_s',
 
 
 def write_epoch_log(path, rows):
-    """(Re)write the CSV log of all epochs so far, atomically; returns the Path.
-
-    rows: dicts with the LOG_FIELDS keys (missing values are left empty).
-    Rewriting the whole file keeps it consistent after a resumed run.
-    """
+    """(Re)write the CSV log of all epochs so far (dicts with the LOG_FIELDS keys; missing
+    values are left empty), atomically: a resumed run keeps it whole. Returns the Path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.part')
@@ -374,16 +362,12 @@ def plot_training_curves(rows, path, title):
     ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax_loss.plot(epochs, series('train_loss'), 'o-', label='train')
     ax_loss.plot(epochs, series('val_loss'), 's-', label='validation')
-    ax_loss.set_xlabel('epoch')
-    ax_loss.set_ylabel('loss')
     ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
     ax_acc.plot(epochs, series('val_accuracy'), 'o-', color='tab:green')
-    ax_acc.set_xlabel('epoch')
-    ax_acc.set_ylabel('validation accuracy (%)')
     ax_acc.set_ylim(0, 100)
-    ax_acc.grid(alpha=0.3)
-    for ax in (ax_loss, ax_acc):
+    for ax, label in ((ax_loss, 'loss'), (ax_acc, 'validation accuracy (%)')):
+        ax.set(xlabel='epoch', ylabel=label)
+        ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     return save_figure(fig, path)
@@ -391,12 +375,18 @@ def plot_training_curves(rows, path, title):
 
 ######################## random state for resuming ########################
 
-def rng_state(np_rng):
-    """Torch (CPU and CUDA) and numpy Generator states, in types weights_only can load."""
+def rng_states(np_rng):
+    """[torch (CPU and CUDA) and numpy Generator states] of every process in rank order (one
+    without torch.distributed), in types weights_only can load."""
+    import torch.distributed as dist
     state = {'torch': torch.get_rng_state(), 'numpy': np_rng.bit_generator.state}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
+    if not dist.is_initialized():
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
 
 
 def set_rng_state(state, np_rng):

@@ -17,7 +17,7 @@ import config as cfg
 from model.checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.net import AEDNet, count_params, weighted_layers
 from model.training import (Precision, accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
-                            plot_training_curves, select_device, write_epoch_log)
+                            percent, plot_training_curves, select_device, write_epoch_log)
 
 TINY = ['--im-size', '64', '64', '--filters', '4', '--batch-size', '16', '--device', 'cpu']
 
@@ -647,7 +647,7 @@ def test_epoch_line_reports_the_mean_of_batch_means(specs, out, monkeypatch, cap
     assert stats[0]['batches'] == 2
     line = re.search(r'VAL LOSS: ([\d.]+) VAL ACCURACY: ([\d.]+) %', capsys.readouterr().out)
     assert float(line[1]) == pytest.approx(stats[0]['loss_sum'].item() / 2, abs=1e-6)
-    assert float(line[2]) == AED_train.val_percent(stats[0]['acc_sum'].item() / 2)
+    assert float(line[2]) == percent(stats[0]['acc_sum'].item() / 2)
 
 
 def test_detached_copy_is_not_changed_by_later_steps():
