@@ -11,13 +11,10 @@ weights are saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_
     python AED_train.py --resume model/AED_Demo_last.pt
     torchrun --nproc_per_node=4 AED_train.py --run-name Urban4gpu
 
-Every setting is checked before any work (model/run_settings.py): each bad
-constant or flag is one ERROR line, and the run stops with exit status 2.
---resume restores the run's own settings (recorded in its checkpoint); a flag
-given with it overrides one, with a warning. BATCH_SIZE larger than the
-training set is clamped to its size with a warning (a small dataset is
-legitimate). Under torchrun, BATCH_SIZE is per process and only the first
-process prints and writes files.
+Every setting is checked before any work (model/run_settings.py): each bad one is
+an ERROR line, exit status 2. --resume restores the run's own settings; a flag given
+with it overrides one, with a warning. Under torchrun, BATCH_SIZE is per process and
+only the first process prints and writes files.
 """
 import argparse
 import os
@@ -43,7 +40,7 @@ from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import AEDNet, count_params, weighted_layers
 from model.run_settings import (CONFIG_SETTINGS, CONSTANTS, Progress, SettingsError, restore_progress,
                                 resume_record, settle, training_meta)
-from model.training import (BackgroundWriter, Precision, all_can_step, clock, configure_backend,
+from model.training import (BackgroundWriter, Precision, add_up, all_can_step, clock, configure_backend,
                             describe_schedule, distributed_env, evaluate, learning_rate, make_optimizer,
                             maybe_compile, percent, plot_training_curves, rng_states, select_device,
                             set_learning_rate, train_epoch, write_epoch_log)
@@ -51,11 +48,10 @@ from model.training import (BackgroundWriter, Precision, all_can_step, clock, co
 ROOT = Path(__file__).resolve().parent
 
 
-class TrainError(Exception):
-    """Input that makes training impossible (exit status 1); the message says why."""
-
-
-def build_parser():
+def parse_args(argv):
+    """The flags and config.py's other constants in one namespace (model/run_settings.py
+    names them), plus args.explicit: the flags given (a resumed run keeps its own settings
+    except for these)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--dataset', type=Path, default=ROOT / cfg.DATASET_PATH,
@@ -88,19 +84,11 @@ def build_parser():
                    help='reproducible runs: deterministic algorithms, no cuDNN autotuning')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.COMPILE,
                    help='train with torch.compile (falls back with a warning where unavailable)')
-    return p
-
-
-def parse_args(argv):
-    """The flags and config.py's other constants in one namespace (model/run_settings.py
-    names them), plus args.explicit: the flags given (a resumed run keeps its own settings
-    except for these)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = p.parse_args(argv)
     # parsed again into a namespace that already holds every name: argparse then sets
     # no defaults, so only the flags on the command line replace the placeholder
     unset = object()
-    given = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
+    given = p.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
     args.explicit = {name for name, value in vars(given).items() if value is not unset}
     for key, name in {**CONFIG_SETTINGS, **CONSTANTS}.items():
         setattr(args, key, getattr(cfg, name))
@@ -112,14 +100,14 @@ def main_process():
     return (distributed_env(os.environ) or (0,))[0] == 0
 
 
-def say(line):
+def say(line, file=None):
+    """A line from the first process: results on stdout, else file (tqdm.write keeps a bar intact)."""
     if main_process():
-        tqdm.write(line, file=sys.stdout)  # tqdm.write keeps a progress bar intact
+        tqdm.write(line, file=file or sys.stdout)
 
 
 def warn(line):
-    if main_process():
-        tqdm.write(f'WARNING: {line}', file=sys.stderr)
+    say(f'WARNING: {line}', sys.stderr)
 
 
 def run_path(args, kind, epoch=None):
@@ -153,7 +141,7 @@ class Job:
 def train(args):
     """The run: the original's module-level code, from parseDataset to the last saveModel.
     Returns {'net', 'best_epoch', 'max_acc', 'log', 'interrupted'}; raises SettingsError,
-    TrainError or CheckpointError."""
+    DatasetError (images it cannot train on) or CheckpointError."""
     resume, pretrained = settle(args, warn)
     job, writer = None, BackgroundWriter()
     try:
@@ -169,7 +157,7 @@ def train(args):
                 began = clock(job.device)
                 lr = learning_rate(args.learning_rate, epoch, args.epochs, args.lr_descent)
                 set_learning_rate(job.optimizer, lr)
-                sums = add_up(job, train_one_epoch(job, epoch), validate(job))
+                sums = add_up(train_one_epoch(job, epoch), validate(job), job.device)
                 cm = report(job, best, epoch, lr, sums, clock(job.device) - began)
                 rng = rng_states(job.np_rng)
                 if main_process():
@@ -236,14 +224,11 @@ def setup(args, resume, pretrained):
 
 def read_dataset(args, resume):
     """AED_train.parseDataset's part: class folders -> classes, train and val items, and the lines."""
-    try:
-        classes, train_items, val_items, stats = parse_dataset(
-            args.dataset, args.min_samples_per_class, args.max_samples_per_class,
-            args.sort_classes, args.val_split, args.seed)
-    except DatasetError as e:
-        raise TrainError(str(e)) from None
+    classes, train_items, val_items, stats = parse_dataset(
+        args.dataset, args.min_samples_per_class, args.max_samples_per_class, args.sort_classes,
+        args.val_split, args.seed)
     if not train_items:
-        raise TrainError(f'no training images left in {args.dataset} after the validation split')
+        raise DatasetError(f'no training images left in {args.dataset} after the validation split')
     say(f'CLASSES: {len(classes)}')
     say(f'CLASS LABELS: {sorted(stats.items(), key=lambda kv: kv[1])}')
     say(f'TRAINING IMAGES: {len(train_items)}')
@@ -318,6 +303,7 @@ def train_one_epoch(job, epoch):
     loader.dataset.set_epoch(epoch)  # ...and its own augmentation
     mix = partial(batch_augment, mean_targets=args.mean_targets_per_image, rng=job.np_rng,
                   min_images=loader.batch_size // 2) if args.multi_label else None
+    # port of AED_train.showProgress
     with tqdm(total=len(loader), desc=f'EPOCH {epoch}', unit='batch', leave=False,
               disable=not main_process()) as bar:
         totals = train_epoch(job.net, loader, job.optimizer, job.device, job.precision,
@@ -344,24 +330,11 @@ def validate(job):
                     batch_transform=mix, channels_last=job.device.type == 'cuda')
 
 
-def add_up(job, totals, stats):
-    """Training totals and validation sums of all processes, as one numpy vector: [train
-    loss sum, batches, bad, val loss sum, val accuracy sum, val batches, val bad, cm...]."""
-    packed = torch.tensor(totals, dtype=torch.float64, device=job.device)
-    if stats is not None:
-        counts = torch.tensor([stats['batches'], stats['bad']], dtype=torch.float64, device=job.device)
-        packed = torch.cat([packed, torch.stack([stats['loss_sum'], stats['acc_sum']]), counts,
-                            stats['cm'].flatten()])
-    if dist.is_initialized():
-        dist.all_reduce(packed)  # sums of all processes
-    return packed.cpu().numpy()
-
-
 def report(job, best, epoch, lr, sums, seconds):
     """Print the epoch line, log the row, keep the best weights; returns the confusion matrix or None."""
     batches, bad = int(sums[1]), int(sums[2])
     if not batches:
-        raise TrainError(f'epoch {epoch}: no training batch could be loaded '
+        raise DatasetError(f'epoch {epoch}: no training batch could be loaded '
                          f'(are the images in {job.args.dataset} readable?)')
     train_loss, cm, val_loss, acc = sums[0] / batches, None, '-', '-'
     row = {'epoch': epoch, 'train_loss': round(float(train_loss), 6), 'lr': lr, 'time_s': round(seconds, 1)}
@@ -380,10 +353,13 @@ def report(job, best, epoch, lr, sums, seconds):
     if bad:
         warn(f'epoch {epoch}: {bad} unreadable image(s) skipped')
     # ties go to the later epoch, as in the original; without validation the lowest train loss
-    if (acc >= best.max_acc) if cm is not None else (train_loss <= best.loss):
+    if acc >= best.max_acc if cm is not None else train_loss <= best.loss:
         # a COPY of the weights: the original kept a reference to the live net (defect 1)
         best.state, best.epoch = clean_state_dict(job.module.state_dict()), epoch
-        best.max_acc, best.loss = (acc, best.loss) if cm is not None else (best.max_acc, train_loss)
+        if cm is not None:
+            best.max_acc = acc
+        else:
+            best.loss = train_loss
     return cm
 
 
@@ -431,11 +407,11 @@ def finish(job, best, epoch, start, interrupted, writer):
     if interrupted:
         # the progress is in this run's _last.pt once an epoch finished, else in the one it resumed
         last = run_path(args, 'last') if epoch > start else args.resume
-        print(f'TRAINING INTERRUPTED IN EPOCH {epoch}', file=sys.stderr)
-        if last and main_process():
+        say(f'TRAINING INTERRUPTED IN EPOCH {epoch}', sys.stderr)
+        if last:
             script = 'AED_train.py' if Path.cwd() == ROOT else ROOT / 'AED_train.py'
-            print(f'PROGRESS SAVED: {Path(last).absolute()}\n'
-                  f'RESUME WITH: python {script} --resume {Path(last).absolute()}', file=sys.stderr)
+            say(f'PROGRESS SAVED: {Path(last).absolute()}', sys.stderr)
+            say(f'RESUME WITH: python {script} --resume {Path(last).absolute()}', sys.stderr)
     else:
         say('TRAINING DONE!')
     say(f'MAX ACC: {best.max_acc}' if job.val_loader is not None else f'MIN TRAIN LOSS: {best.loss:.6f}')
@@ -460,7 +436,7 @@ def main(argv=None):
         for line in e.args:
             print(f'ERROR: {line}', file=sys.stderr)
         sys.exit(2)
-    except (TrainError, CheckpointError) as e:
+    except (DatasetError, CheckpointError) as e:
         sys.exit(f'ERROR: {e}')
     except KeyboardInterrupt:  # before the first epoch: nothing to save
         print('INTERRUPTED', file=sys.stderr)

@@ -123,7 +123,8 @@ def resolve_model_path(name, model_dir):
 
 
 def load_checkpoint(path, map_location='cpu'):
-    """Read a checkpoint safely; raise CheckpointError with a one-line reason."""
+    """Read a checkpoint safely (with load_weights, the port of AED_train.loadModel); raise
+    CheckpointError with a one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'model file {path} not found')

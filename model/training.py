@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -245,7 +246,6 @@ def all_can_step():
     """agree() for train_epoch under torch.distributed: a MIN all-reduce of one CPU flag
     per batch, through a gloo group where the default one is NCCL (the flag never waits
     for the GPU). Every process must call it, in the same order."""
-    import torch.distributed as dist
     group = dist.new_group(backend='gloo') if dist.get_backend() == 'nccl' else None
 
     def agree(ok):
@@ -286,6 +286,20 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
         cm += truth.T @ guess
         batches += 1
     return {'loss_sum': loss_sum, 'acc_sum': acc_sum, 'cm': cm, 'batches': batches, 'bad': bad}
+
+
+def add_up(totals, stats, device):
+    """Training totals [loss sum, batches, unreadable] and validation sums (evaluate's dict,
+    or None) of all processes, as one numpy vector: [train loss sum, batches, unreadable,
+    val loss sum, val accuracy sum, val batches, val unreadable, confusion matrix...]."""
+    packed = torch.tensor(totals, dtype=torch.float64, device=device)
+    if stats is not None:
+        counts = torch.tensor([stats['batches'], stats['bad']], dtype=torch.float64, device=device)
+        packed = torch.cat([packed, torch.stack([stats['loss_sum'], stats['acc_sum']]), counts,
+                            stats['cm'].flatten()])
+    if dist.is_initialized():
+        dist.all_reduce(packed)  # sums of all processes
+    return packed.cpu().numpy()
 
 
 def clock(device):
@@ -378,7 +392,6 @@ def plot_training_curves(rows, path, title):
 def rng_states(np_rng):
     """[torch (CPU and CUDA) and numpy Generator states] of every process in rank order (one
     without torch.distributed), in types weights_only can load."""
-    import torch.distributed as dist
     state = {'torch': torch.get_rng_state(), 'numpy': np_rng.bit_generator.state}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
