@@ -7,6 +7,7 @@ one-hot float32 vectors.
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -261,30 +262,20 @@ def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
 
 # ----------------------------------------------------------------- cache
 
-class ImageCache:
-    """Decoded uint8 images of a set of files (USE_CACHE), built by build_cache:
-    images (N, C, H, W), ok (N,) bool, rows {path string: row}, errors {path string: reason}."""
-
-    def __init__(self, paths, im_size, im_dim):
-        self.im_size, self.im_dim = tuple(im_size), im_dim
-        self.rows = {str(p): k for k, p in enumerate(paths)}
-        self.images = np.zeros((len(paths), im_dim, im_size[1], im_size[0]), dtype=np.uint8)
-        self.ok = np.zeros(len(paths), dtype=bool)
-        self.errors = {}
-
-
 def build_cache(items, im_size, im_dim, workers=0, progress=True):
-    """Decode every distinct image of items once into one uint8 array (USE_CACHE).
+    """Decode every distinct image of items once (USE_CACHE): a namespace of images (N, C, H, W)
+    uint8, ok (N,) bool, rows {path string: row} and errors {path string: reason}.
 
     Port of AED_train.openImage's dict cache, a quarter of its size: W * H * C bytes per
     distinct file, 128 KiB per 512x256 grey image (10,000 images take 1.25 GiB). One cache
     can serve the training and the validation set; forked DataLoader workers share it
-    instead of copying it. Unreadable files get ok=False and their reason in errors.
-    `workers` > 0 decodes in that many threads (cv2 releases the GIL).
+    instead of copying it. `workers` > 0 decodes in that many threads (cv2 releases the GIL).
     """
     from tqdm import tqdm
     paths = list(dict.fromkeys(Path(p) for p, _ in items))
-    cache = ImageCache(paths, im_size, im_dim)
+    cache = SimpleNamespace(rows={str(p): k for k, p in enumerate(paths)}, errors={},
+                            images=np.zeros((len(paths), im_dim, im_size[1], im_size[0]), dtype=np.uint8),
+                            ok=np.zeros(len(paths), dtype=bool))
 
     def fill(row):
         try:
@@ -305,17 +296,16 @@ def build_cache(items, im_size, im_dim, workers=0, progress=True):
 class SpecDataset(Dataset):
     """(image, one-hot target, unreadable) items for training or validation.
 
-    items are (path, class index) pairs from parse_dataset. With augmentation
-    (an {name: [p, value]} dict), item i of epoch e is augmented with
-    numpy.random.default_rng([seed, e, i]), so an epoch's images do not depend
-    on worker count or order. The epoch lives in shared memory, so set_epoch()
+    items are (path, class index) pairs from parse_dataset; cache: build_cache's, of the
+    same image size. With augmentation (an {name: [p, value]} dict), item i of epoch e is
+    augmented with numpy.random.default_rng([seed, e, i]), so an epoch's images do not
+    depend on worker count or order; the epoch lives in shared memory, so set_epoch()
     reaches persistent DataLoader workers too.
 
-    An unreadable file is reported once per process on stderr and counted in the
-    item's `unreadable` (1). With replace_unreadable (training) the next readable
-    file of the dataset takes its place, so batches keep their size and batch norm
-    always sees full batches; otherwise (validation) the item has no image (None)
-    and collate drops it, as the original trimmed its batches (getNextImageBatch).
+    An unreadable file is reported once per process on stderr and counted in the item's
+    `unreadable` (1). With replace_unreadable (training) the next readable file of the
+    dataset takes its place, so batches keep their size; otherwise (validation) the item
+    has no image (None) and collate drops it, as the original trimmed its batches.
     """
 
     def __init__(self, items, num_classes, im_size, im_dim, augmentation=None, seed=1337,
@@ -323,9 +313,6 @@ class SpecDataset(Dataset):
         problems = augmentation_problems(augmentation)
         if problems:
             raise ValueError('; '.join(problems))
-        if cache is not None and (cache.im_size != tuple(im_size) or cache.im_dim != im_dim):
-            raise ValueError(f'cache holds {cache.im_size} x {cache.im_dim} images, '
-                             f'dataset wants {tuple(im_size)} x {im_dim}')
         self.items = [(Path(p), int(label)) for p, label in items]
         bad = [label for _, label in self.items if not 0 <= label < num_classes]
         if bad:
@@ -381,8 +368,8 @@ class SpecDataset(Dataset):
 
 
 def collate(batch):
-    """[(image or None, target, unreadable)] -> (x (B, C, H, W), y (B, K), unreadable count),
-    B counting the items with an image."""
+    """[(image or None, target, unreadable)] -> (x (B, C, H, W), y (B, K), unreadable count) of
+    the items with an image: getNextImageBatch's trim to the images it could read."""
     good = [(x, y) for x, y, _ in batch if x is not None]
     unreadable = sum(n for _, _, n in batch)
     if not good:

@@ -7,10 +7,10 @@ constants under the keys of CONFIG_SETTINGS and CONSTANTS (none of them reads co
 Each problem is one line, made with model.config_checks, and all are reported together.
 """
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch.distributed as dist
 
 from model import config_checks as check
@@ -198,20 +198,16 @@ def restore(s, ckpt, warn):
             setattr(s, key, Path(value) if key in PATH_SETTINGS else value)
 
 
-def class_counts(classes, items):
-    """{class name: number of items} for (path, class index) items, every class listed."""
-    counts = np.bincount(np.array([label for _, label in items], dtype=np.int64), minlength=len(classes))
-    return {c: int(n) for c, n in zip(classes, counts)}
-
-
 def training_meta(s, classes, train_items, val_items):
     """A checkpoint's 'training' record (JSON-able, paths absolute): every setting that
     determines the run, which --resume restores, plus the CSV log's path and the images
     per class."""
     meta = {key: getattr(s, key) for key in (*FLAG_SETTINGS, *CONFIG_SETTINGS)}
     meta['log_file'] = Path(s.log_path) / f'{s.run_name}.csv'
-    meta['class_counts'] = {'train': class_counts(classes, train_items),
-                            'val': class_counts(classes, val_items)}
+    meta['class_counts'] = {}
+    for split, items in (('train', train_items), ('val', val_items)):
+        counts = Counter(label for _, label in items)
+        meta['class_counts'][split] = {c: counts[k] for k, c in enumerate(classes)}
     return plain(meta)
 
 

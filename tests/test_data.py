@@ -476,8 +476,6 @@ def test_cache_matches_direct_loading(items):
     for i in range(len(items)):
         a, b = plain[i], cached[i]
         assert a[2] == b[2] and (a[0] is b[0] is None or torch.equal(a[0], b[0]))
-    with pytest.raises(ValueError, match='cache'):
-        SpecDataset(items, 2, (W * 2, H), 1, cache=cache)
 
 
 def test_dataset_rejects_bad_labels_and_settings(items):
