@@ -42,7 +42,7 @@ CONSTANTS = {'im_dim': 'IM_DIM', 'dropout': 'DROPOUT', 'nonlinearity': 'NONLINEA
              'spec_overlap': 'SPEC_OVERLAP', 'sample_rate': 'SAMPLE_RATE',
              'resample_method': 'RESAMPLE_METHOD'}
 # settings that must be True or False: key: label
-FLAGS = {**{key: CONFIG_SETTINGS.get(key) or CONSTANTS[key] for key in (
+BOOLEANS = {**{key: CONFIG_SETTINGS.get(key) or CONSTANTS[key] for key in (
     'lr_descent', 'sort_classes', 'randomize_train_set', 'multi_label', 'val_has_multi_label',
     'mixed_precision', 'use_cache', 'normalize_confmatrix', 'load_output_layer', 'save_after_interrupt')},
     'compile': 'COMPILE (--compile)'}
@@ -116,9 +116,9 @@ def problems(s):
         check.number('VAL_SPLIT (0 = no validation)', s.val_split, 0, below=1),
         check.number('L2_WEIGHT', s.l2_weight, 0),
         check.number('MEAN_TARGETS_PER_IMAGE', s.mean_targets_per_image, 1),
-        *(check.flag(label, getattr(s, key)) for key, label in FLAGS.items()),
+        *(check.flag(label, getattr(s, key)) for key, label in BOOLEANS.items()),
         *(f'IM_AUGMENTATION: {line}' for line in augmentation_problems(s.augmentation)),
-        *_schedule_problems(s),
+        *_other_problems(s),
         *_network_problems(s),
     ]
 
@@ -134,7 +134,8 @@ def _device_problem(name):
     return problem
 
 
-def _schedule_problems(s):
+def _other_problems(s):
+    """The settings model.config_checks has no helper for."""
     lr, snapshots = s.learning_rate, s.snapshot_epochs
     return [
         None if (isinstance(lr, dict) and lr and all(check.whole('', k, 0) is None for k in lr)
@@ -150,6 +151,7 @@ def _schedule_problems(s):
 
 
 def _network_problems(s):
+    """The network's settings, then whether its five pooling stages fit the image."""
     found = [
         None if (isinstance(s.im_size, (list, tuple)) and len(s.im_size) == 2
                  and all(check.whole('', a, 1) is None for a in s.im_size))

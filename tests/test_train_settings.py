@@ -157,6 +157,15 @@ def test_bad_flag_is_one_error_line(specs, tmp_path, monkeypatch, capsys, flags,
     assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_a_device_this_machine_lacks_is_a_setting_error(specs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        AED_train.main(run_args(specs, tmp_path / 'run', '--device', 'cuda'))
+    line = config_error(e, capsys)
+    assert line == 'ERROR: DEVICE (--device): device cuda requested but CUDA is not available'
+    assert not (tmp_path / 'run').exists()
+
+
 def test_explicit_flags_are_known():
     args = AED_train.parse_args(['--epochs', '3', '--deterministic', '--seed', str(cfg.RANDOM_SEED)])
     # a flag given with its default value still counts as given
