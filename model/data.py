@@ -6,8 +6,8 @@ one-hot float32 vectors.
 """
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -262,9 +262,17 @@ def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
 
 # ----------------------------------------------------------------- cache
 
+@dataclass
+class ImageCache:
+    """Decoded images of a set of files (USE_CACHE), made by build_cache."""
+    images: np.ndarray  # (N, C, H, W) uint8
+    ok: np.ndarray      # (N,) bool: False for an unreadable file
+    rows: dict          # {path string: row}
+    errors: dict        # {path string: why it is unreadable}
+
+
 def build_cache(items, im_size, im_dim, workers=0, progress=True):
-    """Decode every distinct image of items once (USE_CACHE): a namespace of images (N, C, H, W)
-    uint8, ok (N,) bool, rows {path string: row} and errors {path string: reason}.
+    """Decode every distinct image of items once into an ImageCache (USE_CACHE).
 
     Port of AED_train.openImage's dict cache, a quarter of its size: W * H * C bytes per
     distinct file, 128 KiB per 512x256 grey image (10,000 images take 1.25 GiB). One cache
@@ -273,9 +281,8 @@ def build_cache(items, im_size, im_dim, workers=0, progress=True):
     """
     from tqdm import tqdm
     paths = list(dict.fromkeys(Path(p) for p, _ in items))
-    cache = SimpleNamespace(rows={str(p): k for k, p in enumerate(paths)}, errors={},
-                            images=np.zeros((len(paths), im_dim, im_size[1], im_size[0]), dtype=np.uint8),
-                            ok=np.zeros(len(paths), dtype=bool))
+    cache = ImageCache(np.zeros((len(paths), im_dim, im_size[1], im_size[0]), dtype=np.uint8),
+                       np.zeros(len(paths), dtype=bool), {str(p): k for k, p in enumerate(paths)}, {})
 
     def fill(row):
         try:
