@@ -112,16 +112,16 @@ def epochs_overhead(args, data, out):
     import AED_train
     import config as cfg
     import model.training as training
-    from model.training import Timer, select_device
+    from model.training import clock, select_device
 
-    timer = Timer(select_device(args.device))
+    device = select_device(args.device)
     real, spent = training.train_step, []
     real_save, saving = AED_train.save_epoch, []
 
     def timed_step(*a, **kw):
-        start = timer.now()
+        start = clock(device)
         loss = real(*a, **kw)
-        spent.append(timer.now() - start)
+        spent.append(clock(device) - start)
         return loss
 
     def timed_save(*a, **kw):
@@ -169,6 +169,8 @@ def main_epochs_overhead(args):
 
 def main(argv=None):
     import config as cfg
+    from torch.utils.data import RandomSampler
+
     from model.data import SpecDataset, make_loader, parse_dataset
     from model.net import AEDNet
     from model.training import Precision, configure_backend, make_optimizer, select_device
@@ -215,8 +217,8 @@ def main(argv=None):
         classes, items, _, _ = parse_dataset(data, val_split=0)
         dataset = SpecDataset(items, len(classes), tuple(args.size), cfg.IM_DIM,
                               cfg.IM_AUGMENTATION or None, seed=cfg.RANDOM_SEED)
-        loader = make_loader(dataset, args.batch, True, args.workers, pin_memory=gpu,
-                             seed=cfg.RANDOM_SEED, drop_last=True)
+        loader = make_loader(dataset, args.batch, args.workers, RandomSampler(dataset), pin_memory=gpu,
+                             drop_last=True)
 
         net = AEDNet(len(classes), tuple(args.size), cfg.IM_DIM, args.filters)
         channels_last = gpu

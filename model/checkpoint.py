@@ -11,11 +11,11 @@ loading a file can never run code. Keys:
     im_size, im_dim       network input (width, height) and channels
     filters, dropout, nonlinearity, multi_label
     spec                  {'length', 'overlap', 'sample_rate', 'resample'}
-    training              how the run was made (AED_train.py; JSON-able values):
-                          dataset, epochs, batch_size, seed, learning_rate,
-                          lr_descent, augmentation, class_counts, the output
-                          folders and log_file, and the other run settings
+    training              how the run was made (AED_train.py; see model.run_settings)
+
+A resume checkpoint (AED_<RUN_NAME>_last.pt) also holds the RESUME_STATE keys.
 """
+import json
 import os
 import pickle
 import struct
@@ -29,7 +29,8 @@ from model.net import AEDNet
 FORMAT = 'aed-checkpoint'
 VERSION = 1
 REQUIRED = ('state_dict', 'classes', 'im_size', 'im_dim', 'filters')
-
+# keys of a resume checkpoint that hold training state, not a description of the run
+RESUME_STATE = ('optimizer', 'scaler', 'best_state', 'rng', 'log')
 
 # What torch.load raises on a file that is not, or no longer, a torch.save zip:
 # text and legacy-format garbage (KeyError, IndexError, UnicodeDecodeError),
@@ -41,44 +42,12 @@ class CheckpointError(Exception):
     """A model file that is missing, unreadable or not an AED checkpoint."""
 
 
-def clean_state_dict(state_dict):
-    """Strip the prefixes that DistributedDataParallel and torch.compile add."""
-    out = {}
-    for key, value in state_dict.items():
-        for prefix in ('module.', '_orig_mod.'):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value.detach().cpu().clone() if torch.is_tensor(value) else value
-    return out
-
-
-def plain(value):
-    """value with tuples as lists, Paths as absolute strings and numpy numbers as
-    Python ones: what weights_only loading accepts and json.dumps can write."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value.absolute())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def class_counts(classes, items):
-    """{class name: number of items} for (path, class index) items, every class listed."""
-    counts = np.bincount(np.array([label for _, label in items], dtype=np.int64),
-                         minlength=len(classes))
-    return {c: int(n) for c, n in zip(classes, counts)}
-
-
 def detached_copy(obj):
-    """obj (dicts, lists, tuples of tensors and plain values, e.g. an optimizer's
-    state_dict) with every tensor copied to the CPU: a snapshot later steps cannot change."""
+    """obj (dicts, lists, tuples of tensors and plain values, e.g. an optimizer's state_dict)
+    with every tensor copied once to the CPU: a snapshot later steps cannot change."""
     if torch.is_tensor(obj):
         obj = obj.detach()
-        return obj.clone() if obj.device.type == 'cpu' else obj.cpu()  # one copy either way
+        return obj.clone() if obj.device.type == 'cpu' else obj.cpu()  # .cpu() of a GPU tensor copies
     if isinstance(obj, dict):
         return {k: detached_copy(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -86,11 +55,52 @@ def detached_copy(obj):
     return obj
 
 
-def save_checkpoint(path, net, meta, **extra):
-    """Write weights and metadata atomically (a crash never leaves half a file).
+def clean_state_dict(state_dict):
+    """A CPU copy of a state dict without the key prefixes DistributedDataParallel and
+    torch.compile add."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ('module.', '_orig_mod.'):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = detached_copy(value)
+    return out
 
-    net: a module (torch.compile and DDP wrappers are fine), or a state dict
-    already copied with clean_state_dict (written as it is)."""
+
+SKIP = object()  # what plain() gives for a value JSON cannot hold (a tensor)
+
+
+def plain(value):
+    """value with tuples as lists, Paths as absolute strings and numpy numbers as Python
+    ones (what weights_only loading accepts and json.dumps can write), or SKIP where it
+    holds anything else."""
+    if isinstance(value, dict):
+        items = {k: plain(v) for k, v in value.items()}
+        return SKIP if any(v is SKIP for v in items.values()) else items
+    if isinstance(value, (list, tuple)):
+        items = [plain(v) for v in value]
+        return SKIP if any(v is SKIP for v in items) else items
+    if isinstance(value, Path):
+        return str(value.absolute())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value if value is None or isinstance(value, (bool, int, float, str)) else SKIP
+
+
+def checkpoint_meta(ckpt):
+    """What a checkpoint records about its run, as JSON data: every key but the weights,
+    the format marker and resume state, and none that holds a tensor."""
+    skip = ('state_dict', 'format', 'version') + RESUME_STATE
+    meta = {k: plain(v) for k, v in ckpt.items() if k not in skip}
+    return json.loads(json.dumps({k: v for k, v in meta.items() if v is not SKIP}))
+
+
+def save_checkpoint(path, net, meta, **extra):
+    """Write weights and metadata atomically (a crash never leaves half a file); returns
+    the Path. net: a module (torch.compile and DDP wrappers are fine), or a state dict
+    already copied with clean_state_dict (written as it is).
+
+    Port of AED_train.saveModel."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = clean_state_dict(net.state_dict()) if isinstance(net, torch.nn.Module) else net
@@ -113,7 +123,8 @@ def resolve_model_path(name, model_dir):
 
 
 def load_checkpoint(path, map_location='cpu'):
-    """Read a checkpoint safely; raise CheckpointError with a one-line reason."""
+    """Read a checkpoint safely (with load_weights, the port of AED_train.loadModel); raise
+    CheckpointError with a one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'model file {path} not found')
@@ -134,33 +145,6 @@ def load_checkpoint(path, map_location='cpu'):
     if missing:
         raise CheckpointError(f'{path} lacks {", ".join(missing)}')
     return data
-
-
-# Keys of a resume checkpoint (_last.pt) that hold training state, not a description of the run
-RESUME_STATE = ('optimizer', 'scaler', 'best_state', 'rng', 'log')
-
-
-def checkpoint_meta(ckpt):
-    """What a checkpoint records about its run, as JSON-ready values: every key but the
-    weights, the format marker and resume state; tuples become lists, and values holding
-    anything but numbers, strings, booleans, None, lists and dicts (tensors) are left out."""
-    def plain(value):
-        if isinstance(value, dict):
-            items = {str(k): plain(v) for k, v in value.items()}
-            return _SKIP if _SKIP in items.values() else items
-        if isinstance(value, (list, tuple)):
-            items = [plain(v) for v in value]
-            return _SKIP if _SKIP in items else items
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        return _SKIP
-
-    skip = ('state_dict', 'format', 'version') + RESUME_STATE
-    meta = {k: plain(v) for k, v in ckpt.items() if k not in skip}
-    return {k: v for k, v in meta.items() if v is not _SKIP}
-
-
-_SKIP = object()  # a value checkpoint_meta leaves out
 
 
 def build_model(ckpt, num_classes=None):

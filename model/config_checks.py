@@ -96,3 +96,12 @@ def output_file(label, path, suffixes=None):
     if suffixes and Path(path).suffix.lower() not in suffixes:
         return f'{label}: {path} must end in one of {", ".join(suffixes)}'
     return None
+
+
+def number(label, value, low, below=None):
+    """A finite number of at least low (and below `below`)."""
+    top = float('inf') if below is None else below
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < top:
+        rule = f'from {low} to below {below}' if below is not None else f'of at least {low}'
+        return f'{label} must be a number {rule}, got {value!r}'
+    return None

@@ -1,24 +1,20 @@
 """Training data: dataset split, image loading, augmentation and batching.
 
-Pure functions with explicit parameters (the scripts pass config values in),
-plus a torch Dataset and DataLoader factory built on them. Images are
-(C, H, W) float32 arrays in [0, 1]; targets are one-hot float32 vectors.
-Random draws use numpy Generators seeded from (seed, epoch, index), so an
-epoch's batches do not depend on the number of loader workers.
+Pure functions with explicit parameters, plus a torch Dataset and DataLoader
+built on them. Images are (C, H, W) float32 arrays in [0, 1]; targets are
+one-hot float32 vectors.
 """
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 IMAGE_EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
-
-# Known augmentations, in the order augment() applies them
-AUGMENTATIONS = ('crop', 'flip', 'roll', 'mean', 'noise', 'brightness')
 
 _SCALE = np.float32(255)
 
@@ -47,21 +43,12 @@ def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val
                   seed=1337):
     """Split a folder of class sub-folders into training and validation items.
 
-    Port of AED_train.parseDataset. Returns (classes, train, val, stats): the
-    class names, lists of (image path, class index) and {class: image count}
-    (after capping at max_samples and oversampling up to min_samples, like the
-    original's CLASS LABELS line). One numpy Generator seeded with `seed` drives
-    the class shuffle (sort_classes=False), the oversampling and the split
-    shuffle, so the result depends only on the folder contents and the seed.
+    Port of AED_train.parseDataset. Returns (classes, train, val, stats): the class names,
+    lists of (image path, class index) and {class: image count} (after capping at
+    max_samples and oversampling up to min_samples: the original's CLASS LABELS line).
+    The result depends only on the folder contents and the seed.
     """
     root = Path(path)
-    if not root.is_dir():
-        raise DatasetError(f'dataset folder {root} does not exist')
-    if not 0 <= val_split < 1:
-        raise DatasetError(f'validation split must be at least 0 and below 1, got {val_split}')
-    if max_samples is not None and max_samples < 1:
-        raise DatasetError(f'max samples per class must be None or at least 1, got {max_samples}')
-
     rng = np.random.default_rng(seed)
     try:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
@@ -99,13 +86,11 @@ def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val
 def read_image_uint8(path, im_size, im_dim):
     """Decode an image file into uint8 (im_dim, H, W), resized to im_size=(width, height).
 
-    The decoding half of AED_train.openImage: colour images are made grey with
-    cv2's BGR->GRAY weights and grey images copied to three BGR channels, as
-    the original's cv2.imread + cvtColor did; 16-bit images become 8-bit and
-    alpha is dropped. Raises ImageError with the reason.
+    The decoding half of AED_train.openImage: colour images are made grey with cv2's
+    BGR->GRAY weights and grey images copied to three BGR channels, as the original's
+    cv2.imread + cvtColor did; 16-bit images become 8-bit and alpha is dropped. Raises
+    ImageError with the reason.
     """
-    if im_dim not in (1, 3):
-        raise ValueError(f'image channels must be 1 or 3, got {im_dim}')
     try:
         data = np.fromfile(path, dtype=np.uint8)  # works for unicode paths on every OS
     except OSError as e:
@@ -137,54 +122,51 @@ def to_float(img):
 
 
 def load_image(path, im_size, im_dim):
-    """Float32 (im_dim, H, W) image in [0, 1], resized to im_size=(width, height).
-
-    Port of AED_train.openImage (without its dict cache; see build_cache).
-    Raises ImageError('<reason>') for a missing, empty or undecodable file.
-    """
+    """Port of AED_train.openImage (its cache: build_cache): float32 (im_dim, H, W) in [0, 1],
+    resized to im_size=(width, height); ImageError for a missing, empty or undecodable file."""
     return to_float(read_image_uint8(path, im_size, im_dim))
 
 
 # ----------------------------------------------------------------- augmentation
 
 def _is_number(v):
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            and np.isfinite(v))
 
 
 def _is_pair(v):
     return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(a) for a in v)
 
 
-def check_augmentation(augmentation):
-    """Raise ValueError naming the first bad entry of an {name: [p, value]} dict."""
+# The known augmentations, in the order augment() applies them: (test of the value, what it must be)
+AUGMENTATIONS = {
+    'crop': (lambda v: _is_number(v) and 0 <= v < 0.5, 'a fraction in [0, 0.5)'),
+    'flip': (lambda v: _is_number(v) and int(v) == v,
+             'a cv2 flip code (1 horizontal, 0 vertical, -1 both)'),
+    'roll': (lambda v: _is_pair(v) and min(v) >= 0, '(x_fraction, y_fraction) with both >= 0'),
+    'mean': (_is_number, 'a number'),
+    'noise': (lambda v: _is_number(v) and v >= 0, 'a variance >= 0'),
+    'brightness': (lambda v: _is_pair(v) and 0 <= v[0] <= v[1], '(low, high) with 0 <= low <= high'),
+}
+
+
+def augmentation_problems(augmentation):
+    """One line for each bad entry of an {name: [probability, value]} dict; empty when all are fine."""
     if not augmentation:
-        return
+        return []
     if not isinstance(augmentation, dict):
-        raise ValueError(f'augmentation must be a dict of name: [probability, value], '
-                         f'got {augmentation!r}')
+        return [f'augmentation must be a dict of name: [probability, value], got {augmentation!r}']
+    problems = []
     for name, entry in augmentation.items():
         if name not in AUGMENTATIONS:
-            raise ValueError(f'unknown augmentation {name!r} (known: {", ".join(AUGMENTATIONS)})')
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and _is_number(entry[0])
-                and 0 <= entry[0] <= 1):
-            raise ValueError(f'augmentation {name!r} must be [probability in 0..1, value], '
-                             f'got {entry!r}')
-        v = entry[1]
-        if name == 'roll' and not (_is_pair(v) and min(v) >= 0):
-            raise ValueError(f"augmentation 'roll' value must be (x_fraction, y_fraction) "
-                             f"with both >= 0, got {v!r}")
-        if name == 'noise' and not (_is_number(v) and v >= 0):
-            raise ValueError(f"augmentation 'noise' value must be a variance >= 0, got {v!r}")
-        if name == 'brightness' and not (_is_pair(v) and 0 <= v[0] <= v[1]):
-            raise ValueError(f"augmentation 'brightness' value must be (low, high) with "
-                             f"0 <= low <= high, got {v!r}")
-        if name == 'crop' and not (_is_number(v) and 0 <= v < 0.5):
-            raise ValueError(f"augmentation 'crop' value must be a fraction in [0, 0.5), got {v!r}")
-        if name == 'flip' and not (_is_number(v) and int(v) == v):
-            raise ValueError(f"augmentation 'flip' value must be a cv2 flip code "
-                             f"(1 horizontal, 0 vertical, -1 both), got {v!r}")
-        if name == 'mean' and not _is_number(v):
-            raise ValueError(f"augmentation 'mean' value must be a number, got {v!r}")
+            problems.append(f'unknown augmentation {name!r} (known: {", ".join(AUGMENTATIONS)})')
+        elif not (isinstance(entry, (list, tuple)) and len(entry) == 2 and _is_number(entry[0])
+                  and 0 <= entry[0] <= 1):
+            problems.append(f'augmentation {name!r} must be [probability in 0..1, value], got {entry!r}')
+        elif not AUGMENTATIONS[name][0](entry[1]):
+            problems.append(f'augmentation {name!r} value must be {AUGMENTATIONS[name][1]}, '
+                            f'got {entry[1]!r}')
+    return problems
 
 
 def _crop_border(rng, size, frac):
@@ -200,17 +182,15 @@ def _crop_border(rng, size, frac):
 def augment(img, rng, augmentation, copy=True):
     """Randomly augment one (C, H, W) float32 image; returns a new array.
 
-    Port of AED_train.imageAugmentation. `augmentation` is {name: [p, value]};
-    the steps run in the original's order, each with its own probability:
-    crop (cut a random border of 1..frac*size pixels off both sides, resize
-    back), flip (cv2 flip code), roll (wrap-around shift of the rows by
-    int(H*U(-vy, vy)) and of the columns by int(W*U(-vx, vx)) for value
-    (vx, vy)), mean (add mean * factor; not clipped, as in the original), noise
-    (Gaussian with std U(0, sqrt(var)), then clip to [0, 1]) and brightness
-    (multiply by U(lo, hi), then clip). Unknown names raise ValueError.
-    The input is never modified; copy=False returns it as is when no step ran.
+    Port of AED_train.imageAugmentation. `augmentation` is {name: [p, value]}, checked
+    with augmentation_problems; the steps run in the original's order, each with its
+    own probability: crop (cut a random border of 1..frac*size pixels off both sides,
+    resize back), flip (cv2 flip code), roll (wrap-around shift of the rows by
+    int(H*U(-vy, vy)) and of the columns by int(W*U(-vx, vx)) for value (vx, vy)), mean
+    (add mean * factor; not clipped, as in the original), noise (Gaussian with std
+    U(0, sqrt(var)), then clip to [0, 1]) and brightness (multiply by U(lo, hi), then
+    clip). The input is never modified; copy=False returns it as is when no step ran.
     """
-    check_augmentation(augmentation)
     out = img
     if not augmentation:
         return out.copy() if copy else out
@@ -223,12 +203,8 @@ def augment(img, rng, augmentation, copy=True):
         frac = augmentation['crop'][1]
         bx, by = _crop_border(rng, w, frac), _crop_border(rng, h, frac)
         if bx or by:
-            part = out[:, by:h - by, bx:w - bx]
-            if part.shape[0] == 1:
-                out = cv2.resize(part[0], (w, h))[None]
-            else:
-                out = cv2.resize(np.ascontiguousarray(part.transpose(1, 2, 0)), (w, h))
-                out = np.ascontiguousarray(out.transpose(2, 0, 1))
+            part = np.ascontiguousarray(out[:, by:h - by, bx:w - bx].transpose(1, 2, 0))
+            out = np.ascontiguousarray(cv2.resize(part, (w, h)).reshape(h, w, -1).transpose(2, 0, 1))
     if draw('flip'):
         code = int(augmentation['flip'][1])
         # cv2 codes: > 0 mirrors columns, 0 mirrors rows, < 0 both
@@ -255,81 +231,58 @@ def augment(img, rng, augmentation, copy=True):
     return out.copy() if copy and out is img else out
 
 
-def batch_augment(x, y, mean_targets, rng, max_steps=None):
+def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
     """Mix images of a batch until it has mean_targets targets per image on average.
 
-    Port of AED_train.getAugmentedBatches (MULTI_LABEL training), in place on
-    numpy arrays or torch tensors: x (B, C, H, W) float in [0, 1], y (B, K) 0/1.
-    Each step adds image j onto image i (i != j), re-normalises image i to
-    [0, 1] and ORs the targets. The original drew any pair and could loop
-    forever (defect 6); here a step draws uniformly among the pairs that add at
-    least one new target to image i, so every step makes progress, and mixing
-    stops when no such pair is left or after max_steps (default 4 * B).
+    Port of AED_train.getAugmentedBatches (MULTI_LABEL training), in place on torch
+    tensors or numpy arrays: x (B, C, H, W) in [0, 1], y (B, K) 0/1. Each step draws
+    any pair i != j, as the original drew, adds image j onto image i, re-normalises
+    image i to [0, 1] and ORs the targets. The original could loop forever (defect 6);
+    here at most max_steps (default 20 * B) steps run, and none where the batch's
+    classes together are fewer than mean_targets. A batch of fewer than min_images
+    is left alone (the original mixed only batches of at least BATCH_SIZE // 2).
     Returns (x, y).
     """
-    is_torch = isinstance(y, torch.Tensor)
-    targets = (y.detach().cpu().numpy() if is_torch else np.asarray(y)) > 0.5  # (B, K)
-    b = targets.shape[0]
-    max_steps = 4 * b if max_steps is None else max_steps
-    changed = set()
+    b = len(y)
+    max_steps = 20 * b if max_steps is None else max_steps
+    if b < max(2, min_images) or float((y.sum(0) > 0).sum()) < mean_targets:
+        return x, y
     for _ in range(max_steps):
-        if b < 2 or targets.sum(axis=1).mean() >= mean_targets:
+        if float(y.sum(1).mean()) >= mean_targets:
             break
-        # gain[i, j]: image j has a target that image i lacks
-        gain = (targets[None, :, :] & ~targets[:, None, :]).any(axis=2)
-        candidates = np.flatnonzero(gain)
-        if candidates.size == 0:
-            break
-        i, j = divmod(int(candidates[rng.integers(candidates.size)]), b)
+        i, j = (int(k) for k in rng.choice(b, 2, replace=False))
         x[i] += x[j]
         x[i] -= x[i].min()
         top = float(x[i].max())
         if top > 0:  # a constant image stays at zero instead of becoming NaN
             x[i] /= top
-        targets[i] |= targets[j]
-        changed.add(i)
-    for i in changed:
-        row = targets[i].astype(np.float32)
-        y[i] = torch.from_numpy(row).to(y.device, y.dtype) if is_torch else row
+        y[i] = y[i] + y[j] - y[i] * y[j]  # logical or of 0/1 targets
     return x, y
 
 
 # ----------------------------------------------------------------- cache
 
+@dataclass
 class ImageCache:
-    """Decoded uint8 images of a set of files: images (N, C, H, W), ok (N,) bool,
-    errors {path: reason} and rows {path string: row}; built by build_cache."""
-
-    def __init__(self, paths, im_size, im_dim):
-        self.im_size, self.im_dim = tuple(im_size), im_dim
-        self.rows = {str(p): k for k, p in enumerate(paths)}
-        self.images = np.zeros((len(paths), im_dim, im_size[1], im_size[0]), dtype=np.uint8)
-        self.ok = np.zeros(len(paths), dtype=bool)
-        self.errors = {}
-
-    def __len__(self):
-        return len(self.rows)
-
-    @property
-    def nbytes(self):
-        return self.images.nbytes
+    """Decoded images of a set of files (USE_CACHE), made by build_cache."""
+    images: np.ndarray  # (N, C, H, W) uint8
+    ok: np.ndarray      # (N,) bool: False for an unreadable file
+    rows: dict          # {path string: row}
+    errors: dict        # {path string: why it is unreadable}
 
 
 def build_cache(items, im_size, im_dim, workers=0, progress=True):
-    """Decode every distinct image of items once into one uint8 array (USE_CACHE).
+    """Decode every distinct image of items once into an ImageCache (USE_CACHE).
 
-    Replaces the original's {path: float image} dict cache. RAM: one byte per
-    pixel and channel per distinct file, W * H * C bytes: 128 KiB per 512x256
-    grey image, so 10,000 images take 1.25 GiB (a quarter of a float cache).
-    Pass the result to SpecDataset(cache=...); one cache can serve both the
-    training and the validation set. On Linux, DataLoader workers are forked
-    and share the array instead of copying it. Unreadable files get ok=False
-    and their reason in cache.errors. `workers` > 0 decodes in that many
-    threads (cv2 releases the GIL).
+    Port of AED_train.openImage's dict cache, a quarter of its size: W * H * C bytes per
+    distinct file, 128 KiB per 512x256 grey image (10,000 images take 1.25 GiB). One cache
+    can serve the training and the validation set; forked DataLoader workers share it
+    instead of copying it. `workers` > 0 decodes in that many threads (cv2 releases the GIL).
     """
     from tqdm import tqdm
     paths = list(dict.fromkeys(Path(p) for p, _ in items))
-    cache = ImageCache(paths, im_size, im_dim)
+    cache = ImageCache(np.zeros((len(paths), im_dim, im_size[1], im_size[0]), dtype=np.uint8),
+                       np.zeros(len(paths), dtype=bool), {str(p): k for k, p in enumerate(paths)}, {})
 
     def fill(row):
         try:
@@ -338,50 +291,45 @@ def build_cache(items, im_size, im_dim, workers=0, progress=True):
         except ImageError as e:
             cache.errors[str(paths[row])] = str(e)
 
-    with tqdm(total=len(paths), unit='img', desc='CACHING IMAGES', disable=not progress) as bar:
-        if workers > 0:
-            with ThreadPoolExecutor(workers) as pool:
-                for _ in pool.map(fill, range(len(paths))):
-                    bar.update()
-        else:
-            for row in range(len(paths)):
-                fill(row)
-                bar.update()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for _ in tqdm(pool.map(fill, range(len(paths))), total=len(paths), unit='img',
+                      desc='CACHING IMAGES', disable=not progress):
+            pass
     return cache
 
 
 # ----------------------------------------------------------------- torch dataset
 
 class SpecDataset(Dataset):
-    """(image, one-hot target, ok) items for training or validation.
+    """(image, one-hot target, unreadable) items for training or validation.
 
-    items are (path, class index) pairs from parse_dataset. With augmentation
-    (an {name: [p, value]} dict), item i of epoch e is augmented with
-    numpy.random.default_rng([seed, e, i]), so an epoch's images do not depend
-    on worker count or order. The epoch lives in shared memory, so
-    set_epoch() reaches persistent DataLoader workers too. An unreadable file
-    gives ok=False with a zero image and one warning line on stderr (once per
-    file and process); collate drops it.
+    items are (path, class index) pairs from parse_dataset; cache: build_cache's, of the
+    same image size. With augmentation (an {name: [p, value]} dict), item i of epoch e is
+    augmented with numpy.random.default_rng([seed, e, i]), so an epoch's images do not
+    depend on worker count or order; the epoch lives in shared memory, so set_epoch()
+    reaches persistent DataLoader workers too.
+
+    An unreadable file is reported once per process on stderr and counted in the item's
+    `unreadable` (1). With replace_unreadable (training) the next readable file of the
+    dataset takes its place, so batches keep their size; otherwise (validation) the item
+    has no image (None) and collate drops it, as the original trimmed its batches.
     """
 
     def __init__(self, items, num_classes, im_size, im_dim, augmentation=None, seed=1337,
-                 cache=None):
-        check_augmentation(augmentation)
-        if cache is not None and (cache.im_size != tuple(im_size) or cache.im_dim != im_dim):
-            raise ValueError(f'cache holds {cache.im_size} x {cache.im_dim} images, '
-                             f'dataset wants {tuple(im_size)} x {im_dim}')
+                 cache=None, replace_unreadable=False):
+        problems = augmentation_problems(augmentation)
+        if problems:
+            raise ValueError('; '.join(problems))
         self.items = [(Path(p), int(label)) for p, label in items]
         bad = [label for _, label in self.items if not 0 <= label < num_classes]
         if bad:
             raise ValueError(f'class index {bad[0]} outside 0..{num_classes - 1}')
-        self.num_classes = num_classes
         self._one_hot = torch.eye(num_classes, dtype=torch.float32)
         self.im_size, self.im_dim = tuple(im_size), im_dim
-        self.augmentation = augmentation or None
-        self.seed = seed
-        self.cache = cache
+        self.augmentation, self.seed, self.cache = augmentation or None, seed, cache
+        self.replace_unreadable = replace_unreadable
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._warned = set()  # per process: each worker warns once per bad file
+        self._unreadable = set()  # per process: each file is tried and reported once
 
     def set_epoch(self, epoch):
         self._epoch.fill_(int(epoch))
@@ -393,42 +341,48 @@ class SpecDataset(Dataset):
     def __len__(self):
         return len(self.items)
 
-    def _load(self, path):
-        cache = self.cache
-        if cache is not None:
-            row = cache.rows.get(str(path))
-            if row is not None:
-                if not cache.ok[row]:
-                    raise ImageError(cache.errors.get(str(path), 'not a readable image'))
-                return to_float(cache.images[row])
-        return load_image(path, self.im_size, self.im_dim)
-
-    def __getitem__(self, i):
-        path, label = self.items[i]
-        target = self._one_hot[label].clone()
+    def _read(self, k):
+        """Item k's float image, or None (reported the first time) when its file is unreadable."""
+        path = self.items[k][0]
+        if path in self._unreadable:
+            return None
         try:
-            img = self._load(path)
+            row = None if self.cache is None else self.cache.rows.get(str(path))
+            if row is None:
+                return load_image(path, self.im_size, self.im_dim)
+            if not self.cache.ok[row]:
+                raise ImageError(self.cache.errors[str(path)])
+            return to_float(self.cache.images[row])
         except ImageError as e:
-            if path not in self._warned:
-                self._warned.add(path)
-                print(f'WARNING {path}: {e}, skipped', file=sys.stderr, flush=True)
-            shape = (self.im_dim, self.im_size[1], self.im_size[0])
-            return torch.zeros(shape, dtype=torch.float32), target, False
+            self._unreadable.add(path)
+            print(f'WARNING {path}: {e}, skipped', file=sys.stderr, flush=True)
+            return None
+
+    def __getitem__(self, i):  # port of AED_train.loadImageAndTarget
+        k, img = i, self._read(i)
+        unreadable = int(img is None)
+        if img is None and self.replace_unreadable:
+            for k in (n % len(self) for n in range(i + 1, i + len(self))):
+                img = self._read(k)
+                if img is not None:
+                    break
+        if img is None:
+            return None, None, unreadable
         if self.augmentation:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             img = augment(img, rng, self.augmentation, copy=False)  # img is ours already
-        return torch.from_numpy(img), target, True
+        return torch.from_numpy(img), self._one_hot[self.items[k][1]].clone(), unreadable
 
 
 def collate(batch):
-    """[(image, target, ok)] -> (x (B, C, H, W), y (B, K), n_bad) without the ok=False items."""
-    good = [(x, y) for x, y, ok in batch if ok]
-    n_bad = len(batch) - len(good)
+    """[(image or None, target, unreadable)] -> (x (B, C, H, W), y (B, K), unreadable count) of
+    the items with an image: getNextImageBatch's trim to the images it could read."""
+    good = [(x, y) for x, y, _ in batch if x is not None]
+    unreadable = sum(n for _, _, n in batch)
     if not good:
-        x0, y0, _ = batch[0]
-        return x0.new_empty((0,) + tuple(x0.shape)), y0.new_empty((0,) + tuple(y0.shape)), n_bad
+        return torch.empty(0), torch.empty(0), unreadable
     xs, ys = zip(*good)
-    return _stack(xs), _stack(ys), n_bad
+    return _stack(xs), _stack(ys), unreadable
 
 
 def _stack(tensors):
@@ -440,44 +394,24 @@ def _stack(tensors):
     return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
 
 
-class EpochShuffler(Sampler):
-    """A new permutation per epoch, drawn from torch.Generator seeded by (seed, epoch):
-    the order of epoch e is the same whether training ran from epoch 1 or resumed."""
+def make_loader(dataset, batch_size, workers, sampler=None, pin_memory=False, drop_last=False,
+                prefetch=2):
+    """DataLoader over a SpecDataset yielding (x, y, unreadable) batches, in the order of
+    sampler (e.g. a DistributedSampler: a new shuffle per epoch after its set_epoch).
 
-    def __init__(self, dataset, seed=1337):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __iter__(self):
-        epoch = getattr(self.dataset, 'epoch', 0)
-        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0]
-        gen = torch.Generator().manual_seed(int(state))
-        return iter(torch.randperm(len(self.dataset), generator=gen).tolist())
-
-
-def make_loader(dataset, batch_size, shuffle, workers, pin_memory=False, sampler=None,
-                seed=1337, drop_last=False, prefetch=2):
-    """DataLoader over a SpecDataset yielding (x, y, n_bad) batches.
-
-    shuffle=True draws a fresh order each epoch from a torch.Generator seeded
-    with (seed, dataset.epoch); call dataset.set_epoch(e) before iterating.
-    A given sampler replaces that shuffle.
-    workers > 0 keeps persistent worker processes, each prefetching `prefetch`
-    batches; on Linux they are forked so an ImageCache is shared, not copied.
-    With workers, cv2's own threading is switched off in this process: the
-    workers give the parallelism, and a forked child that inherits cv2's
-    thread pool can deadlock when it touches it (seen with setNumThreads).
+    Port of AED_train.getDatasetChunk and getNextImageBatch. workers > 0 keeps persistent
+    worker processes, each prefetching `prefetch` batches; on Linux they are forked so an
+    ImageCache is shared, not copied. With workers, cv2's own threading is switched off
+    in this process: the workers give the parallelism, and a forked child that inherits
+    cv2's thread pool can deadlock when it touches it (seen with setNumThreads).
     """
-    if sampler is None and shuffle:
-        sampler = EpochShuffler(dataset, seed)
     kwargs = {}
     if workers > 0:
         cv2.setNumThreads(0)
         kwargs.update(persistent_workers=True, prefetch_factor=prefetch)
         if sys.platform.startswith('linux'):
             kwargs['multiprocessing_context'] = 'fork'
+    # its own generator: starting an epoch never draws from the global one (dropout's)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(seed), **kwargs)
+                      generator=torch.Generator(), **kwargs)

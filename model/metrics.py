@@ -11,11 +11,8 @@ import numpy as np
 
 
 def confusion_matrix(targets, predictions, num_classes):
-    """Count (target, prediction) pairs.
-
-    targets, predictions: 1-D integer sequences of class indices (same length).
-    Returns an int64 array (K, K), rows = targets, columns = predictions.
-    """
+    """Port of AED_train.updateConfusionMatrix: (target, prediction) pairs of class indices
+    counted into an int64 array (K, K), rows = targets, columns = predictions."""
     t = np.asarray(targets, dtype=np.int64).ravel()
     p = np.asarray(predictions, dtype=np.int64).ravel()
     if t.shape != p.shape:
@@ -28,21 +25,15 @@ def confusion_matrix(targets, predictions, num_classes):
 
 
 def _safe_divide(num, den):
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    out = np.zeros_like(num)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
 def class_metrics(cm):
-    """Per-class (precision, recall, f1) as float64 arrays (K,).
-
-    precision = tp / column sum (everything predicted as the class),
-    recall = tp / row sum (everything that truly is the class). The original
-    swapped the two (defect 2). Undefined values (no predictions, no samples)
-    are 0, never NaN.
-    """
+    """Port of AED_train.calculateMetrics: per-class (precision, recall, f1) as float64 arrays
+    (K,). precision = tp / column sum (everything predicted as the class), recall = tp / row
+    sum (everything that truly is the class); the original swapped the two (defect 2).
+    Undefined values (no predictions, no samples) are 0, never NaN."""
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     precision = _safe_divide(tp, cm.sum(axis=0))
@@ -58,11 +49,11 @@ def normalize_rows(cm):
 
 
 def plot_confusion_matrix(cm, classes, path, title, normalize=True, max_classes=20):
-    """Save the confusion matrix as a PNG at path and return the Path.
+    """Port of AED_train.showConfusionMatrix: save the matrix as a PNG at path; returns the Path.
 
-    Only the first max_classes classes are drawn (large class counts become
-    unreadable); with normalize the rows are percentages of the FULL row, so
-    the cap does not change the numbers. Cells carry their value as text.
+    Only the first max_classes classes are drawn (large class counts become unreadable);
+    with normalize the rows are percentages of the FULL row, so the cap does not change
+    the numbers. Cells carry their value as text.
     """
     # Figure + Agg canvas directly: no pyplot, no global backend switch
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -1,9 +1,8 @@
 """Training helpers for AED_train.py: schedule, loss, accuracy, optimiser, loops, logs.
-
-Every function takes its settings as arguments (none reads config.py), so the
-script, the tests and the benchmark share exactly the same code.
+Every function takes its settings as arguments (none reads config.py).
 """
 import csv
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -24,22 +24,16 @@ PROB_CLIP = 1e-7
 def learning_rate(schedule, epoch, epochs, descent):
     """The learning rate of an epoch from a {epoch: rate} schedule (the original's rule).
 
-    With descent, a linear curve runs through the points of the schedule, its
-    keys SORTED (defect 12: the original relied on Python 2 dict order), plus
-    the point (epochs, last rate); epoch e runs at the curve's value at
-    max(first key, e - 1). So the first two epochs both start near the first
-    rate, and the final rate is first used at epoch last key + 1: a run of
-    exactly that many epochs, or fewer, never reaches it. A run shorter than
-    the last key has the schedule squeezed into its own length:
-    {0: 0.001, 55: 1e-6} over 10 epochs ends with epoch 10 at 0.0001009 (the
-    curve at 9 of 10); over 55 epochs epoch 55 runs at 1.92e-5. A longer run
-    keeps the last rate from epoch last key + 1 on.
+    With descent, a linear curve runs through the points of the schedule, its keys
+    SORTED (defect 12: the original relied on Python 2 dict order), plus the point
+    (epochs, last rate); epoch e runs at the curve's value at max(first key, e - 1). So
+    the final rate is first used at epoch last key + 1, and a run shorter than the last
+    key has the schedule squeezed into its own length: {0: 0.001, 55: 1e-6} over 10
+    epochs ends with epoch 10 at 0.0001009 (the curve at 9 of 10).
 
     Without descent it is a step schedule: the rate of the largest key <= epoch
     (the first key's rate before that).
     """
-    if not schedule:
-        raise ValueError('the learning-rate schedule is empty')
     keys = sorted(schedule)
     rates = [float(schedule[k]) for k in keys]
     if not descent:
@@ -89,9 +83,9 @@ def make_optimizer(name, params, rate):
 ######################## loss and accuracy ########################
 
 def compute_loss(logits, targets, multi_label):
-    """Mean categorical cross-entropy on logits, or for multi-label the mean
-    binary cross-entropy of the sigmoid outputs clipped to [1e-7, 1 - 1e-7]
-    over all elements. Computed in float32 (safe inside autocast)."""
+    """Port of AED_train.calc_loss and calc_loss_multi: mean categorical cross-entropy on
+    logits, or for multi-label the mean binary cross-entropy of the sigmoid outputs clipped
+    to [1e-7, 1 - 1e-7] over all elements. Computed in float32 (safe inside autocast)."""
     logits, targets = logits.float(), targets.float()
     if not multi_label:
         return F.cross_entropy(logits, targets)
@@ -106,19 +100,17 @@ def l2_penalty(net):
     return torch.stack(terms).sum()
 
 
-def accuracy_counts(logits, targets, binary):
-    """(correct, total) as tensors: top-1 hits per image, or with binary the
-    elements where sigmoid > 0.5 agrees with target > 0.5."""
-    if binary:
-        hits = (torch.sigmoid(logits.float()) > 0.5) == (targets > 0.5)
-        return hits.sum(), torch.tensor(hits.numel(), device=hits.device)
-    hits = logits.argmax(dim=1) == targets.argmax(dim=1)
-    return hits.sum(), torch.tensor(hits.numel(), device=hits.device)
+def percent(fraction):
+    """Accuracy in % truncated to 0.1, as the original printed and compared it."""
+    return math.floor(fraction * 1000 + 1e-6) / 10.0
 
 
 def accuracy(logits, targets, binary=False):
-    correct, total = accuracy_counts(logits, targets, binary)
-    return correct.item() / max(1, total.item())
+    """Port of AED_train.calc_accuracy (top-1 hits per image) and, with binary,
+    calc_accuracy_multi (elements where sigmoid > 0.5 agrees with target > 0.5): a tensor."""
+    if binary:
+        return ((torch.sigmoid(logits.float()) > 0.5) == (targets > 0.5)).double().mean()
+    return (logits.argmax(dim=1) == targets.argmax(dim=1)).double().mean()
 
 
 ######################## devices and precision ########################
@@ -133,19 +125,13 @@ def distributed_env(environ):
 
 def select_device(name='auto'):
     """'auto' picks CUDA, then Apple MPS, then CPU; anything else is passed to torch.device."""
+    available = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(),
+                 'cpu': True}
     if name == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda')
-        mps = getattr(torch.backends, 'mps', None)
-        if mps is not None and mps.is_available():
-            return torch.device('mps')
-        return torch.device('cpu')
+        return torch.device(next(kind for kind, ok in available.items() if ok))
     device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {name} requested but CUDA is not available')
-    mps = getattr(torch.backends, 'mps', None)
-    if device.type == 'mps' and not (mps is not None and mps.is_available()):
-        raise ValueError(f'device {name} requested but MPS is not available')
+    if not available.get(device.type, True):
+        raise ValueError(f'device {name} requested but {device.type.upper()} is not available')
     return device
 
 
@@ -154,19 +140,15 @@ class Precision:
     fp16 with a GradScaler. Elsewhere (or with enabled=False) plain float32."""
 
     def __init__(self, device, enabled=True):
-        self.enabled = bool(enabled) and device.type == 'cuda'
         self.dtype = None
-        if self.enabled:
+        if enabled and device.type == 'cuda':
             # emulated bf16 (T4, V100) is slower than fp16
             native = torch.cuda.is_bf16_supported(including_emulation=False)
             self.dtype = torch.bfloat16 if native else torch.float16
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.enabled and self.dtype == torch.float16)
-        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.dtype == torch.float16)
 
     def autocast(self):
-        if not self.enabled:
-            return nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+        return nullcontext() if self.dtype is None else torch.autocast('cuda', dtype=self.dtype)
 
     def __str__(self):
         return {None: 'float32', torch.bfloat16: 'bf16 autocast',
@@ -189,12 +171,9 @@ def configure_backend(device, deterministic):
 
 
 def maybe_compile(net, enabled):
-    """torch.compile(net) when enabled; returns (network, warning or None).
-
-    Where torch.compile is missing or cannot build on this platform, the plain
-    network is returned with a one-line warning instead of failing the run.
-    Compilation itself is lazy: errors at the first forward are not caught here.
-    """
+    """(torch.compile(net) when enabled, None), or (net, a one-line warning) where torch.compile
+    is missing or cannot build here. Compiling is lazy: errors at the first forward are not
+    caught here."""
     if not enabled:
         return net, None
     compile_fn = getattr(torch, 'compile', None)
@@ -231,17 +210,15 @@ def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
 
 def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight=0.0,
                 batch_transform=None, channels_last=False, progress=None, agree=None):
-    """Train over loader once; returns (mean batch loss, batches, unreadable images).
+    """Train over loader once, as the original's loop over train_net; returns (sum of the
+    batch losses, batches, unreadable images).
 
-    loader yields (x, y, n_bad) as model.data.collate makes them.
-    batch_transform(x, y) -> (x, y) runs on the CPU tensors before the copy to
-    the device (batch augmentation). Batches of fewer than 2 images are
-    skipped: batch norm cannot normalise a single image in training mode.
-    progress: optional tqdm bar, advanced once per batch.
-    agree(ok) -> bool: under DDP, whether every process can step (see
-    all_can_step); all skip a batch together, else their gradient
-    all-reduces fall out of step and one process waits forever.
-    """
+    loader yields (x, y, unreadable) as model.data.collate makes them. batch_transform(x, y)
+    -> (x, y) runs on the CPU tensors (batch augmentation). Batches of fewer than 2 images
+    are skipped: batch norm cannot normalise one image in training mode. progress: a tqdm
+    bar. agree(ok) -> bool: under DDP, whether every process can step (all_can_step); all
+    skip a batch together, else their gradient all-reduces fall out of step and one waits
+    forever."""
     net.train()
     loss_sum = torch.zeros((), device=device)
     batches = bad = 0
@@ -262,15 +239,14 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
             # reading the loss syncs the GPU, so only now and then
             if batches and batches % 10 == 0:
                 progress.set_postfix(loss=f'{loss_sum.item() / batches:.4f}')
-    mean = loss_sum.item() / batches if batches else float('nan')
-    return mean, batches, bad
+    return loss_sum.item(), batches, bad
 
 
-def all_can_step(group=None):
-    """agree() for train_epoch under torch.distributed: a MIN all-reduce of one
-    CPU flag per batch. group: a gloo group when the default one is NCCL, so
-    the flag never waits for the GPU."""
-    import torch.distributed as dist
+def all_can_step():
+    """agree() for train_epoch under torch.distributed: a MIN all-reduce of one CPU flag
+    per batch, through a gloo group where the default one is NCCL (the flag never waits
+    for the GPU). Every process must call it, in the same order."""
+    group = dist.new_group(backend='gloo') if dist.get_backend() == 'nccl' else None
 
     def agree(ok):
         flag = torch.tensor([int(ok)], dtype=torch.int32)
@@ -282,13 +258,10 @@ def all_can_step(group=None):
 @torch.no_grad()
 def evaluate(net, loader, device, precision, num_classes, multi_label, binary_accuracy,
              batch_transform=None, channels_last=False):
-    """Validate; returns a dict of loss_sum and acc_sum (sums of the batch means
-    of loss and accuracy, as the original averaged them: divide by batches),
-    batches, bad (unreadable images) and cm (confusion matrix tensor
-    (K, K), rows = argmax of targets).
-
-    Sums, not means, so results of several processes can simply be added.
-    """
+    """Validate, as the original's loop over test_net; returns a dict of loss_sum and
+    acc_sum (sums of the batch means, as the original averaged them: divide by batches),
+    batches, bad (unreadable images) and cm (confusion matrix tensor (K, K), rows = targets):
+    sums, so that the results of several processes can be added."""
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     acc_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -306,8 +279,7 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
             logits = net(x)
         logits = logits.float()
         loss_sum += compute_loss(logits, y, multi_label).double()
-        correct, total = accuracy_counts(logits, y, binary_accuracy)
-        acc_sum += correct.double() / total
+        acc_sum += accuracy(logits, y, binary_accuracy)
         # one-hot product instead of bincount: deterministic on CUDA too
         truth = F.one_hot(y.argmax(dim=1), num_classes).double()
         guess = F.one_hot(logits.argmax(dim=1), num_classes).double()
@@ -316,16 +288,25 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
     return {'loss_sum': loss_sum, 'acc_sum': acc_sum, 'cm': cm, 'batches': batches, 'bad': bad}
 
 
-class Timer:
-    """Wall-clock seconds that wait for queued GPU work first."""
+def add_up(totals, stats, device):
+    """Training totals [loss sum, batches, unreadable] and validation sums (evaluate's dict,
+    or None) of all processes, as one numpy vector: [train loss sum, batches, unreadable,
+    val loss sum, val accuracy sum, val batches, val unreadable, confusion matrix...]."""
+    packed = torch.tensor(totals, dtype=torch.float64, device=device)
+    if stats is not None:
+        counts = torch.tensor([stats['batches'], stats['bad']], dtype=torch.float64, device=device)
+        packed = torch.cat([packed, torch.stack([stats['loss_sum'], stats['acc_sum']]), counts,
+                            stats['cm'].flatten()])
+    if dist.is_initialized():
+        dist.all_reduce(packed)  # sums of all processes
+    return packed.cpu().numpy()
 
-    def __init__(self, device):
-        self.device = device
 
-    def now(self):
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+def clock(device):
+    """Wall-clock seconds, after the queued GPU work is done."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 ######################## logs and plots ########################
@@ -341,12 +322,11 @@ class BackgroundWriter:
     """
 
     def __init__(self):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='aed-writer')
-        self._pending = None
+        self._pool, self._pending = ThreadPoolExecutor(1, thread_name_prefix='aed-writer'), None
 
-    def submit(self, fn, *args, **kwargs):
+    def submit(self, fn, *args):
         self.wait()
-        self._pending = self._pool.submit(fn, *args, **kwargs)
+        self._pending = self._pool.submit(fn, *args)
 
     def wait(self):
         """Block until the submitted job is done; re-raises its exception."""
@@ -365,11 +345,8 @@ LOG_FIELDS = ('epoch', 'train_loss', 'val_loss', 'val_accuracy', 'lr', 'time_s',
 
 
 def write_epoch_log(path, rows):
-    """(Re)write the CSV log of all epochs so far, atomically; returns the Path.
-
-    rows: dicts with the LOG_FIELDS keys (missing values are left empty).
-    Rewriting the whole file keeps it consistent after a resumed run.
-    """
+    """(Re)write the CSV log of all epochs so far (dicts with the LOG_FIELDS keys; missing
+    values are left empty), atomically: a resumed run keeps it whole. Returns the Path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.part')
@@ -399,16 +376,12 @@ def plot_training_curves(rows, path, title):
     ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax_loss.plot(epochs, series('train_loss'), 'o-', label='train')
     ax_loss.plot(epochs, series('val_loss'), 's-', label='validation')
-    ax_loss.set_xlabel('epoch')
-    ax_loss.set_ylabel('loss')
     ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
     ax_acc.plot(epochs, series('val_accuracy'), 'o-', color='tab:green')
-    ax_acc.set_xlabel('epoch')
-    ax_acc.set_ylabel('validation accuracy (%)')
     ax_acc.set_ylim(0, 100)
-    ax_acc.grid(alpha=0.3)
-    for ax in (ax_loss, ax_acc):
+    for ax, label in ((ax_loss, 'loss'), (ax_acc, 'validation accuracy (%)')):
+        ax.set(xlabel='epoch', ylabel=label)
+        ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     return save_figure(fig, path)
@@ -416,12 +389,17 @@ def plot_training_curves(rows, path, title):
 
 ######################## random state for resuming ########################
 
-def rng_state(np_rng):
-    """Torch (CPU and CUDA) and numpy Generator states, in types weights_only can load."""
+def rng_states(np_rng):
+    """[torch (CPU and CUDA) and numpy Generator states] of every process in rank order (one
+    without torch.distributed), in types weights_only can load."""
     state = {'torch': torch.get_rng_state(), 'numpy': np_rng.bit_generator.state}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
+    if not dist.is_initialized():
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
 
 
 def set_rng_state(state, np_rng):

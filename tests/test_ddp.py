@@ -3,9 +3,9 @@
 Each process gets the environment torchrun sets (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and runs AED_train.train on tiny
 settings; both must end with identical weights and batch-norm statistics,
-only rank 0 may print or write files, processes that lose different numbers
-of unreadable images must not hang, and a resumed run must give every
-process back its own random state. A hung process group fails the test after
+only rank 0 may print or write files, an unreadable image must drop only
+itself, a batch left empty on one process must be skipped by all (not hang),
+and a resumed run must give every process back its own random state. A hung process group fails the test after
 a timeout instead of stalling the suite.
 """
 import os
@@ -46,7 +46,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def worker(rank, world, port, root, argv, settings, tag):
+def worker(rank, world, port, root, argv, settings, tag, hole):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -62,6 +62,8 @@ def worker(rank, world, port, root, argv, settings, tag):
 
         def recorded():  # the batch sizes this process loaded, before any skip
             for x, y, n_bad in loader:
+                if (rank, len(sizes), len(sizes[-1])) == hole:  # a batch left with no image
+                    x, y = x[:0], y[:0]
                 sizes[-1].append(x.shape[0])
                 yield x, y, n_bad
         loss, n, bad = real(net, recorded(), *a, **kw)
@@ -73,9 +75,10 @@ def worker(rank, world, port, root, argv, settings, tag):
                 'rng': torch.get_rng_state()}, root / f'{tag}_rank{rank}.pt')
 
 
-def run_two(root, argv, settings=None, tag='run', timeout=120):
-    """Train in 2 processes; returns the two ranks' records (fails after timeout s)."""
-    context = mp.start_processes(worker, args=(2, free_port(), root, argv, settings or {}, tag),
+def run_two(root, argv, settings=None, tag='run', timeout=120, hole=None):
+    """Train in 2 processes; returns the two ranks' records (fails after timeout s).
+    hole: (rank, epoch, batch), counted from 1, 1 and 0: that process's batch loses its images."""
+    context = mp.start_processes(worker, args=(2, free_port(), root, argv, settings or {}, tag, hole),
                                  nprocs=2, join=False)
     deadline = time.monotonic() + timeout
     while not context.join(timeout=1):
@@ -110,17 +113,18 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path, capfd):
     assert (tmp_path / 'logs' / 'Example_Run.csv').is_file()
 
 
-def test_processes_that_lose_different_images_skip_batches_together(tmp_path):
-    # 3 unreadable files per class and batches of 2: a batch that lost an image holds
-    # one and cannot be trained on; the processes must skip it together
+def test_an_unreadable_image_drops_only_itself_and_an_empty_batch_is_skipped_by_all(tmp_path, capfd):
+    # 3 unreadable files of 11 per class, batches of 2: a readable image takes each one's
+    # place (this used to discard whole batches, and all of epoch 2). In epoch 2 the second
+    # batch of process 1 is left with no image: both processes skip it together, or their
+    # gradient all-reduces fall out of step and one waits forever.
     make_images(tmp_path / 'data', per_class=8, corrupt=3)
-    ra, rb = run_two(tmp_path, ['--epochs', '2', '--batch-size', '2'], {'VAL_SPLIT': 0}, timeout=60)
-    short_a = [n < 2 for epoch in ra['sizes'] for n in epoch]
-    short_b = [n < 2 for epoch in rb['sizes'] for n in epoch]
-    assert len(short_a) == len(short_b) and short_a != short_b  # the case that used to hang
-    skipped = sum(a or b for a, b in zip(short_a, short_b))
-    assert ra['batches'] == rb['batches'] and sum(ra['batches']) == len(short_a) - skipped
+    ra, rb = run_two(tmp_path, ['--epochs', '2', '--batch-size', '2'], timeout=60, hole=(1, 2, 1))
+    assert ra['sizes'] == [[2] * 5] * 2 and rb['sizes'] == [[2] * 5, [2, 0, 2, 2, 2]]
+    assert ra['batches'] == rb['batches'] == [5, 4]
     assert_same_state(ra['state'], rb['state'])
+    err = capfd.readouterr().err
+    assert 'ERROR' not in err and '_broken_' in err and 'not a readable image, skipped' in err
 
 
 def test_resume_gives_each_process_its_own_random_state(tmp_path):

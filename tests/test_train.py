@@ -14,10 +14,10 @@ import torch
 
 import AED_train
 import config as cfg
-from model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.net import AEDNet, count_params, weighted_layers
 from model.training import (Precision, accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
-                            plot_training_curves, select_device, write_epoch_log)
+                            percent, plot_training_curves, select_device, write_epoch_log)
 
 TINY = ['--im-size', '64', '64', '--filters', '4', '--batch-size', '16', '--device', 'cpu']
 
@@ -156,10 +156,10 @@ def test_l2_penalty_counts_conv_and_dense_weights_only():
 def test_accuracy_top1_and_binary():
     logits = torch.tensor([[3.0, 1.0, -2.0], [0.0, 2.0, 1.0], [5.0, 0.0, 0.0]])
     targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    assert accuracy(logits, targets) == pytest.approx(2 / 3)
+    assert accuracy(logits, targets).item() == pytest.approx(2 / 3)
     # sigmoid > 0.5 where logit > 0: rows give [T, T, F], [F, T, T], [T, F, F]
     multi = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
-    assert accuracy(logits, multi, binary=True) == pytest.approx(7 / 9)
+    assert accuracy(logits, multi, binary=True).item() == pytest.approx(7 / 9)
 
 
 def test_optimizer_factory():
@@ -309,17 +309,16 @@ def test_pretrained_transfer_to_other_class_count(specs, out, monkeypatch, capsy
             assert torch.equal(target['state_dict'][key], value), key
 
 
-def test_pretrained_with_other_architecture_or_not_a_checkpoint(specs, out, tmp_path):
+def test_pretrained_with_other_architecture(specs, out, tmp_path):
     other = AEDNet(5, (64, 64), 1, 8)
     meta = {'classes': ['beeps', 'clicks', 'hum', 'noise_bursts', 'siren'], 'im_size': [64, 64],
             'im_dim': 1, 'filters': 8}
     save_checkpoint(tmp_path / 'wide.pt', other, meta)
-    (tmp_path / 'notes.txt').write_text('not a model\n')
-    # a missing file is a configuration error (exit 2): tests/test_train_settings.py
-    for name, reason in ((tmp_path / 'wide.pt', 'shape'), (tmp_path / 'notes.txt', 'not an AED checkpoint')):
-        with pytest.raises(SystemExit) as e:
-            AED_train.main(train_args(specs, out, '--pretrained', str(name), epochs=1))
-        assert reason in error_of(e)
+    # a missing file or one that is no checkpoint is a configuration error (exit 2):
+    # tests/test_train_settings.py
+    with pytest.raises(SystemExit) as e:
+        AED_train.main(train_args(specs, out, '--pretrained', str(tmp_path / 'wide.pt'), epochs=1))
+    assert 'shape' in error_of(e)
 
 
 # a missing dataset, VAL_SPLIT = 1 and a too small image are configuration errors
@@ -402,33 +401,79 @@ def test_resume_continues_from_saved_epoch(specs, out, capsys, monkeypatch):
                         resumed['best_state'] or resumed['state_dict'])
 
 
-def test_resume_rejects_a_plain_model(specs, out):
+def test_resume_rejects_a_plain_model(specs, out, capsys):
     assert AED_train.main(train_args(specs, out, epochs=1)) == 0
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         AED_train.main(train_args(specs, out, '--resume',
                                   str(out / 'models' / 'AED_Example_Run_model_best.pt'), epochs=2))
-    assert 'not a resume checkpoint' in error_of(e)
+    assert e.value.code == 2  # a setting that cannot work, found before any work
+    assert 'not a resume checkpoint' in capsys.readouterr().err.splitlines()[-1]
 
 
-@pytest.mark.parametrize('save', [True, False])
-def test_ctrl_c_stops_and_saves_best(specs, out, monkeypatch, capsys, save):
-    monkeypatch.setattr(cfg, 'SAVE_AFTER_INTERRUPT', save)
-    monkeypatch.setattr(cfg, 'SNAPSHOT_EPOCHS', [10])
+def interrupt_in_epoch(monkeypatch, epoch):
+    """Ctrl-C at the start of the given epoch's training (counting this run's epochs from 1)."""
     real, calls = AED_train.train_epoch, []
 
     def train_epoch(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == epoch:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
     monkeypatch.setattr(AED_train, 'train_epoch', train_epoch)
-    assert AED_train.main(train_args(specs, out, epochs=3)) == 130
-    assert len(calls) == 2
-    assert 'interrupted in epoch 2' in capsys.readouterr().err
-    best = out / 'models' / 'AED_Example_Run_model_best.pt'
+
+
+@pytest.mark.parametrize('save', [True, False])
+def test_ctrl_c_says_how_to_resume_and_saves_best(specs, out, monkeypatch, capsys, save):
+    monkeypatch.setattr(cfg, 'SAVE_AFTER_INTERRUPT', save)
+    monkeypatch.setattr(cfg, 'SNAPSHOT_EPOCHS', [10])
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 6)
+    elsewhere = out / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a relative --model-path, from a folder other than the repository's
+    argv = train_args(specs, out, '--model-path', 'runs', epochs=3)
+    with monkeypatch.context() as m:
+        interrupt_in_epoch(m, 3)
+        assert AED_train.main(argv) == 130
+    captured = capsys.readouterr()
+    last = elsewhere / 'runs' / 'AED_Example_Run_last.pt'
+    command = f'python {AED_train.ROOT / "AED_train.py"} --resume {last}'
+    lines = captured.err.splitlines()
+    assert lines[-3:] == ['TRAINING INTERRUPTED IN EPOCH 3', f'PROGRESS SAVED: {last}',
+                          f'RESUME WITH: {command}']
+    assert 'TRAINING DONE!' not in captured.out and load_checkpoint(last)['epoch'] == 2
+    best = elsewhere / 'runs' / 'AED_Example_Run_model_best.pt'
     assert best.is_file() == save
     if save:
-        assert load_checkpoint(best)['epoch'] == 1
+        epoch = load_checkpoint(best)['epoch']
+        assert f'BEST MODEL (EPOCH {epoch}) SAVED: {best}' in captured.out.splitlines()
+    # the printed command, run as it reads, finishes the run
+    monkeypatch.setattr(cfg, 'TRAIN_WORKERS', 0)
+    monkeypatch.setattr(cfg, 'DEVICE', 'cpu')
+    assert AED_train.main(command.split()[2:]) == 0
+    assert 'RESUMING Example_Run AT EPOCH 3' in capsys.readouterr().out
+    assert load_checkpoint(last)['epoch'] == 3
+
+
+def test_ctrl_c_before_an_epoch_finished_points_to_the_resumed_checkpoint(specs, out, monkeypatch,
+                                                                         capsys):
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 4)
+    monkeypatch.chdir(out)
+    with monkeypatch.context() as m:
+        interrupt_in_epoch(m, 1)
+        assert AED_train.main(train_args(specs, out, epochs=2)) == 130
+    err = capsys.readouterr().err
+    assert 'TRAINING INTERRUPTED IN EPOCH 1' in err and 'RESUME WITH' not in err
+    assert 'no epoch finished, no model saved' in err
+    assert AED_train.main(train_args(specs, out, epochs=1)) == 0
+    last = out / 'models' / 'AED_Example_Run_last.pt'
+    moved = out / 'moved_last.pt'
+    last.rename(moved)
+    with monkeypatch.context() as m:
+        interrupt_in_epoch(m, 1)
+        assert AED_train.main(train_args(specs, out, '--resume', str(moved), epochs=3)) == 130
+    command = f'python {AED_train.ROOT / "AED_train.py"} --resume {moved}'
+    assert f'RESUME WITH: {command}' in capsys.readouterr().err
 
 
 def test_multi_label_uses_sigmoid_loss_and_batch_augmentation(specs, out, monkeypatch, capsys):
@@ -499,13 +544,13 @@ def test_epoch_files_hold_that_epochs_state_though_written_while_the_next_trains
     import time
     real_report, real_write, weights = AED_train.report, AED_train.write_epoch_files, {}
 
-    def report(run, epoch, *args):
-        weights[epoch] = {k: v.clone() for k, v in run.module.state_dict().items()}
-        return real_report(run, epoch, *args)
+    def report(job, best, epoch, *args):
+        weights[epoch] = {k: v.clone() for k, v in job.module.state_dict().items()}
+        return real_report(job, best, epoch, *args)
 
-    def slow_write(run, epoch, *args):
+    def slow_write(args, epoch, *rest):
         time.sleep(1.0)  # the next epoch trains meanwhile and changes the live weights
-        return real_write(run, epoch, *args)
+        return real_write(args, epoch, *rest)
     monkeypatch.setattr(AED_train, 'report', report)
     monkeypatch.setattr(AED_train, 'write_epoch_files', slow_write)
     monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
@@ -602,7 +647,7 @@ def test_epoch_line_reports_the_mean_of_batch_means(specs, out, monkeypatch, cap
     assert stats[0]['batches'] == 2
     line = re.search(r'VAL LOSS: ([\d.]+) VAL ACCURACY: ([\d.]+) %', capsys.readouterr().out)
     assert float(line[1]) == pytest.approx(stats[0]['loss_sum'].item() / 2, abs=1e-6)
-    assert float(line[2]) == AED_train.val_percent(stats[0]['acc_sum'].item() / 2)
+    assert float(line[2]) == percent(stats[0]['acc_sum'].item() / 2)
 
 
 def test_detached_copy_is_not_changed_by_later_steps():
@@ -619,3 +664,57 @@ def test_detached_copy_is_not_changed_by_later_steps():
     for key, value in before.items():
         assert torch.equal(saved['state'][0][key], value), key
     assert saved['param_groups'][0]['betas'] == (0.5, 0.999)
+
+
+def test_clean_state_dict_copies_a_gpu_tensor_once():
+    copies = []
+
+    class OnGpu(torch.Tensor):
+        """A CPU tensor that says it lives on a GPU and counts the copies made of it."""
+        device = property(lambda self: torch.device('cuda', 0))
+
+        def cpu(self, *args, **kwargs):
+            copies.append('cpu')
+            return self
+
+        def clone(self, *args, **kwargs):
+            copies.append('clone')
+            return super().clone(*args, **kwargs)
+    weight = torch.ones(3).as_subclass(OnGpu)
+    cpu_weight = torch.ones(2)
+    clean = clean_state_dict({'module._orig_mod.w': weight, 'b': cpu_weight})
+    assert list(clean) == ['w', 'b'] and copies == ['cpu']
+    assert torch.equal(clean['b'], cpu_weight) and clean['b'].data_ptr() != cpu_weight.data_ptr()
+
+
+def recorded_epochs(monkeypatch):
+    """The batches each epoch's training saw, [[(x, y)]], recorded by wrapping its loader."""
+    real, epochs = AED_train.train_epoch, []
+
+    def train_epoch(net, loader, *args, **kwargs):
+        epochs.append([])
+
+        def recorded():
+            for x, y, n in loader:
+                epochs[-1].append((x.clone(), y.clone()))
+                yield x, y, n
+        return real(net, recorded(), *args, **kwargs)
+    monkeypatch.setattr(AED_train, 'train_epoch', train_epoch)
+    return epochs
+
+
+@pytest.mark.parametrize('shuffle', [True, False])
+def test_each_epoch_gets_its_own_shuffle_and_augmentation(specs, out, monkeypatch, shuffle):
+    monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 4)
+    monkeypatch.setattr(cfg, 'RANDOMIZE_TRAIN_SET', shuffle)
+    monkeypatch.setattr(cfg, 'IM_AUGMENTATION', {'noise': [1.0, 0.01]})
+    epochs = recorded_epochs(monkeypatch)
+    assert AED_train.main(train_args(specs, out, '--batch-size', '6', epochs=2)) == 0
+    (first, second) = ([torch.cat(part) for part in zip(*epoch)] for epoch in epochs)
+    labels = [y.argmax(dim=1).tolist() for _, y in (first, second)]
+    if shuffle:  # a new order of the same images
+        assert labels[0] != labels[1] and sorted(labels[0]) == sorted(labels[1])
+    else:  # the same order, newly augmented: the same images with other noise
+        assert labels[0] == labels[1]
+        assert not torch.equal(first[0], second[0])
+        assert (first[0] - second[0]).abs().mean() < 0.1

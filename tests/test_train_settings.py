@@ -105,15 +105,32 @@ def test_bad_constant_is_one_error_line_before_any_work(specs, tmp_path, monkeyp
 
 
 def test_every_bad_setting_gets_its_own_error_line(specs, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cfg, 'IM_AUGMENTATION', {'rolll': [0.5, (0.0, 0.05)]})
+    # two unknown augmentations are two lines, as every other bad entry
+    monkeypatch.setattr(cfg, 'IM_AUGMENTATION', {'rolll': [0.5, (0.0, 0.05)], 'roll': [0.5, (0.0, 0.05)],
+                                                 'blur': [0.5, 3]})
     monkeypatch.setattr(cfg, 'OPTIMIZER', 'sgd')
     with pytest.raises(SystemExit) as e:
         AED_train.main(run_args(specs, tmp_path / 'run', '--batch-size', '0'))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith('ERROR: ') for line in err)
-    for name in ('IM_AUGMENTATION', 'OPTIMIZER', 'BATCH_SIZE (--batch-size)'):
+    assert len(err) == 4 and all(line.startswith('ERROR: ') for line in err)
+    for name in ("IM_AUGMENTATION: unknown augmentation 'rolll'",
+                 "IM_AUGMENTATION: unknown augmentation 'blur'", 'OPTIMIZER', 'BATCH_SIZE (--batch-size)'):
         assert sum(name in line for line in err) == 1, name
+
+
+def test_a_pretrained_file_that_is_no_checkpoint_stops_before_any_work(specs, tmp_path, monkeypatch,
+                                                                       capsys):
+    notes = tmp_path / 'notes.txt'
+    notes.write_text('not a model\n')
+    read = []
+    monkeypatch.setattr(AED_train, 'parse_dataset', lambda *a, **k: read.append(1))
+    monkeypatch.setattr(AED_train, 'AEDNet', lambda *a, **k: read.append(2))
+    with pytest.raises(SystemExit) as e:
+        AED_train.main(run_args(specs, tmp_path / 'run', '--pretrained', str(notes)))
+    line = config_error(e, capsys)
+    assert line.startswith(f'ERROR: PRETRAINED_MODEL (--pretrained): {notes} is not an AED checkpoint')
+    assert not read and not (tmp_path / 'run').exists()  # no dataset read, no network, no files
 
 
 BAD_FLAGS = [
@@ -137,6 +154,15 @@ def test_bad_flag_is_one_error_line(specs, tmp_path, monkeypatch, capsys, flags,
     with pytest.raises(SystemExit) as e:
         AED_train.main(run_args(specs, tmp_path / 'run') + flags)
     assert reason in config_error(e, capsys)
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_a_device_this_machine_lacks_is_a_setting_error(specs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        AED_train.main(run_args(specs, tmp_path / 'run', '--device', 'cuda'))
+    line = config_error(e, capsys)
+    assert line == 'ERROR: DEVICE (--device): device cuda requested but CUDA is not available'
     assert not (tmp_path / 'run').exists()
 
 
