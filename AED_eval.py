@@ -33,6 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
@@ -41,8 +42,6 @@ from model.audio import class_folders, spec_defaults
 from model.inference import average_precision, predict_files, prediction_pooling, rank_predictions, true_rank
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
 from model.session import open_for_prediction
-from model.stream import default_workers
-from model.threads import available_cores
 from model.training import distributed_env
 
 try:
@@ -309,21 +308,19 @@ def main(argv=None):
         sys.exit(2)
     print('NUMBER OF CLASSES:', len({label for _, label in files}))
     print('NUMBER OF TEST SAMPLES:', len(files))
-    model, settings, batch_size, threads = open_for_prediction(
+    model, settings, batch_size, workers = open_for_prediction(
         args, ROOT / cfg.MODEL_PATH, spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE,
                                                    cfg.RESAMPLE_METHOD),
         (cfg.INFER_BATCH_SIZE, cfg.INFER_BATCH_SIZE_CPU), [p for p, _ in files], ddp)
     unknown = check_classes(model, files)
-    # decoding workers per process: under torchrun the processes of a node share its cores
-    workers = args.workers or default_workers(available_cores() // int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
     print('TESTING MODEL...')
     start = time.perf_counter()
-    rows = evaluate(args, model, files, settings, batch_size, min(workers, len(files)), ddp)
+    rows = evaluate(args, model, files, settings, batch_size, workers, ddp)
     if ddp and ddp[0]:
         return None  # rank 0 reports every file
     summary = report(args, model, rows, unknown, {
         'seconds': round(time.perf_counter() - start, 3),
-        'settings': {**settings, 'batch_size': batch_size, 'threads': threads,
+        'settings': {**settings, 'batch_size': batch_size, 'threads': torch.get_num_threads(),
                      'max_predictions': args.results, 'confidence_threshold': args.confidence}})
     if not summary['scored']:
         print('ERROR: no test file could be evaluated', file=sys.stderr)

@@ -168,16 +168,13 @@ def main(argv=None):  # port of AED_test's main block and testFile
     from model.audio import spec_defaults
     from model.inference import predict_files
     from model.session import open_for_prediction
-    from model.stream import default_workers
     t_imported = time.perf_counter()
     files = expand_filenames(args.filenames)
     readable = [path for path, error in files if error is None]
-    model, settings, batch_size, _ = open_for_prediction(
+    model, settings, batch_size, workers = open_for_prediction(
         args, ROOT / cfg.MODEL_PATH, spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE,
                                                    cfg.RESAMPLE_METHOD),
         (cfg.INFER_BATCH_SIZE, cfg.INFER_BATCH_SIZE_CPU), readable, quiet=args.json)
-    # one file on a CPU: decoding is a sliver of the network's time, not worth a worker process
-    workers = 0 if len(readable) == 1 and model.device.type == 'cpu' else default_workers()
     t_loaded = time.perf_counter()
     results = predict_files(model, readable, settings, batch_size, workers,
                             watch=progress(sys.stderr.isatty() and not args.json))

@@ -2,7 +2,7 @@
 torchrun process), the model and its spectrogram settings, CPU threads, the batch size and
 --compile. A model that cannot be used is one ERROR line and exit status 2.
 
-    model, settings, batch_size, threads = open_for_prediction(args, 'model/', fallback, (256, 32))
+    model, settings, batch_size, workers = open_for_prediction(args, 'model/', fallback, (256, 32), paths)
 """
 import os
 import sys
@@ -16,7 +16,7 @@ from torch.overrides import TorchFunctionMode
 from model.audio import spec_defaults, split_bounds, window_problem
 from model.checkpoint import CheckpointError, checkpoint_meta, model_from_checkpoint, resolve_model_path
 from model.inference import batch_rows, predict
-from model.threads import available_cores, pick_threads
+from model.threads import available_cores, decoding_workers, pick_threads
 from model.training import select_device
 
 # Used when neither the caller nor the checkpoint names a setting (the original's values)
@@ -131,12 +131,13 @@ def rank_device(name, ddp):
     return name
 
 
-def open_for_prediction(args, model_dir, fallback, batch_sizes, paths=(), ddp=None, quiet=False):
+def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None, quiet=False):
     """Load args.modelname on args.device (its rank's GPU under torchrun) and set up the run.
 
-    args carries modelname, device, speclength, overlap, threads, batch_size and
-    compile; batch_sizes is (on CUDA, elsewhere). Exits 2 with one ERROR line
-    when the model cannot be used. Returns (model, settings, batch size, threads).
+    args carries modelname, device, speclength, overlap, threads, batch_size,
+    compile and (AED_eval) workers; batch_sizes is (on CUDA, elsewhere); paths
+    the files to predict. Exits 2 with one ERROR line when the model cannot be
+    used. Returns (model, settings, batch size, decoding workers).
     """
     say = (lambda *a, **k: None) if quiet else print  # status lines stay off JSON output
     say('IMPORTING MODEL...', end=' ', flush=True)
@@ -148,18 +149,21 @@ def open_for_prediction(args, model_dir, fallback, batch_sizes, paths=(), ddp=No
         print(f'ERROR: {e}', file=sys.stderr)
         sys.exit(2)
     say('DONE!')
-    trained = model.spec.get('length')
+    trained, on_cpu = model.spec.get('length'), model.device.type == 'cpu'
     if trained is not None and trained != settings['length']:
         print(f"WARNING: the model was trained on {trained} s windows, testing with {settings['length']} s",
               file=sys.stderr)
-    threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64), available_cores(),
+    cores = available_cores()
+    threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64), cores,
                            cap=torch.get_num_threads(), omp_env=os.environ.get('OMP_NUM_THREADS'))
-    if threads is not None and model.device.type == 'cpu':
+    if threads is not None and on_cpu:
         torch.set_num_threads(threads)
     batch_size = args.batch_size or batch_sizes[model.device.type != 'cuda']
     if args.compile:
         compile_now(model, paths, settings, batch_size)
-    return model, settings, batch_size, torch.get_num_threads()
+    # the processes torchrun starts on a node share its cores
+    cores //= int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    return model, settings, batch_size, decoding_workers(getattr(args, 'workers', 0), len(paths), on_cpu, cores)
 
 
 def compile_now(model, paths, settings, batch_size):

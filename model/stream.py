@@ -13,7 +13,6 @@ by block); 'sinc' resampling and files that only librosa decodes are read whole.
 """
 import ctypes
 import functools
-import os
 import time
 
 import numpy as np
@@ -147,13 +146,6 @@ class SignalBlocks(torch.utils.data.IterableDataset):
                 yield item
         except AudioError as e:
             yield {**head, 'error': str(e), 'last': True}
-
-
-def default_workers(cores=None):
-    """Decoding workers that leave a core for the network: cores - 1, between 1 and 8."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    return max(1, min(8, (cores or 1) - 1))
 
 
 def _as_is(item):
