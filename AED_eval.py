@@ -1,24 +1,17 @@
 """Evaluate a trained model on a test folder whose sub-folders are the true classes.
 
-Every file's window predictions are averaged and ranked. AP is 1 / rank of the
-true class among the top MAX_PREDICTIONS predictions, and 0 when it is not
-among them. (The original appended no AP for such a file: its line repeated the
-previous file's AP, the file was left out of MAP and ACCURACY, and as the first
-file it raised and counted as an error. Leaving misses out would let a worse
-model score a higher MAP, so they count as 0.) CONFIDENCE_THRESHOLD does not
-change AP, as in the original; it only trims the JSON report's prediction lists.
-MAP and ACCURACY (true class ranked first) are means over the files that could
-be decoded. Files that cannot be decoded are listed, counted in ERRORS and left
-out of MAP and ACCURACY, as in the original; the exit status is then 1. Files
-of a class the model does not know score as misses (AP 0) and are listed under
-UNKNOWN CLASSES; when the model knows none of the test classes it is an ERROR
-(exit 2). A per-class table, a confusion-matrix PNG and optional CSV/JSON
-reports follow the summary; the JSON also carries what the checkpoint records
-about its training (summary.model_meta).
+Each file's window predictions are averaged and ranked. AP is 1 / rank of the
+true class among the top MAX_PREDICTIONS, and 0 when it is not among them. The
+original appended no AP then: the file dropped out of MAP and ACCURACY (its line
+repeated the previous file's AP; as the first file it raised and counted as an
+error), so ranking the true class lower could raise MAP. Files that cannot be
+decoded count in ERRORS and stay out of MAP and ACCURACY, as in the original
+(exit status 1); files of a class the model does not know score AP 0 (UNKNOWN
+CLASSES). A per-class table, a confusion-matrix plot and CSV/JSON reports
+(with what the checkpoint records about its training) follow the summary.
 
     python AED_eval.py --modelname AED_Demo_model_best.pt       # after bash demo.sh
-    python AED_eval.py --testdir dataset/test --modelname AED_Example_Run_model_best.pt --quiet
-    for m in model/*.pt; do python AED_eval.py --modelname "$m" --quiet --json "reports/$(basename "$m" .pt).json"; done
+    python AED_eval.py --testdir dataset/test --quiet --csv results.csv --json results.json
     torchrun --nproc_per_node 4 AED_eval.py --testdir big_test_set --quiet
 """
 import argparse

@@ -36,7 +36,8 @@ def test_average_precision_is_reciprocal_rank():
 
 
 def test_average_precision_is_zero_outside_top_k():
-    # defect 7: the original kept the previous file's AP when the label was not listed
+    # defect 7: the original recorded no AP when the label was not listed (the file left MAP,
+    # its line showed the previous file's AP); here such a file scores 0 and stays in MAP
     ranked = rank_predictions([0.1, 0.5, 0.05, 0.35], CLASSES, top_k=2)
     assert true_rank(ranked, 'a') is None
     assert average_precision(ranked, 'a') == 0.0
