@@ -259,12 +259,13 @@ def report(args, model, rows, unknown, extra):
     table, cm, labels = class_table(rows, model.classes, unknown)
     print(f"{'CLASS':<24} {'PRECISION':>9} {'RECALL':>7} {'F1':>7} {'SUPPORT':>7}")
     for t in table:
-        print(f"{t['label']:<24} {t['precision']:>9.4f} {t['recall']:>7.4f} {t['f1']:>7.4f} {t['support']:>7d}")
+        print(f"{t['label']:<24} {t['precision']:>9.4f} {t['recall']:>7.4f} {t['f1']:>7.4f} "
+              f"{t['support']:>7d}")
     stem = Path(model.path).stem
     if args.confmatrix and scored:
         png = plot_confusion_matrix(cm, labels, Path(str(args.confmatrix).replace('{model}', stem)),
                                     f'{stem} on {args.testdir.name}: MAP {mean_ap:.3f}',
-                                    normalize=cfg.NORMALIZE_CONFMATRIX, max_classes=cfg.CONFMATRIX_MAX_CLASSES)
+                                    cfg.NORMALIZE_CONFMATRIX, cfg.CONFMATRIX_MAX_CLASSES)
         print('CONFUSION MATRIX:', png.resolve())
     summary = {'model': model.path, 'test_dir': str(args.testdir), 'files': len(rows), 'scored': len(scored),
                'errors': len(rows) - len(scored), 'map': mean_ap, 'accuracy': accuracy,
@@ -277,13 +278,14 @@ def report(args, model, rows, unknown, extra):
                              'unknown_class'])
             writer.writerows([r['path'], r['true_label'], r['top_label'] or '',
                               '' if r['confidence'] is None else f"{r['confidence']:.6f}", r['rank'] or '',
-                              '' if r['ap'] is None else r['ap'], r['error'] or '', int(r['true_label'] in unknown)]
-                             for r in rows)
+                              '' if r['ap'] is None else r['ap'], r['error'] or '',
+                              int(r['true_label'] in unknown)] for r in rows)
         print('CSV REPORT:', args.csv)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        files = [{k: v for k, v in r.items() if k != 'accuracy'} for r in rows]
-        args.json.write_text(json.dumps({'summary': summary, 'classes': table, 'files': files}, indent=1) + '\n')
+        report = {'summary': summary, 'classes': table,
+                  'files': [{k: v for k, v in r.items() if k != 'accuracy'} for r in rows]}
+        args.json.write_text(json.dumps(report, indent=1) + '\n')
         print('JSON REPORT:', args.json)
     return summary
 

@@ -162,7 +162,7 @@ def main(argv=None):
     files = specs = 0
     pool = multiprocessing.Pool(workers) if workers > 1 else None
     try:
-        results = pool.imap_unordered(_extract_star, tasks, chunksize=1) if pool else map(_extract_star, tasks)
+        results = pool.imap_unordered(_extract_star, tasks) if pool else map(_extract_star, tasks)
         for path, rate, count, note in tqdm(results, total=len(jobs), unit='file', desc='SPECTROGRAMS',
                                             disable=not jobs):
             if count:

@@ -123,12 +123,12 @@ def progress(enabled):
     bars = {}
 
     def watch(item):
-        if enabled and item.get('windows', 0) > PROGRESS_MIN_WINDOWS:
+        if enabled and item.get('windows', 0) > PROGRESS_MIN_WINDOWS:  # not on error items
             bar = bars.setdefault(item['order'], tqdm(total=item['windows'], unit='window', leave=False,
                                                       desc=Path(item['path']).name, file=sys.stderr))
             bar.update(len(item['bounds']))
-            if item['last']:
-                bars.pop(item['order']).close()
+        if item['last'] and item['order'] in bars:
+            bars.pop(item['order']).close()
     return watch
 
 

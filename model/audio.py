@@ -229,19 +229,15 @@ def split_bounds(n_samples, rate, seconds, overlap):
     return bounds or [(0, n_samples)]
 
 
-def _round_half_up(x):
-    return int(Decimal(x).quantize(Decimal('1'), rounding=ROUND_HALF_UP))
-
-
 def frame_params(rate, seconds):
-    """Frame length and step in samples, rounded as python_speech_features does.
+    """Frame length and step in samples, rounded half up as python_speech_features does.
 
     Port of AED_spec.getSpecSettings (the FFT size is NFFT).
     """
     if seconds not in SPEC_SETTINGS:
         raise ValueError(window_problem(seconds, None, rate))
-    winlen, winstep = SPEC_SETTINGS[seconds]
-    return _round_half_up(winlen * rate), _round_half_up(winstep * rate)
+    return tuple(int(Decimal(s * rate).quantize(Decimal('1'), rounding=ROUND_HALF_UP))
+                 for s in SPEC_SETTINGS[seconds])
 
 
 def _frame_count(n, frame_len, frame_step):

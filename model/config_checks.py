@@ -28,9 +28,11 @@ def config_failed(error):
     """
     if isinstance(error, SyntaxError):
         where, message = (error.filename, error.lineno), error.msg  # str() would repeat the location
-    else:
-        frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).name == 'config.py']
-        where, message = (frames[-1].filename, frames[-1].lineno) if frames else ('config.py', '?'), str(error)
+    else:  # the line of config.py that raised (not of a module it imported)
+        frames = [f for f in traceback.extract_tb(error.__traceback__)
+                  if Path(f.filename).name == 'config.py']
+        where = (frames[-1].filename, frames[-1].lineno) if frames else ('config.py', '?')
+        message = str(error)
     message = message.strip().splitlines()[0] if message.strip() else ''
     print(f'ERROR: {where[0]}, line {where[1]}: {type(error).__name__}: {message}', file=sys.stderr)
     sys.exit(2)
@@ -83,7 +85,8 @@ def device(label, value, torchrun=False):
 
 def spec_window(length_label, length, overlap_label, overlap, rate):
     """Windows AED_spec can cut at `rate` Hz; None stands for 'the model's' (model.audio.window_problem)."""
-    rate = rate if isinstance(rate, int) and not isinstance(rate, bool) and rate > 0 else 44100  # else its own error
+    if whole('SAMPLE_RATE', rate, 1):  # SAMPLE_RATE's own check reports it: check the rest at 44.1 kHz
+        rate = 44100
     return window_problem(length, overlap, rate, length_label, overlap_label)
 
 

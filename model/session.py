@@ -116,8 +116,8 @@ def window_count(paths, settings, enough):
             info = sf.info(str(path))
         except (sf.SoundFileError, OSError, ValueError, EOFError, RuntimeError):
             continue
-        n = int(info.frames * settings['sample_rate'] / info.samplerate)
-        total += len(split_bounds(n, settings['sample_rate'], settings['length'], settings['overlap'])) if n else 0
+        rate, n = settings['sample_rate'], int(info.frames * settings['sample_rate'] / info.samplerate)
+        total += len(split_bounds(n, rate, settings['length'], settings['overlap'])) if n else 0
         if total >= enough:
             break
     return total
@@ -162,8 +162,9 @@ def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None,
     if args.compile:
         compile_now(model, paths, settings, batch_size)
     # the processes torchrun starts on a node share its cores
-    cores //= int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
-    return model, settings, batch_size, decoding_workers(getattr(args, 'workers', 0), len(paths), on_cpu, cores)
+    workers = decoding_workers(getattr(args, 'workers', 0), len(paths), on_cpu,
+                               cores // int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
+    return model, settings, batch_size, workers
 
 
 def compile_now(model, paths, settings, batch_size):

@@ -106,9 +106,9 @@ def _blocks(read, n_new, source_rate, settings, block_samples):
     for first in range(0, len(bounds), per_block):
         part = bounds[first:first + per_block]
         offset = part[0][0]
-        yield {'sig': read(offset, max(b for _, b in part)), 'bounds': [(a - offset, b - offset) for a, b in part],
-               'first': first, 'offset': offset, 'source_rate': source_rate, 'windows': len(bounds),
-               'last': first + per_block >= len(bounds)}
+        yield {'sig': read(offset, max(b for _, b in part)), 'first': first, 'offset': offset,
+               'bounds': [(a - offset, b - offset) for a, b in part], 'source_rate': source_rate,
+               'windows': len(bounds), 'last': first + per_block >= len(bounds)}
 
 
 class SignalBlocks(torch.utils.data.IterableDataset):

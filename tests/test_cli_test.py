@@ -94,7 +94,8 @@ def tone_file(path, seconds):
     return path
 
 
-def test_the_time_runs_from_opening_the_file_to_its_last_prediction(capsys, tiny_model, tmp_path, monkeypatch):
+def test_the_time_runs_from_opening_the_file_to_its_last_prediction(capsys, tiny_model, tmp_path,
+                                                                    monkeypatch):
     # issue 16.2.7: "PREDICTION FOR N SPECS TOOK" (and --json's ms) left out the first block's decoding
     import model.stream as stream
     ms = {}
@@ -150,7 +151,8 @@ def test_compile_says_what_it_does_and_warns_on_a_short_cpu_run(capsys, tiny_mod
         return net
     monkeypatch.setattr(torch, 'compile', fake_compile)
     status, plain, _ = run(capsys, '--filenames', examples[0], '--modelname', tiny_model, '--json')
-    status, out, err = run(capsys, '--filenames', examples[0], '--modelname', tiny_model, '--json', '--compile')
+    status, out, err = run(capsys, '--filenames', examples[0], '--modelname', tiny_model, '--json',
+                           '--compile')
     assert status == 0 and len(calls) == 1
     lines = err.strip().splitlines()
     assert lines[0].startswith('WARNING: --compile on a CPU for 4 windows: compiling will cost more than it '

@@ -139,8 +139,9 @@ def test_results_are_gathered_through_gloo_whatever_the_device(monkeypatch, tmp_
         calls.append((backend, kwargs.get('timeout')))
         return real_init('gloo', **kwargs)  # a CPU machine has no NCCL: run the group on gloo anyway
     monkeypatch.setattr(dist, 'init_process_group', init)
-    monkeypatch.setattr(AED_eval, 'predict_files',
-                        lambda model, paths, *args: iter([{'index': i, 'path': p} for i, p in zip(args[-1], paths)]))
+    def predict_files(model, paths, settings, batch_size, workers, indices):
+        return iter([{'index': i, 'path': p} for i, p in zip(indices, paths)])
+    monkeypatch.setattr(AED_eval, 'predict_files', predict_files)
     monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
     monkeypatch.setenv('MASTER_PORT', str(free_port()))
     monkeypatch.setenv('RANK', '0')

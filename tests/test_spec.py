@@ -376,7 +376,7 @@ def settings_errors(capsys, argv):
 
 
 @pytest.mark.parametrize('flags, constants, expected', [
-    (['--workers', '-3'], {}, '--workers (SPEC_WORKERS, 0 = one per CPU core) must be a whole number of at least 0'),
+    (['--workers', '-3'], {}, '--workers (SPEC_WORKERS, 0 = one per CPU core) must be a whole number'),
     ([], {'SPEC_WORKERS': -1}, 'SPEC_WORKERS'),
     (['--speclength', '2'], {}, '--overlap (SPEC_OVERLAP) must be at least 0 and less than '
                                 '--speclength (SPEC_LENGTH) = 2 s by one sample (1/44100 s) or more, got 2'),

@@ -106,7 +106,8 @@ def test_blocks_are_the_samples_of_the_whole_file(tmp_path, rate, subtype, chann
     for block in file_blocks(path, settings, block_samples=44100 * 4):
         assert block['first'] == len(got) and block['source_rate'] == rate and len(block['sig']) <= 44100 * 7
         assert block['windows'] == len(bounds)
-        got += [(block['offset'] + a, block['offset'] + b, as_float(block['sig'][a:b])) for a, b in block['bounds']]
+        offset = block['offset']
+        got += [(offset + a, offset + b, as_float(block['sig'][a:b])) for a, b in block['bounds']]
     assert block['last'] and [(a, b) for a, b, _ in got] == bounds
     for a, b, samples in got:
         np.testing.assert_array_equal(samples, whole[a:b])
