@@ -94,7 +94,7 @@ def window_problem(length, overlap, rate, length_label='length', overlap_label='
         return None
     limit = 'the window length' if length is None else \
         f'{length_label} = {length} s by one sample (1/{rate} s) or more'
-    return f'{overlap_label} must be at least 0 and less than {limit}, got {overlap!r}'
+    return f'{overlap_label} must be at least 0 and smaller than {limit}, got {overlap!r}'
 
 
 def read_mono(f, frames=-1):

@@ -83,9 +83,11 @@ def device(label, value, torchrun=False):
     return None
 
 
-def spec_window(length_label, length, overlap_label, overlap, rate):
-    """Windows AED_spec can cut at `rate` Hz; None stands for 'the model's' (model.audio.window_problem)."""
-    if whole('SAMPLE_RATE', rate, 1):  # SAMPLE_RATE's own check reports it: check the rest at 44.1 kHz
+def spec_window(length_label, length, overlap_label, overlap, rate=None):
+    """Windows AED_spec can cut at `rate` Hz (model.audio.window_problem); a None length or
+    overlap stands for 'the model's'. A missing or bad rate is checked as 44.1 kHz (SAMPLE_RATE
+    has its own check)."""
+    if whole('SAMPLE_RATE', rate, 1):
         rate = 44100
     return window_problem(length, overlap, rate, length_label, overlap_label)
 

@@ -99,7 +99,7 @@ def test_the_time_runs_from_opening_the_file_to_its_last_prediction(capsys, tiny
     # issue 16.2.7: "PREDICTION FOR N SPECS TOOK" (and --json's ms) left out the first block's decoding
     import model.stream as stream
     ms = {}
-    for seconds in (4, 60):
+    for seconds in (4, 4, 120):  # the first run warms the network up
         start = time.perf_counter()
         status, out, _ = run(capsys, '--filenames', tone_file(tmp_path / f'{seconds}.wav', seconds),
                              '--modelname', tiny_model, '--json')
@@ -107,7 +107,7 @@ def test_the_time_runs_from_opening_the_file_to_its_last_prediction(capsys, tiny
         (record,) = [json.loads(line) for line in out.splitlines()]
         assert status == 0 and record['specs'] == seconds and 0 < record['ms'] <= wall * 1000
         ms[seconds] = record['ms']
-    assert ms[60] > ms[4]  # 15 times the windows
+    assert ms[120] > ms[4]  # 30 times the windows
     real = stream.read_mono
 
     def slow_read(f, frames=-1):  # decoding this file takes 0.4 s more

@@ -75,9 +75,9 @@ def test_test_checks_each_constant_at_start(capsys, monkeypatch, tiny_model, dem
 @pytest.mark.parametrize('argv, expected', [
     (['--speclength', '4'], 'ERROR: --speclength must be one of 2, 3, 5, 10, 30 s, got 4'),
     (['--speclength', '3', '--overlap', '3'],
-     'ERROR: --overlap must be at least 0 and less than --speclength = 3 s by one sample (1/44100 s) '
+     'ERROR: --overlap must be at least 0 and smaller than --speclength = 3 s by one sample (1/44100 s) '
      'or more, got 3.0'),
-    (['--overlap', '-1'], 'ERROR: --overlap must be at least 0 and less than the window length, got -1.0'),
+    (['--overlap', '-1'], 'ERROR: --overlap must be at least 0 and smaller than the window length, got -1.0'),
     (['--results', '0'], 'ERROR: NUM_RESULTS (--results) must be a whole number of at least 1, got 0'),
     (['--confidence', '2'], 'ERROR: MIN_CONFIDENCE (--confidence) must be a number from 0 to 1'),
 ])
@@ -115,7 +115,7 @@ def test_check_helpers():
     assert check.spec_window('L', 5, 'O', 4.5, 44100) is None
     assert check.spec_window('L', None, 'O', None, 8000) is None
     assert check.spec_window('L', 2, 'O', 2, 8000) == \
-        'O must be at least 0 and less than L = 2 s by one sample (1/8000 s) or more, got 2'
+        'O must be at least 0 and smaller than L = 2 s by one sample (1/8000 s) or more, got 2'
     # the hop is int((length - overlap) * rate) samples: one sample is the least that advances
     assert check.spec_window('L', 3, 'O', 3 - 1 / 8000, 8000) is None
     assert check.spec_window('L', 3, 'O', 3 - 0.9 / 8000, 8000)
@@ -137,7 +137,7 @@ def test_a_zero_hop_is_refused_in_one_wording(capsys, tiny_model, demo_data, tmp
     status, out, err = run(capsys, main, *argv, '--speclength', '3', '--overlap', '2.99999')
     assert status == 2 and out == ''
     (line,) = error_lines(err)
-    assert re.fullmatch(r'ERROR: --overlap( \(SPEC_OVERLAP\))? must be at least 0 and less than --speclength'
+    assert re.fullmatch(r'ERROR: --overlap( \(SPEC_OVERLAP\))? must be at least 0 and smaller than --speclength'
                         r'( \(SPEC_LENGTH\))? = 3 s by one sample \(1/44100 s\) or more, got 2\.99999', line)
 
 

@@ -378,9 +378,9 @@ def settings_errors(capsys, argv):
 @pytest.mark.parametrize('flags, constants, expected', [
     (['--workers', '-3'], {}, '--workers (SPEC_WORKERS, 0 = one per CPU core) must be a whole number'),
     ([], {'SPEC_WORKERS': -1}, 'SPEC_WORKERS'),
-    (['--speclength', '2'], {}, '--overlap (SPEC_OVERLAP) must be at least 0 and less than '
+    (['--speclength', '2'], {}, '--overlap (SPEC_OVERLAP) must be at least 0 and smaller than '
                                 '--speclength (SPEC_LENGTH) = 2 s by one sample (1/44100 s) or more, got 2'),
-    (['--speclength', '3', '--overlap', '-1'], {}, 'must be at least 0 and less than'),
+    (['--speclength', '3', '--overlap', '-1'], {}, 'must be at least 0 and smaller than'),
     ([], {'SPEC_OVERLAP': 3}, '--overlap (SPEC_OVERLAP) must be at least 0'),
     (['--overlap', '2.99999'], {}, 'by one sample (1/44100 s) or more, got 2.99999'),  # a hop of 0 samples
     (['--speclength', '4'], {}, '--speclength (SPEC_LENGTH) must be one of 2, 3, 5, 10, 30 s'),
