@@ -290,7 +290,7 @@ def report(args, model, rows, unknown, extra):
     return summary
 
 
-def main(argv=None):
+def main(argv=None):  # port of AED_eval's module-level testing
     args = parse_args(argv)
     ddp = distributed_env(os.environ)
     quiet_other_ranks(ddp)

