@@ -1,30 +1,28 @@
 """Evaluate a trained model on a test folder whose sub-folders are the true classes.
 
-Every file's window predictions are averaged and ranked. AP is 1 / rank of the
-true class among the top MAX_PREDICTIONS predictions, and 0 when it is not
-among them (CONFIDENCE_THRESHOLD does not change AP, as in the original; it
-only trims the per-file prediction lists of the JSON report). MAP and ACCURACY
-(true class ranked first) are means over the files that could be decoded.
-Files that cannot be decoded are listed, counted in ERRORS and left out of MAP
-and ACCURACY, as in the original; the exit status is then 1. Files of a class
-the model does not know score as misses (AP 0) and are listed under
-UNKNOWN CLASSES; when the model knows none of the test classes it is an ERROR
-(exit 2). A per-class table, a confusion-matrix PNG and optional CSV/JSON
-reports follow the summary; the JSON also carries what the checkpoint records
-about its training (summary.model_meta).
+Each file's window predictions are averaged and ranked. AP is 1 / rank of the
+true class among the top MAX_PREDICTIONS, and 0 when it is not among them. The
+original appended no AP then: the file dropped out of MAP and ACCURACY (its line
+repeated the previous file's AP; as the first file it raised and counted as an
+error), so ranking the true class lower could raise MAP. Files that cannot be
+decoded count in ERRORS and stay out of MAP and ACCURACY, as in the original
+(exit status 1); files of a class the model does not know score AP 0 (UNKNOWN
+CLASSES). A per-class table, a confusion-matrix plot and CSV/JSON reports
+(with what the checkpoint records about its training) follow the summary.
 
     python AED_eval.py --modelname AED_Demo_model_best.pt       # after bash demo.sh
-    python AED_eval.py --testdir dataset/test --modelname AED_Example_Run_model_best.pt --quiet
-    for m in model/*.pt; do python AED_eval.py --modelname "$m" --quiet --json "reports/$(basename "$m" .pt).json"; done
+    python AED_eval.py --testdir dataset/test --quiet --csv results.csv --json results.json
     torchrun --nproc_per_node 4 AED_eval.py --testdir big_test_set --quiet
 """
 import argparse
+import contextlib
 import csv
 import json
 import os
 import sys
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +30,21 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import config as cfg
 from model import config_checks as check
-from model.audio import class_folders
-from model.inference import (CheckpointError, average_precision, compile_model, default_workers,
-                             open_model, predict_files, prediction_pooling, rank_predictions,
-                             spec_defaults, true_rank)
+from model.audio import class_folders, spec_defaults
+from model.inference import average_precision, predict_files, prediction_pooling, rank_predictions, true_rank
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
-from model.threads import available_cores, pick_threads
+from model.session import open_for_prediction
 from model.training import distributed_env
 
+try:
+    import config as cfg
+except Exception as e:  # noqa: BLE001 -- the user's config.py: any error in it is one ERROR line
+    check.config_failed(e)
+
 ROOT = Path(__file__).resolve().parent
-# spectrogram settings for a checkpoint that carries none
-SPEC_DEFAULTS = spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD)
+# How long a torchrun process that has finished its share waits for the slowest one
+GATHER_TIMEOUT = timedelta(hours=24)
 
 
 def parse_args(argv):
@@ -62,7 +62,7 @@ def parse_args(argv):
                    help=f'windows per network batch, filled across files (None = {cfg.INFER_BATCH_SIZE} '
                         f'on CUDA, else {cfg.INFER_BATCH_SIZE_CPU})')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.INFER_COMPILE,
-                   help='torch.compile the network (faster after a compile of ~20 s)')
+                   help='torch.compile the network first (20 s and more); pays off on a GPU and on long runs')
     p.add_argument('--results', type=int, default=cfg.MAX_PREDICTIONS,
                    help='ranked predictions KEPT per file for AP: a true class ranked lower '
                         "scores 0 (AED_test's --results is how many it PRINTS)")
@@ -75,24 +75,28 @@ def parse_args(argv):
     p.add_argument('--threads', type=int, default=cfg.EVAL_THREADS,
                    help='CPU threads for the network (0 = 1 for a small model, else every core; '
                         'OMP_NUM_THREADS, when set, is kept)')
-    p.add_argument('--confmatrix', default=str(ROOT / cfg.EVAL_CONFMATRIX),
-                   help="confusion-matrix PNG ({model} = checkpoint file stem; '' = none)")
+    p.add_argument('--confmatrix', default=None,
+                   help="confusion-matrix PNG ({model} = checkpoint file stem; '' = none; None = next to "
+                        f"--json or --csv when given, else {ROOT / cfg.EVAL_CONFMATRIX})")
     p.add_argument('--json', type=Path, default=None, metavar='FILE',
                    help='write summary, per-class and per-file results as JSON')
     p.add_argument('--csv', type=Path, default=None, metavar='FILE',
                    help='write one row per file as CSV')
     p.add_argument('--quiet', action='store_true', help='a progress bar instead of the per-file lines')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    report, name = args.json or args.csv, cfg.EVAL_CONFMATRIX  # typed paths are relative to the cwd
+    if args.confmatrix is None and name:  # by default next to the reports, else in the repository
+        args.confmatrix = report.parent / Path(name).name if report else ROOT / name
+    return args
 
 
-def check_config(args):
-    """Every setting this run uses, checked before any work: [one-line problem]."""
-    problems = [
+def check_config(args, ddp):
+    """Every setting this run uses, checked before any work: [one-line problem or None]."""
+    return [
         check.folder('TEST_DIR (--testdir)', args.testdir),
-        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH',
-                         ROOT / cfg.MODEL_PATH),
-        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP),
-        check.spec_window('--speclength', args.speclength, '--overlap', args.overlap),
+        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH', ROOT / cfg.MODEL_PATH),
+        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE),
+        check.spec_window('--speclength', args.speclength, '--overlap', args.overlap, cfg.SAMPLE_RATE),
         check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
         check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
         check.whole('INFER_BATCH_SIZE', cfg.INFER_BATCH_SIZE, 1),
@@ -101,26 +105,23 @@ def check_config(args):
         check.flag('INFER_COMPILE (--compile)', args.compile),
         check.whole('MAX_PREDICTIONS (--results)', args.results, 1),
         check.fraction('CONFIDENCE_THRESHOLD (--confidence)', args.confidence),
-        check.device('DEVICE (--device)', args.device),
+        check.device('DEVICE (--device)', args.device, torchrun=bool(ddp)),
         check.whole('EVAL_WORKERS (--workers)', args.workers, 0),
         check.whole('EVAL_THREADS (--threads)', args.threads, 0),
         check.output_file('EVAL_CONFMATRIX (--confmatrix)', args.confmatrix, check.PLOT_SUFFIXES),
         check.flag('NORMALIZE_CONFMATRIX', cfg.NORMALIZE_CONFMATRIX),
         check.whole('CONFMATRIX_MAX_CLASSES', cfg.CONFMATRIX_MAX_CLASSES, 1),
         check.output_file('--json', args.json),
-        check.output_file('--csv', args.csv),
-    ]
-    return [msg for msg in problems if msg]
+        check.output_file('--csv', args.csv)]
 
 
-def set_threads(args, model):
-    """torch's intra-op threads for this run's network (see model/threads.py)."""
-    threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64),
-                           available_cores(), cap=torch.get_num_threads(),
-                           omp_env=os.environ.get('OMP_NUM_THREADS'))
-    if threads is not None and model.device.type == 'cpu':
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+def list_test_files(test_dir):
+    """[(path, true label)] from class sub-folders (sorted), plus warnings about stray files.
+
+    Port of AED_eval.parseTestSet.
+    """
+    folders, messages = class_folders(test_dir)
+    return [(p, class_dir.name) for class_dir, found in folders for p in found], messages
 
 
 def check_classes(model, files):
@@ -129,20 +130,12 @@ def check_classes(model, files):
     unknown = [c for c in test_classes if c not in model.classes]
     if len(unknown) == len(test_classes):
         print(f'ERROR: the model knows none of the test classes: model classes '
-              f'{", ".join(model.classes)}; test folder classes {", ".join(test_classes)}',
-              file=sys.stderr)
+              f'{", ".join(model.classes)}; test folder classes {", ".join(test_classes)}', file=sys.stderr)
         sys.exit(2)
     for label in unknown:
         print(f"WARNING: test class '{label}' is unknown to the model; its files score as misses",
               file=sys.stderr)
     return unknown
-
-
-def list_test_files(test_dir):
-    """[(path, true label)] from class sub-folders (sorted), plus warnings about stray files."""
-    folders, messages = class_folders(test_dir)
-    files = [(p, class_dir.name) for class_dir, found in folders for p in found]
-    return files, messages
 
 
 def score(probs, classes, label, threshold, max_predictions):
@@ -154,8 +147,7 @@ def score(probs, classes, label, threshold, max_predictions):
     """
     pooled = prediction_pooling(probs)
     ranked = rank_predictions(pooled, classes, 0.0, max_predictions)
-    top = int(np.argmax(pooled))
-    rank = true_rank(ranked, label)
+    top, rank = int(np.argmax(pooled)), true_rank(ranked, label)
     return {'top_label': classes[top], 'confidence': float(pooled[top]), 'rank': rank,
             'ap': average_precision(ranked, label), 'accuracy': int(rank == 1),
             'predictions': [{'label': name, 'confidence': round(conf, 6)}
@@ -169,12 +161,17 @@ def quiet_other_ranks(ddp):
         sys.excepthook = lambda *exc: traceback.print_exception(*exc, file=sys.__stderr__)
 
 
-def rank_device(name, ddp):
-    """Under torchrun each process of a CUDA run takes the GPU of its local rank."""
-    if ddp and name in ('auto', 'cuda') and torch.cuda.is_available():
-        torch.cuda.set_device(ddp[2])
-        return f'cuda:{ddp[2]}'
-    return name
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send what libraries print to file descriptor 1 (C++ std::cout) to stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def predict_sharded(model, paths, settings, batch_size, workers, ddp):
@@ -185,7 +182,10 @@ def predict_sharded(model, paths, settings, batch_size, workers, ddp):
         return
     rank, world, _ = ddp
     lo, hi = rank * len(paths) // world, (rank + 1) * len(paths) // world
-    dist.init_process_group('nccl' if model.device.type == 'cuda' else 'gloo')
+    # gloo whatever the device: the results are pickled CPU objects, and a rank that is done early
+    # waits in the gather, where NCCL's watchdog would end an unbalanced run
+    with stdout_to_stderr():  # gloo prints its connection lines on the C++ stdout
+        dist.init_process_group('gloo', timeout=GATHER_TIMEOUT)
     try:
         mine = []
         for result in predict_files(model, paths[lo:hi], settings, batch_size, workers, range(lo, hi)):
@@ -199,6 +199,32 @@ def predict_sharded(model, paths, settings, batch_size, workers, ddp):
             yield from share
     finally:
         dist.destroy_process_group()
+
+
+def evaluate(args, model, files, settings, batch_size, workers, ddp):
+    """Score every file and print its line (the original's); returns the rows."""
+    rows = []
+    bar = tqdm(total=len(files), unit='file', desc='EVAL', disable=not args.quiet, file=sys.stderr)
+    try:
+        for item in predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp):
+            path, label = files[item['index']]
+            row = {'path': str(path), 'true_label': label, 'top_label': None, 'confidence': None,
+                   'rank': None, 'ap': None, 'accuracy': None, 'error': item['error']}
+            if item['error'] is None:
+                row.update(score(item['probs'], model.classes, label, args.confidence, args.results))
+                if not args.quiet:
+                    print(item['index'] + 1, path.relative_to(args.testdir).as_posix(), 'LABEL:',
+                          (row['top_label'], round(row['confidence'], 4)), 'AVGP:', round(row['ap'], 4),
+                          flush=True)
+            else:
+                bar.write(f"ERROR: {path}: {item['error']}", file=sys.stderr)
+            rows.append(row)
+            bar.update()
+    except KeyboardInterrupt:  # as the original: stop, and report what was done
+        bar.write('INTERRUPTED', file=sys.stderr)
+    finally:
+        bar.close()
+    return rows
 
 
 def class_table(rows, classes, unknown=()):
@@ -221,19 +247,39 @@ def class_table(rows, classes, unknown=()):
     return table, cm, labels
 
 
-def write_reports(args, summary, table, rows):
+def report(args, model, rows, unknown, extra):
+    """Print the summary, the per-class table and where the plot went; write the reports."""
+    scored = [r for r in rows if r['error'] is None]
+    mean_ap = float(np.mean([r['ap'] for r in scored])) if scored else 0.0
+    accuracy = float(np.mean([r['accuracy'] for r in scored])) if scored else 0.0
+    print(f'TESTING DONE!\nERRORS: {len(rows) - len(scored)} / {len(rows)}\nMAP: {mean_ap:.4f}\n'
+          f'ACCURACY: {accuracy:.4f}')
+    if unknown:
+        print('UNKNOWN CLASSES:', ', '.join(unknown))
+    table, cm, labels = class_table(rows, model.classes, unknown)
+    print(f"{'CLASS':<24} {'PRECISION':>9} {'RECALL':>7} {'F1':>7} {'SUPPORT':>7}")
+    for t in table:
+        print(f"{t['label']:<24} {t['precision']:>9.4f} {t['recall']:>7.4f} {t['f1']:>7.4f} "
+              f"{t['support']:>7d}")
+    stem = Path(model.path).stem
+    if args.confmatrix and scored:
+        png = plot_confusion_matrix(cm, labels, Path(str(args.confmatrix).replace('{model}', stem)),
+                                    f'{stem} on {args.testdir.name}: MAP {mean_ap:.3f}',
+                                    cfg.NORMALIZE_CONFMATRIX, cfg.CONFMATRIX_MAX_CLASSES)
+        print('CONFUSION MATRIX:', png.resolve())
+    summary = {'model': model.path, 'test_dir': str(args.testdir), 'files': len(rows), 'scored': len(scored),
+               'errors': len(rows) - len(scored), 'map': mean_ap, 'accuracy': accuracy,
+               'unknown_classes': unknown, **extra, 'model_meta': model.meta}
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, 'w', newline='') as f:
             writer = csv.writer(f)
             writer.writerow(['path', 'true_label', 'top_label', 'confidence', 'rank', 'ap', 'error',
                              'unknown_class'])
-            unknown = set(summary['unknown_classes'])
-            for r in rows:
-                conf = '' if r['confidence'] is None else f"{r['confidence']:.6f}"
-                writer.writerow([r['path'], r['true_label'], r['top_label'] or '', conf,
-                                 r['rank'] or '', '' if r['ap'] is None else r['ap'], r['error'] or '',
-                                 int(r['true_label'] in unknown)])
+            writer.writerows([r['path'], r['true_label'], r['top_label'] or '',
+                              '' if r['confidence'] is None else f"{r['confidence']:.6f}", r['rank'] or '',
+                              '' if r['ap'] is None else r['ap'], r['error'] or '',
+                              int(r['true_label'] in unknown)] for r in rows)
         print('CSV REPORT:', args.csv)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -241,17 +287,14 @@ def write_reports(args, summary, table, rows):
                   'files': [{k: v for k, v in r.items() if k != 'accuracy'} for r in rows]}
         args.json.write_text(json.dumps(report, indent=1) + '\n')
         print('JSON REPORT:', args.json)
+    return summary
 
 
-def main(argv=None):
+def main(argv=None):  # port of AED_eval's module-level testing
     args = parse_args(argv)
     ddp = distributed_env(os.environ)
     quiet_other_ranks(ddp)
-    problems = check_config(args)
-    for msg in problems:
-        print(f'ERROR: {msg}', file=sys.stderr)
-    if problems:
-        sys.exit(2)
+    check.exit_on(check_config(args, ddp))
     files, messages = list_test_files(args.testdir)
     for msg in messages:
         print(msg, file=sys.stderr)
@@ -260,86 +303,23 @@ def main(argv=None):
         sys.exit(2)
     print('NUMBER OF CLASSES:', len({label for _, label in files}))
     print('NUMBER OF TEST SAMPLES:', len(files))
-
-    print('IMPORTING MODEL...', end=' ', flush=True)
-    try:
-        model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, rank_device(args.device, ddp),
-                                     args.speclength, args.overlap, SPEC_DEFAULTS)
-    except (CheckpointError, ValueError) as e:
-        print()
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(2)
-    print('DONE!')
+    model, settings, batch_size, workers = open_for_prediction(
+        args, ROOT / cfg.MODEL_PATH, spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE,
+                                                   cfg.RESAMPLE_METHOD),
+        (cfg.INFER_BATCH_SIZE, cfg.INFER_BATCH_SIZE_CPU), [p for p, _ in files], ddp)
     unknown = check_classes(model, files)
-    # decoding workers per process: under torchrun the processes of a node share its cores
-    workers = args.workers or default_workers(available_cores() // int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
-    workers = min(workers, len(files))
-    threads = set_threads(args, model)
-    warning = compile_model(model, args.compile)
-    if warning:
-        print(f'WARNING: {warning}', file=sys.stderr)
-    batch_size = args.batch_size or (cfg.INFER_BATCH_SIZE if model.device.type == 'cuda'
-                                     else cfg.INFER_BATCH_SIZE_CPU)
-
     print('TESTING MODEL...')
-    rows = []
     start = time.perf_counter()
-    bar = tqdm(total=len(files), unit='file', desc='EVAL', disable=not args.quiet, file=sys.stderr)
-    try:
-        for item in predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp):
-            path, label = files[item['index']]
-            row = {'path': str(path), 'true_label': label, 'top_label': None, 'confidence': None,
-                   'rank': None, 'ap': None, 'accuracy': None, 'error': item['error']}
-            rel = path.relative_to(args.testdir).as_posix()
-            if item['error'] is None:
-                row.update(score(item['probs'], model.classes, label, args.confidence, args.results))
-                if not args.quiet:
-                    print(item['index'] + 1, rel, 'LABEL:', (row['top_label'], round(row['confidence'], 4)),
-                          'AVGP:', round(row['ap'], 4), flush=True)
-            else:
-                bar.write(f"ERROR: {path}: {item['error']}", file=sys.stderr)
-            rows.append(row)
-            bar.update()
-    except KeyboardInterrupt:  # as the original: stop, and report what was done
-        bar.write('INTERRUPTED', file=sys.stderr)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
+    rows = evaluate(args, model, files, settings, batch_size, workers, ddp)
     if ddp and ddp[0]:
         return None  # rank 0 reports every file
-
-    scored = [r for r in rows if r['error'] is None]
-    errors = len(rows) - len(scored)
-    mean_ap = float(np.mean([r['ap'] for r in scored])) if scored else 0.0
-    accuracy = float(np.mean([r['accuracy'] for r in scored])) if scored else 0.0
-    print('TESTING DONE!')
-    print('ERRORS:', errors, '/', len(rows))
-    print(f'MAP: {mean_ap:.4f}')
-    print(f'ACCURACY: {accuracy:.4f}')
-    if unknown:
-        print('UNKNOWN CLASSES:', ', '.join(unknown))
-
-    table, cm, labels = class_table(rows, model.classes, unknown)
-    print(f"{'CLASS':<24} {'PRECISION':>9} {'RECALL':>7} {'F1':>7} {'SUPPORT':>7}")
-    for t in table:
-        print(f"{t['label']:<24} {t['precision']:>9.4f} {t['recall']:>7.4f} {t['f1']:>7.4f} {t['support']:>7d}")
-    model_stem = Path(model.path).stem
-    if args.confmatrix and scored:
-        png = plot_confusion_matrix(cm, labels, Path(args.confmatrix.replace('{model}', model_stem)),
-                                    f'{model_stem} on {args.testdir.name}: MAP {mean_ap:.3f}',
-                                    normalize=cfg.NORMALIZE_CONFMATRIX, max_classes=cfg.CONFMATRIX_MAX_CLASSES)
-        print('CONFUSION MATRIX:', png)
-
-    summary = {'model': model.path, 'test_dir': str(args.testdir), 'files': len(rows),
-               'scored': len(scored), 'errors': errors, 'map': mean_ap, 'accuracy': accuracy,
-               'unknown_classes': unknown, 'seconds': round(seconds, 3),
-               'settings': {**settings, 'batch_size': batch_size, 'threads': threads,
-                            'max_predictions': args.results, 'confidence_threshold': args.confidence},
-               'model_meta': model.meta}
-    write_reports(args, summary, table, rows)
-    if not scored:
+    summary = report(args, model, rows, unknown, {
+        'seconds': round(time.perf_counter() - start, 3),
+        'settings': {**settings, 'batch_size': batch_size, 'threads': torch.get_num_threads(),
+                     'max_predictions': args.results, 'confidence_threshold': args.confidence}})
+    if not summary['scored']:
         print('ERROR: no test file could be evaluated', file=sys.stderr)
-    if errors or len(rows) < len(files):
+    if summary['errors'] or len(rows) < len(files):
         sys.exit(1)
     return summary
 

@@ -1,13 +1,16 @@
 """Turn class folders of audio files into 512x256 magnitude-spectrogram PNGs.
 
 Each file is cut into SPEC_LENGTH-second chunks that overlap by SPEC_OVERLAP
-seconds, and each chunk becomes <dst>/<class>/<file stem>_<n>.png.
+seconds, and each chunk becomes <dst>/<class>/<file stem>_<n>.png. Files of one
+class folder that share a stem keep their extension: tone.mp3_0.png, tone.ogg_0.png.
 
     python AED_spec.py
     python AED_spec.py --src dataset/train/wav --dst dataset/train/spec --workers 2
     python AED_spec.py --src my_audio --dst my_specs --speclength 5 --overlap 4 --overwrite
 """
 import argparse
+import collections
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -15,12 +18,16 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-import config as cfg
-from model.audio import (SPEC_SETTINGS, AudioError, class_folders, file_spectrograms,
-                         read_spec_settings, spec_defaults, write_spec_settings)
+from model import config_checks as check
+from model.audio import (AudioError, class_folders, file_spectrograms, read_spec_settings, spec_defaults,
+                         write_spec_settings)
+
+try:
+    import config as cfg
+except Exception as e:  # noqa: BLE001 -- the user's config.py: any error in it is one ERROR line
+    check.config_failed(e)
 
 ROOT = Path(__file__).resolve().parent
-RESAMPLE_METHODS = ('linear', 'sinc')
 
 
 def repo_path(value):
@@ -46,116 +53,99 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_settings(args):
     """Every problem with the settings of this run (flags over config.py), one line each."""
-    errors = []
+    problems = [
+        check.spec_window('--speclength (SPEC_LENGTH)', args.speclength, '--overlap (SPEC_OVERLAP)',
+                          args.overlap, cfg.SAMPLE_RATE),
+        check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
+        check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
+        check.whole('PNG_COMPRESSION', cfg.PNG_COMPRESSION, 0) or check.one_of(
+            'PNG_COMPRESSION', cfg.PNG_COMPRESSION, range(10)),
+        check.whole('--workers (SPEC_WORKERS, 0 = one per CPU core)', args.workers, 0)]
     if not isinstance(args.src, Path) or not args.src.is_dir():
-        errors.append(f'--src (SRC_DIR): source folder {args.src} does not exist')
+        problems.append(f'--src (SRC_DIR): source folder {args.src} does not exist')
     if not isinstance(args.dst, Path) or args.dst.exists() and not args.dst.is_dir():
-        errors.append(f'--dst (SPEC_DIR): {args.dst} is not a folder')
+        problems.append(f'--dst (SPEC_DIR): {args.dst} is not a folder')
     elif isinstance(args.src, Path) and args.dst.resolve() == args.src.resolve():
-        errors.append(f'--dst (SPEC_DIR) must differ from --src: {args.dst} holds the audio')
-    supported = ', '.join(str(s) for s in sorted(SPEC_SETTINGS))
-    if args.speclength not in SPEC_SETTINGS:
-        errors.append(f'--speclength (SPEC_LENGTH) must be one of {supported} s, '
-                      f'got {args.speclength!r}')
-    elif not isinstance(args.overlap, (int, float)) or not 0 <= args.overlap < args.speclength:
-        errors.append(f'--overlap (SPEC_OVERLAP) is {args.overlap!r} s; chunks of '
-                      f'{args.speclength} s need 0 <= overlap < {args.speclength}')
-    if not is_int(cfg.SAMPLE_RATE) or cfg.SAMPLE_RATE <= 0:
-        errors.append(f'SAMPLE_RATE must be a whole number of Hz above 0, got {cfg.SAMPLE_RATE!r}')
-    if cfg.RESAMPLE_METHOD not in RESAMPLE_METHODS:
-        errors.append(f"RESAMPLE_METHOD must be 'linear' or 'sinc', got {cfg.RESAMPLE_METHOD!r}")
-    if not is_int(cfg.PNG_COMPRESSION) or not 0 <= cfg.PNG_COMPRESSION <= 9:
-        errors.append(f'PNG_COMPRESSION must be a whole number from 0 to 9, '
-                      f'got {cfg.PNG_COMPRESSION!r}')
-    if not is_int(args.workers) or args.workers < 0:
-        errors.append(f'--workers (SPEC_WORKERS) must be 0 (one per CPU core) or more, '
-                      f'got {args.workers!r}')
-    return errors
+        problems.append(f'--dst (SPEC_DIR) must differ from --src: {args.dst} holds the audio')
+    return problems
 
 
 def list_jobs(src, dst, overwrite):
-    """One (source file, output folder) job per audio file, plus messages and skip count."""
+    """One (source file, output folder, PNG name prefix) job per audio file, messages and skip count.
+
+    The prefix is the file's stem, or its whole name where files of its class
+    folder share the stem (tone.mp3 and tone.ogg write tone.mp3_0.png and tone.ogg_0.png).
+    """
     jobs, skipped = [], 0
     folders, messages = class_folders(src)
     for class_dir, files in folders:
-        out_dir = dst / class_dir.name
-        stems = {}
+        stems, prefixes = collections.Counter(p.stem for p in files), set()
         for path in files:
-            if path.stem in stems:
-                messages.append(f'ERROR: {path}: skipped, its spectrograms would overwrite '
-                                f'those of {stems[path.stem].name}')
+            prefix = path.name if stems[path.stem] > 1 else path.stem
+            if prefix in prefixes:  # e.g. tone.mp3.wav beside tone.mp3 and tone.ogg
+                messages.append(f'ERROR: {path}: skipped, its spectrograms would overwrite others '
+                                f'named {prefix}_<n>.png')
                 continue
-            stems[path.stem] = path
+            prefixes.add(prefix)
             # "_0.png" is renamed into place last, so its presence means the file is complete
-            if not overwrite and (out_dir / f'{path.stem}_0.png').exists():
+            if not overwrite and (dst / class_dir.name / f'{prefix}_0.png').exists():
                 skipped += 1
-                continue
-            jobs.append((path, out_dir))
+            else:
+                jobs.append((path, dst / class_dir.name, prefix))
     return jobs, messages, skipped
 
 
 def extract_file(job, seconds, overlap, rate, method, compression):
-    """Write the PNGs of one file; returns (path, spec count, message or None)."""
-    path, out_dir = job
+    """Write the PNGs of one file; returns (path, source rate, spec count, message or None)."""
+    path, out_dir, prefix = job
     # Unfiltered rows: the same pixels, but level 0 writes 10x faster than
     # cv2's default and the training loader decodes it faster too.
     png_params = [cv2.IMWRITE_PNG_COMPRESSION, compression,
                   cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+    parts = []
     try:
-        images, _, bounds, constant = file_spectrograms(path, seconds, overlap, rate, method,
-                                                        uint8=True)
+        images, source_rate, bounds, constant = file_spectrograms(path, seconds, overlap, rate, method,
+                                                                  uint8=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        parts = []
-        try:
-            for n, image in enumerate(images):
-                ok, png = cv2.imencode('.png', image, png_params)
-                if not ok:
-                    raise ValueError('PNG encoding failed')
-                part = out_dir / f'.{path.stem}_{n}.png.part'
-                part.write_bytes(png)  # the encoded buffer, without a copy
-                parts.append(part)
-            for n in reversed(range(len(parts))):
-                os.replace(parts[n], out_dir / f'{path.stem}_{n}.png')
-            # an --overwrite with other settings may leave more old chunks than new ones
-            n = len(parts)
-            while (stale := out_dir / f'{path.stem}_{n}.png').exists():
-                stale.unlink()
-                n += 1
-        finally:
-            for part in parts:
-                part.unlink(missing_ok=True)
+        for n, image in enumerate(images):
+            ok, png = cv2.imencode('.png', image, png_params)
+            if not ok:
+                raise ValueError('PNG encoding failed')
+            parts.append(out_dir / f'.{prefix}_{n}.png.part')
+            parts[-1].write_bytes(png)  # the encoded buffer, without a copy
+        for n in reversed(range(len(parts))):
+            os.replace(parts[n], out_dir / f'{prefix}_{n}.png')
+        # an --overwrite with other settings may leave more old chunks than new ones
+        n = len(parts)
+        while (stale := out_dir / f'{prefix}_{n}.png').exists():
+            stale.unlink()
+            n += 1
     except AudioError as e:
-        return path, 0, f'ERROR: {path}: {e}'
+        return path, None, 0, f'ERROR: {path}: {e}'
     # what else one bad file (or a full disk) raises; a bug in the code still stops the run
     except (OSError, ValueError, cv2.error) as e:
-        return path, 0, f'ERROR: {path}: {type(e).__name__}: {e}'
+        return path, None, 0, f'ERROR: {path}: {type(e).__name__}: {e}'
+    finally:
+        for part in parts:
+            part.unlink(missing_ok=True)
     note = None
     if constant:
         note = f'WARNING: {path}: {len(constant)} silent chunk(s) saved as all-zero images'
     elif bounds[0][1] - bounds[0][0] < rate:
         note = f'WARNING: {path}: shorter than 1 s, saved as one zero-padded spectrogram'
-    return path, len(images), note
+    return path, source_rate, len(images), note
 
 
 def _extract_star(args):
     return extract_file(*args)
 
 
-def main(argv=None):
+def main(argv=None):  # port of AED_spec's main block
     args = parse_args(argv)
-    problems = check_settings(args)
-    for problem in problems:
-        print(f'ERROR: {problem}', file=sys.stderr)
-    if problems:
-        sys.exit(2)
-
+    check.exit_on(check_settings(args))
     settings = spec_defaults(args.speclength, args.overlap, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD)
     previous = read_spec_settings(args.dst)
     if previous is not None and previous != settings and not args.overwrite:
@@ -169,29 +159,22 @@ def main(argv=None):
     workers = max(1, min(args.workers or cores, len(jobs)))
     tasks = [(job, args.speclength, args.overlap, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD,
               cfg.PNG_COMPRESSION) for job in jobs]
-
     files = specs = 0
-    with tqdm(total=len(jobs), unit='file', desc='SPECTROGRAMS', disable=not jobs) as bar:
-        if workers > 1:
-            import multiprocessing
-            pool = multiprocessing.Pool(workers)
-            results = pool.imap_unordered(_extract_star, tasks, chunksize=1)
-        else:
-            pool, results = None, map(_extract_star, tasks)
-        try:
-            for path, count, note in results:
-                if count:
-                    files += 1
-                    specs += count
-                    bar.write(f'{path} SPECS: {count}', file=sys.stdout)
-                if note:
-                    errors += note.startswith('ERROR')
-                    bar.write(note, file=sys.stderr)
-                bar.update()
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    try:
+        results = pool.imap_unordered(_extract_star, tasks) if pool else map(_extract_star, tasks)
+        for path, rate, count, note in tqdm(results, total=len(jobs), unit='file', desc='SPECTROGRAMS',
+                                            disable=not jobs):
+            if count:
+                files, specs = files + 1, specs + count
+                tqdm.write(f'{path} SAMPLE RATE: {rate} SPECS: {count}', file=sys.stdout)
+            if note:
+                errors += note.startswith('ERROR')
+                tqdm.write(note, file=sys.stderr)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     if files:
         write_spec_settings(args.dst, settings)
     print(f'DONE! FILES: {files} SPECS: {specs} ERRORS: {errors} SKIPPED (ALREADY DONE): {skipped}')

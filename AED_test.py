@@ -12,19 +12,24 @@ import argparse
 import ast
 import glob
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import config as cfg
 from model import config_checks as check
 from model.audio import AUDIO_EXTENSIONS
 
+try:
+    import config as cfg
+except Exception as e:  # noqa: BLE001 -- the user's config.py: any error in it is one ERROR line
+    check.config_failed(e)
+
 ROOT = Path(__file__).resolve().parent
+# A file with more windows than this gets a progress bar (on a terminal, without --json)
+PROGRESS_MIN_WINDOWS = 300
 
 
-def parse_args(argv):
+def parse_args(argv):  # port of AED_test.parse_args
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--filenames', nargs='+', required=True, metavar='PATH', default=argparse.SUPPRESS,
@@ -52,19 +57,18 @@ def parse_args(argv):
                    help=f'windows per network batch, filled across files (None = {cfg.INFER_BATCH_SIZE} '
                         f'on CUDA, else {cfg.INFER_BATCH_SIZE_CPU})')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.INFER_COMPILE,
-                   help='torch.compile the network (faster after a compile of ~20 s)')
+                   help='torch.compile the network first (20 s and more); pays off on a GPU and on long runs')
     p.add_argument('--timing', action='store_true',
                    help='print import, model-load and prediction times on stderr')
     return p.parse_args(argv)
 
 
 def check_config(args):
-    """Every setting this run uses, checked before torch is imported: [one-line problem]."""
-    problems = [
-        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH',
-                         ROOT / cfg.MODEL_PATH),
-        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP),
-        check.spec_window('--speclength', args.speclength, '--overlap', args.overlap),
+    """Every setting this run uses, checked before torch is imported: [one-line problem or None]."""
+    return [
+        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH', ROOT / cfg.MODEL_PATH),
+        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE),
+        check.spec_window('--speclength', args.speclength, '--overlap', args.overlap, cfg.SAMPLE_RATE),
         check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
         check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
         check.whole('INFER_BATCH_SIZE', cfg.INFER_BATCH_SIZE, 1),
@@ -74,21 +78,7 @@ def check_config(args):
         check.whole('NUM_RESULTS (--results)', args.results, 1),
         check.fraction('MIN_CONFIDENCE (--confidence)', args.confidence),
         check.device('DEVICE (--device)', args.device),
-        check.whole('TEST_THREADS (--threads)', args.threads, 0),
-    ]
-    return [msg for msg in problems if msg]
-
-
-def set_threads(args, model):
-    """torch's intra-op threads for the network (see model/threads.py)."""
-    import torch
-    from model.threads import available_cores, pick_threads
-    threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64),
-                           available_cores(), cap=torch.get_num_threads(),
-                           omp_env=os.environ.get('OMP_NUM_THREADS'))
-    if threads is not None and model.device.type == 'cpu':
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+        check.whole('TEST_THREADS (--threads)', args.threads, 0)]
 
 
 def _literal_list(text):
@@ -127,89 +117,78 @@ def expand_filenames(args):
     return out
 
 
-def main(argv=None):
+def progress(enabled):
+    """A watch for predict_files: a tqdm bar on stderr for each file of many windows."""
+    from tqdm import tqdm
+    bars = {}
+
+    def watch(item):
+        if enabled and item.get('windows', 0) > PROGRESS_MIN_WINDOWS:  # not on error items
+            bar = bars.setdefault(item['order'], tqdm(total=item['windows'], unit='window', leave=False,
+                                                      desc=Path(item['path']).name, file=sys.stderr))
+            bar.update(len(item['bounds']))
+        if item['last'] and item['order'] in bars:
+            bars.pop(item['order']).close()
+    return watch
+
+
+def print_result(args, path, result, model, rate):
+    """The original's lines for one file (or its JSON object): top predictions and timing."""
+    from model.inference import prediction_pooling, rank_predictions, timeline
+    probs, seconds = result['probs'], result['seconds']
+    ranked = rank_predictions(prediction_pooling(probs), model.classes, args.confidence, args.results)
+    windows = timeline(probs, result['bounds'], rate, model.classes) if args.timeline else []
+    if result['constant']:
+        print(f"WARNING: {path}: {len(result['constant'])} silent window(s)", file=sys.stderr)
+    if args.json:
+        record = {'file': path, 'sample_rate': result['source_rate'],
+                  'predictions': [{'label': label, 'confidence': round(conf, 6)} for label, conf in ranked],
+                  'specs': len(probs), 'ms': round(seconds * 1000, 1)}
+        if args.timeline:
+            record['timeline'] = [{'start': round(a, 3), 'end': round(b, 3), 'label': label,
+                                   'confidence': round(conf, 6)} for a, b, label, conf in windows]
+        print(json.dumps(record), flush=True)
+        return
+    print('SAMPLE RATE:', result['source_rate'], 'TOP PREDICTION(S):')
+    for label, conf in ranked:
+        print(f'\t{label} {int(conf * 100)} %')
+    if args.timeline:
+        print('TIMELINE:')
+        for a, b, label, conf in windows:
+            print(f'\t{a:.2f}-{b:.2f} s {label} {int(conf * 100)} %')
+    print(f'PREDICTION FOR {len(probs)} SPECS TOOK {int(seconds * 1000)} ms '
+          f'( {int(seconds / len(probs) * 1000)} ms/spec )\n', flush=True)
+
+
+def main(argv=None):  # port of AED_test's main block and testFile
     t_start = time.perf_counter()
     args = parse_args(argv)
-    problems = check_config(args)
-    for msg in problems:
-        print(f'ERROR: {msg}', file=sys.stderr)
-    if problems:
-        sys.exit(2)
+    check.exit_on(check_config(args))
     # torch takes seconds to import: flags are checked first so -h and typos answer at once
-    from model.inference import (CheckpointError, compile_model, default_workers, open_model,
-                                 predict_files, prediction_pooling, rank_predictions, spec_defaults,
-                                 timeline)
+    from model.audio import spec_defaults
+    from model.inference import predict_files
+    from model.session import open_for_prediction
     t_imported = time.perf_counter()
-    say = (lambda *a, **k: None) if args.json else print  # status lines stay off JSON output
-
     files = expand_filenames(args.filenames)
-    say('IMPORTING MODEL...', end=' ', flush=True)
-    try:
-        model, settings = open_model(args.modelname, ROOT / cfg.MODEL_PATH, args.device,
-                                     args.speclength, args.overlap,  # for a checkpoint without them:
-                                     spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE,
-                                                   cfg.RESAMPLE_METHOD))
-    except (CheckpointError, ValueError) as e:
-        say()
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(2)
-    say('DONE!')
     readable = [path for path, error in files if error is None]
-    # one file on a CPU: decoding is a sliver of the network's time, not worth a worker process
-    workers = 0 if len(readable) == 1 and model.device.type == 'cpu' else default_workers()
-    set_threads(args, model)
-    trained_length = model.spec.get('length')
-    if trained_length is not None and trained_length != settings['length']:
-        print(f"WARNING: the model was trained on {trained_length} s windows, "
-              f"testing with {settings['length']} s", file=sys.stderr)
-    warning = compile_model(model, args.compile)
-    if warning:
-        print(f'WARNING: {warning}', file=sys.stderr)
-    batch_size = args.batch_size or (cfg.INFER_BATCH_SIZE if model.device.type == 'cuda'
-                                     else cfg.INFER_BATCH_SIZE_CPU)
+    model, settings, batch_size, workers = open_for_prediction(
+        args, ROOT / cfg.MODEL_PATH, spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE,
+                                                   cfg.RESAMPLE_METHOD),
+        (cfg.INFER_BATCH_SIZE, cfg.INFER_BATCH_SIZE_CPU), readable, quiet=args.json)
     t_loaded = time.perf_counter()
-
+    results = predict_files(model, readable, settings, batch_size, workers,
+                            watch=progress(sys.stderr.isatty() and not args.json))
     failed = 0
-    results = predict_files(model, readable, settings, batch_size, workers)
     for path, error in files:
-        say('TESTING:', path)
-        if error is None:
-            result = next(results)  # in the order given
-            error = result['error']
-        if error is not None:
-            failed += 1
-            print(f'ERROR: {path}: {error}', file=sys.stderr)
-            if args.json:
-                print(json.dumps({'file': path, 'error': error}), flush=True)
-            say()
+        if not args.json:
+            print('TESTING:', path)
+        result = next(results) if error is None else {'error': error}  # in the order given
+        if result['error'] is None:
+            print_result(args, path, result, model, settings['sample_rate'])
             continue
-        ranked = rank_predictions(prediction_pooling(result['probs']), model.classes,
-                                  args.confidence, args.results)
-        duration, count = result['seconds'], len(result['probs'])
-        windows = (timeline(result['probs'], result['bounds'], settings['sample_rate'], model.classes)
-                   if args.timeline else [])
-        if result['constant']:
-            print(f"WARNING: {path}: {len(result['constant'])} silent window(s)", file=sys.stderr)
-        if args.json:
-            record = {'file': path, 'sample_rate': result['source_rate'],
-                      'predictions': [{'label': label, 'confidence': round(conf, 6)} for label, conf in ranked],
-                      'specs': count, 'ms': round(duration * 1000, 1)}
-            if args.timeline:
-                record['timeline'] = [{'start': round(a, 3), 'end': round(b, 3), 'label': label,
-                                       'confidence': round(conf, 6)} for a, b, label, conf in windows]
-            print(json.dumps(record), flush=True)
-            continue
-        print('SAMPLE RATE:', result['source_rate'], 'TOP PREDICTION(S):')
-        for label, conf in ranked:
-            print(f'\t{label} {int(conf * 100)} %')
-        if args.timeline:
-            print('TIMELINE:')
-            for a, b, label, conf in windows:
-                print(f'\t{a:.2f}-{b:.2f} s {label} {int(conf * 100)} %')
-        print(f'PREDICTION FOR {count} SPECS TOOK {int(duration * 1000)} ms '
-              f'( {int(duration / count * 1000)} ms/spec )')
-        print(flush=True)
-
+        failed += 1
+        print(f"ERROR: {path}: {result['error']}", file=sys.stderr)
+        print(json.dumps({'file': path, 'error': result['error']}) if args.json else '', flush=True)
     if args.timing:
         end = time.perf_counter()
         print(f'TIMING: imports {(t_imported - t_start) * 1000:.0f} ms, model load '

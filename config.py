@@ -170,7 +170,8 @@ MAX_PREDICTIONS = 10
 # Processes that decode test files while the network predicts (0 = CPU cores - 1)
 EVAL_WORKERS = 0
 
-# Confusion-matrix plot of an evaluation; {model} becomes the checkpoint's file stem
+# Confusion-matrix plot of an evaluation ({model} becomes the checkpoint's file stem; '' = none):
+# in the repository, or under this file name next to the --json/--csv report when one is given
 EVAL_CONFMATRIX = 'confmatrix/eval_{model}.png'
 
 # CPU threads for the network (0 = 1 for small models, else every core)
@@ -183,7 +184,8 @@ INFER_BATCH_SIZE = 256
 # memory (256 full-size windows need 2 GB for the first layer alone)
 INFER_BATCH_SIZE_CPU = 32
 
-# torch.compile the network for AED_eval.py and AED_test.py (faster after a compile of ~20 s)
+# torch.compile the network for AED_eval.py and AED_test.py first (20 s and more): pays off on a GPU
+# and on long runs, not on a CPU for a few hundred windows
 INFER_COMPILE = False
 
 ############################## AED_test.py ##############################

@@ -59,10 +59,11 @@ save_checkpoint(path, net, meta)
 
 BARE_FORWARD = """
 import json, sys, time, torch
-from model.inference import compile_model, load_model, predict
+from model.inference import predict
+from model.session import compile_model, load_model
 path, device, batch, batches, compiled = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == '1'
 model = load_model(path, '.', device)
-warning = compile_model(model, compiled)
+warning = compile_model(model, batch) if compiled else None
 if warning:
     print(warning, file=sys.stderr)
 x = torch.rand(batch, 1, 256, 512, device=model.device)
@@ -96,10 +97,15 @@ print('MARKS ' + json.dumps(marks), file=sys.stderr)
 def old_torch_spectrograms(sig, bounds, rate, seconds, nfft=511):
     """The per-window loop that model.audio._torch_spectrograms replaced (for comparison only)."""
     import torch
-    from model.audio import SPEC_HEIGHT, SPEC_WIDTH, _frames, frame_params
+    import torch.nn.functional as F
+    from model.audio import SPEC_HEIGHT, SPEC_WIDTH, _frame_count, frame_params
     frame_len, frame_step = frame_params(rate, seconds)
     width = min(frame_len, nfft)
-    frames = [_frames(sig[a:b], frame_len, frame_step, width, True) for a, b in bounds]
+    frames = []
+    for a, b in bounds:  # framesig's frames of each chunk, zero-padded at its end
+        n_frames = _frame_count(b - a, frame_len, frame_step)
+        chunk = F.pad(sig[a:b], (0, max(0, (n_frames - 1) * frame_step + width - (b - a))))
+        frames.append(chunk.unfold(0, width, frame_step)[:n_frames])
     mags = torch.fft.rfft(torch.cat(frames).float(), n=nfft).abs()
     out = torch.zeros((len(bounds), SPEC_HEIGHT, SPEC_WIDTH), dtype=torch.float32, device=sig.device)
     offset = 0

@@ -9,14 +9,42 @@ collect the reasons into their check_config() and print one ERROR line each.
     # ['BATCH_SIZE (--batch-size) must be a whole number of at least 1, got 0', ...]
 """
 import re
+import sys
+import traceback
 from pathlib import Path
 
-from model.audio import check_spec_params
+from model.audio import window_problem
 
 RESAMPLE_METHODS = ('linear', 'sinc')
 DEVICE_PATTERN = re.compile(r'auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?')
 # the file types a confusion-matrix plot can be saved as
 PLOT_SUFFIXES = ('.png', '.pdf', '.svg', '.jpg', '.jpeg')
+
+
+def config_failed(error):
+    """One ERROR line for a config.py that fails to import (file, line, Python's message); exit 2.
+
+    Scripts guard `import config as cfg` with it: a typo there is the user's, not a bug to trace.
+    """
+    if isinstance(error, SyntaxError):
+        where, message = (error.filename, error.lineno), error.msg  # str() would repeat the location
+    else:  # the line of config.py that raised (not of a module it imported)
+        frames = [f for f in traceback.extract_tb(error.__traceback__)
+                  if Path(f.filename).name == 'config.py']
+        where = (frames[-1].filename, frames[-1].lineno) if frames else ('config.py', '?')
+        message = str(error)
+    message = message.strip().splitlines()[0] if message.strip() else ''
+    print(f'ERROR: {where[0]}, line {where[1]}: {type(error).__name__}: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def exit_on(problems):
+    """Print one ERROR line per problem (None entries are fine) and exit 2 if there is any."""
+    problems = [msg for msg in problems if msg]
+    for msg in problems:
+        print(f'ERROR: {msg}', file=sys.stderr)
+    if problems:
+        sys.exit(2)
 
 
 def whole(label, value, minimum):
@@ -45,26 +73,23 @@ def one_of(label, value, choices):
     return None
 
 
-def device(label, value):
+def device(label, value, torchrun=False):
+    """A device name; under torchrun no cuda:N, since each process takes its local rank's GPU."""
     if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value):
         return f"{label} must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}"
+    if torchrun and ':' in value:
+        return (f"{label} is {value!r}, but under torchrun each process takes the GPU of its local "
+                f"rank: use 'cuda' or 'auto' (CUDA_VISIBLE_DEVICES picks the GPUs)")
     return None
 
 
-def spec_window(length_label, length, overlap_label, overlap):
-    """A chunk length and overlap AED_spec can produce; None stands for 'the model's'."""
-    if length is not None:
-        try:
-            check_spec_params(length, 0)
-        except ValueError as e:
-            return f'{length_label}: {e}'
-    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, float))
-                                or overlap < 0):
-        return f'{overlap_label} must be a number of seconds >= 0, got {overlap!r}'
-    if length is not None and overlap is not None and not overlap < length:
-        return (f'{overlap_label} must be smaller than {length_label} ({length} s), '
-                f'got {overlap} (0 <= overlap < {length} works)')
-    return None
+def spec_window(length_label, length, overlap_label, overlap, rate=None):
+    """Windows AED_spec can cut at `rate` Hz (model.audio.window_problem); a None length or
+    overlap stands for 'the model's'. A missing or bad rate is checked as 44.1 kHz (SAMPLE_RATE
+    has its own check)."""
+    if whole('SAMPLE_RATE', rate, 1):
+        rate = 44100
+    return window_problem(length, overlap, rate, length_label, overlap_label)
 
 
 def model_file(label, name, dir_label, model_dir):

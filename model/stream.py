@@ -1,19 +1,19 @@
 """Audio files as a stream of fixed-size signal blocks, decoded in DataLoader workers.
 
-Workers only read, downmix and resample; the main process cuts the windows
-from the blocks on its device (model.inference.predict_stream). A block holds
-whole windows, so it can be cut on its own, and at most about BLOCK_SAMPLES
-samples plus one window: a recording of any length streams in bounded memory.
-The blocks are the same samples as load_audio + resample of the whole file
-(the linear resampler interpolates each output sample from its two
-neighbours, so it can run block by block); 'sinc' resampling and files that
-only librosa decodes are read whole.
+Port of AED_eval.getSignalChunk and getNextSpecBatch, with model.inference.
+Workers read, downmix and resample; the windows are cut from the blocks on the
+model's device (model.inference.cut_windows). A block holds whole windows, so
+it can be cut on its own, and at most about BLOCK_SAMPLES samples plus one
+window: a recording of any length streams in bounded memory. The blocks are
+the samples of load_audio + resample of the whole file (the linear resampler
+interpolates each output sample from its two neighbours, so it can run block
+by block); 'sinc' resampling and files that only librosa decodes are read whole.
 
-    blocks = SignalBlocks(['a.wav', 'b.flac'], settings)
-    loader = block_loader(blocks, workers=2)
+    loader = block_loader(SignalBlocks(['a.wav', 'b.flac'], settings), workers=2)
 """
 import ctypes
-import os
+import functools
+import time
 
 import numpy as np
 import soundfile as sf
@@ -25,44 +25,38 @@ from model.audio import (INT_SCALES, AudioError, linear_resample_range, load_aud
 # Samples at the analysis rate per block (about 24 s at 44.1 kHz, 4 MB of float32)
 BLOCK_SAMPLES = 1 << 20
 
-# What a bad file can raise while it is decoded; anything else is a bug and propagates
-DECODE_ERRORS = (AudioError, sf.SoundFileError, OSError, ValueError, EOFError)
+# What libsndfile raises for a file it cannot open or read to the end
+READ_ERRORS = (sf.SoundFileError, OSError, ValueError, EOFError)
 
 
-class _Source:
-    """Mono float32 samples of an open file, read by range, as load_audio converts them."""
-
-    def __init__(self, f):
-        self.f, self.rate, self.int_scale = f, f.samplerate, INT_SCALES.get(f.subtype)
-        self.frames = f.frames
-
-    def read(self, lo, hi):
-        self.f.seek(lo)
-        data = read_mono(self.f, hi - lo)
-        if len(data) != hi - lo:
-            raise AudioError('file is shorter than its header says')
-        if not np.isfinite(data).all():
-            raise AudioError('file contains NaN or infinite samples')
-        return np.ascontiguousarray(data, dtype=np.float32)
-
-
-def _streamable(path, settings):
-    """An open soundfile _Source when the file can be read block by block, else None."""
+def _open(path, settings):
+    """The file opened for reading block by block, or None when it must be read whole."""
     if settings['resample'] != 'linear':
         return None
     try:
         f = sf.SoundFile(str(path))
-    except (sf.SoundFileError, OSError, ValueError):
+    except READ_ERRORS:
         return None  # load_audio gives the reason, or tries librosa
-    if f.frames <= 0:
-        f.close()
-        return None
-    return _Source(f)
+    if f.frames > 0:
+        return f
+    f.close()
+    return None
 
 
-def _as_int16(read):
-    """A reader of samples k / 32768 that returns the integers k (exact), as int16."""
-    return lambda a, b: np.rint(read(a, b) * np.float32(32768)).astype(np.int16)
+def _reader(f):
+    """read(lo, hi): samples lo..hi of an open file, mono float32 as load_audio gives them."""
+    def read(lo, hi):
+        try:  # only the decoding: an error here is a bad file, anything later a bug
+            f.seek(lo)
+            data = read_mono(f, hi - lo)
+        except READ_ERRORS as e:
+            raise AudioError(f'{type(e).__name__}: {str(e).strip() or "read failed"}') from None
+        if len(data) != hi - lo:
+            raise AudioError('file is shorter than its header says')
+        if not np.isfinite(data).all():
+            raise AudioError('file contains NaN or infinite samples')
+        return data
+    return read
 
 
 def as_float(sig):
@@ -73,57 +67,61 @@ def as_float(sig):
 
 
 def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
-    """Yield (signal block, bounds inside it, number of its first window, source rate, last).
+    """Yield one dict per block of a file: sig (numpy), bounds inside it, first (its first window's
+    number), offset (its first sample), source_rate, windows (in the file) and last.
 
-    A block is float32, or int16 for 16-bit sources (as_float converts it).
+    sig is float32, or int16 where every sample is a whole 16-bit value (as_float converts it).
+    Raises AudioError for a file that cannot be decoded.
     """
-    rate, seconds, overlap = settings['sample_rate'], settings['length'], settings['overlap']
-    src = _streamable(path, settings)
-    if src is None:  # read whole: load_audio raises AudioError for a bad file
+    rate = settings['sample_rate']
+    f = _open(path, settings)
+    if f is None:
         sig, source_rate, int_scale = load_audio(path)
         sig = resample(sig, source_rate, rate, settings['resample'], int_scale)
-        n_new, read = len(sig), lambda a, b: sig[a:b]
-    else:
-        with src.f:
-            source_rate = src.rate
-            n_new = src.frames if src.rate == rate else int(src.frames * rate / src.rate)
+        yield from _blocks(lambda a, b: sig[a:b], len(sig), source_rate, settings, block_samples)
+        return
+    with f:
+        read, n_new, scale = _reader(f), f.frames, INT_SCALES.get(f.subtype)
+        if f.samplerate != rate:  # the samples model.audio.resample gives for the whole file
+            n_new = int(f.frames * rate / f.samplerate)
             if n_new == 0:
                 raise AudioError('file is too short to resample')
-            if src.rate == rate:
-                read = src.read
-            else:  # the samples model.audio.resample gives for the whole file
-                def read(a, b):
-                    return linear_resample_range(src.read, src.frames, n_new, a, b, src.int_scale)
-            if src.int_scale == 32768 and (src.rate != rate or src.f.channels == 1):
-                read = _as_int16(read)  # on the 16-bit grid: half the bytes to the main process
-            yield from _blocks(read, n_new, rate, seconds, overlap, source_rate, block_samples)
-        return
-    yield from _blocks(read, n_new, rate, seconds, overlap, source_rate, block_samples)
+            read = functools.partial(linear_resample_range, read, f.frames, n_new, int_scale=scale)
+        # 16-bit mono, or 16-bit resampled (rounded back to the grid): half the bytes to the main
+        # process. Not stereo at the same rate: its averaged samples fall between the integers.
+        if scale == 32768 and (f.samplerate != rate or f.channels == 1):
+            read = functools.partial(_as_int16, read)
+        yield from _blocks(read, n_new, f.samplerate, settings, block_samples)
 
 
-def _blocks(read, n_new, rate, seconds, overlap, source_rate, block_samples):
-    bounds = split_bounds(n_new, rate, seconds, overlap)
+def _as_int16(read, a, b):
+    """Samples k / 32768 as the integers k (exact)."""
+    return np.rint(read(a, b) * np.float32(32768)).astype(np.int16)
+
+
+def _blocks(read, n_new, source_rate, settings, block_samples):
+    bounds = split_bounds(n_new, settings['sample_rate'], settings['length'], settings['overlap'])
     hop = bounds[1][0] - bounds[0][0] if len(bounds) > 1 else 1
-    per_block = max(1, block_samples // max(hop, 1))
+    per_block = max(1, block_samples // hop)
     for first in range(0, len(bounds), per_block):
         part = bounds[first:first + per_block]
-        offset, end = part[0][0], max(b for _, b in part)
-        yield (read(offset, end), [(a - offset, b - offset) for a, b in part], first, offset,
-               source_rate, first + per_block >= len(bounds))
+        offset = part[0][0]
+        yield {'sig': read(offset, max(b for _, b in part)), 'first': first, 'offset': offset,
+               'bounds': [(a - offset, b - offset) for a, b in part], 'source_rate': source_rate,
+               'windows': len(bounds), 'last': first + per_block >= len(bounds)}
 
 
 class SignalBlocks(torch.utils.data.IterableDataset):
     """Files -> block items in the workers: file k goes to worker k % workers.
 
-    An item is a dict: order (position in paths), index (the caller's id),
-    path, sig (float32 or int16 tensor, see as_float), bounds (inside the block), first (its first
-    window's number), offset (its first sample), source_rate, last, and error
-    (None, or the one-line reason a file could not be decoded: then the item
-    is the file's last and carries no signal). Only decode errors become error
-    items; any other exception is a bug and propagates. With a transform
-    (sig, bounds) -> (x, silent windows), the workers also cut the windows and
-    items carry x and silent instead of sig (for a CPU, where the workers are
-    the device too and cut windows in parallel).
+    An item is file_blocks' dict, with sig as a tensor, plus order (position
+    in paths), index (the caller's id), path, start (time.time() when the
+    file was opened, as the original timed from there) and error: None, or
+    the reason the file could not be decoded; that item is the file's last
+    and carries no signal. Nothing but decoding errors (AudioError) becomes an
+    error item. With a transform (sig, bounds) -> (x, silent windows), the
+    workers also cut the windows and items carry x and silent instead of sig
+    (on a CPU, where the workers cut windows in parallel with the network).
     """
 
     def __init__(self, paths, settings, indices=None, block_samples=BLOCK_SAMPLES, transform=None):
@@ -138,27 +136,16 @@ class SignalBlocks(torch.utils.data.IterableDataset):
             yield from self.items(order)
 
     def items(self, order):
-        path = self.paths[order]
-        head = {'order': order, 'index': self.indices[order], 'path': path, 'error': None}
+        head = {'order': order, 'index': self.indices[order], 'path': self.paths[order], 'error': None,
+                'start': time.time()}
         try:
-            for sig, bounds, first, offset, source_rate, last in file_blocks(path, self.settings,
-                                                                             self.block_samples):
-                item = {**head, 'sig': torch.from_numpy(sig), 'bounds': bounds, 'first': first,
-                        'offset': offset, 'source_rate': source_rate, 'last': last}
+            for block in file_blocks(head['path'], self.settings, self.block_samples):
+                item = {**head, **block, 'sig': torch.from_numpy(block['sig'])}
                 if self.transform is not None:
-                    item['x'], item['silent'] = self.transform(item.pop('sig'), bounds)
+                    item['x'], item['silent'] = self.transform(item.pop('sig'), block['bounds'])
                 yield item
-        except DECODE_ERRORS as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            yield {**head, 'error': reason if isinstance(e, AudioError) else f'{type(e).__name__}: {reason}',
-                   'last': True}
-
-
-def default_workers(cores=None):
-    """Decoding workers that leave a core for the network: cores - 1, between 1 and 8."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    return max(1, min(8, (cores or 1) - 1))
+        except AudioError as e:
+            yield {**head, 'error': str(e), 'last': True}
 
 
 def _as_is(item):

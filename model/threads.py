@@ -1,4 +1,5 @@
-"""How many intra-op threads the network gets for CPU inference (AED_test, AED_eval).
+"""How many intra-op threads the network and how many loader processes the decoding get
+for inference (AED_test, AED_eval).
 
 torch starts one thread per physical core. For a small network each layer is
 a fraction of a millisecond of work, so splitting it buys little; when another
@@ -12,6 +13,7 @@ AED_test 1.6x slower than the bare network on 2 cores.
 
     threads = pick_threads(0, (128, 64), 16, available_cores())   # -> 1
     threads = pick_threads(0, (512, 256), 64, 16)                  # -> 16
+    workers = decoding_workers(0, files=40, on_cpu=True, cores=2)   # -> 1
 """
 import os
 
@@ -59,3 +61,12 @@ def pick_threads(requested, im_size, filters, cores, cap=None, omp_env=None):
     if omp_env:
         return None
     return default_threads(im_size, filters, cores, cap)
+
+
+def decoding_workers(requested, files, on_cpu, cores):
+    """Loader processes decoding the files: requested when > 0; else none for one file on a CPU
+    (decoding is a sliver of the network's time, not worth a process start), else cores - 1
+    between 1 and 8. Never more than files."""
+    if not requested:
+        requested = 0 if files == 1 and on_cpu else max(1, min(8, cores - 1))
+    return min(requested, files)

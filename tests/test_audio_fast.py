@@ -89,14 +89,6 @@ def test_uint8_flags_constant_chunks_and_refuses_tensors():
         audio.spectrograms(torch.from_numpy(sig), bounds, 44100, 2, uint8=True)
 
 
-def test_other_nfft_uses_scipy():
-    sig = np.random.default_rng(1).standard_normal(4 * 44100).astype(np.float32)
-    bounds = audio.split_bounds(len(sig), 44100, 3, 2)
-    specs, _ = audio.spectrograms(sig, bounds, 44100, 3, nfft=400)
-    expected = spectrogram_reference(sig, bounds, 44100, 3, nfft=400)
-    assert np.abs(specs - expected).max() < 1e-5
-
-
 @pytest.mark.parametrize('subtype', ['PCM_16', 'PCM_24', 'FLOAT'])
 @pytest.mark.parametrize('channels', [1, 2])
 def test_load_audio_matches_soundfile_float_read(tmp_path, subtype, channels):

@@ -1,8 +1,10 @@
 """AED_test.py: file arguments, the original's output lines, --json, --timeline, errors."""
+import io
 import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +81,85 @@ def test_json_lines(capsys, tiny_model, examples):
     records = [json.loads(line) for line in out.splitlines()]
     assert [r['file'] for r in records] == [str(examples[0]), str(examples[3])]
     for r in records:
-        assert r['sample_rate'] == 44100 and r['specs'] == 4 and r['ms'] >= 0
+        assert r['sample_rate'] == 44100 and r['specs'] == 4
         confs = [p['confidence'] for p in r['predictions']]
         assert len(confs) == 5 and confs == sorted(confs, reverse=True)
         assert sum(confs) == pytest.approx(1, abs=1e-4)
         assert 'timeline' not in r
+
+
+def tone_file(path, seconds):
+    t = np.arange(int(seconds * 44100)) / 44100
+    sf.write(path, 0.2 * np.sin(2 * np.pi * 1000 * t), 44100)
+    return path
+
+
+def test_the_time_runs_from_opening_the_file_to_its_last_prediction(capsys, tiny_model, tmp_path,
+                                                                    monkeypatch):
+    # issue 16.2.7: "PREDICTION FOR N SPECS TOOK" (and --json's ms) left out the first block's decoding
+    import model.stream as stream
+    ms = {}
+    for seconds in (4, 4, 120):  # the first run warms the network up
+        start = time.perf_counter()
+        status, out, _ = run(capsys, '--filenames', tone_file(tmp_path / f'{seconds}.wav', seconds),
+                             '--modelname', tiny_model, '--json')
+        wall = time.perf_counter() - start
+        (record,) = [json.loads(line) for line in out.splitlines()]
+        assert status == 0 and record['specs'] == seconds and 0 < record['ms'] <= wall * 1000
+        ms[seconds] = record['ms']
+    assert ms[120] > ms[4]  # 30 times the windows
+    real = stream.read_mono
+
+    def slow_read(f, frames=-1):  # decoding this file takes 0.4 s more
+        time.sleep(0.4)
+        return real(f, frames)
+    monkeypatch.setattr(stream, 'read_mono', slow_read)  # one file on a CPU is decoded here
+    status, out, _ = run(capsys, '--filenames', tmp_path / '4.wav', '--modelname', tiny_model)
+    took = int(re.search(r'^PREDICTION FOR 4 SPECS TOOK (\d+) ms', out, re.M).group(1))
+    assert status == 0 and took >= 400
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_long_file_shows_a_progress_bar_on_a_terminal_only(capsys, tiny_model, tmp_path, monkeypatch):
+    # issue 13.7: a file of more than PROGRESS_MIN_WINDOWS windows gets a bar on stderr
+    monkeypatch.setattr(AED_test, 'PROGRESS_MIN_WINDOWS', 10)
+    files = [tone_file(tmp_path / 'long.wav', 30), tone_file(tmp_path / 'short.wav', 6)]
+    for terminal, extra in ((True, []), (True, ['--json']), (False, [])):
+        err = Terminal() if terminal else io.StringIO()
+        monkeypatch.setattr(sys, 'stderr', err)
+        status, out, _ = run(capsys, '--filenames', *files, '--modelname', tiny_model, *extra)
+        assert status == 0 and files_tested(out) == ([] if extra else [str(f) for f in files])
+        bars = re.findall(r'(\S+\.wav):\s+\d+%.*?(\d+)/(\d+)', err.getvalue())
+        if terminal and not extra:
+            assert {name for name, _, _ in bars} == {'long.wav'} and bars[0][2] == '30'
+        else:
+            assert bars == [] and err.getvalue() == ''
+
+
+def test_compile_says_what_it_does_and_warns_on_a_short_cpu_run(capsys, tiny_model, examples, monkeypatch):
+    # issue 13.3: compiling took 23 s on a CPU with no message; it is done first, timed, and
+    # a CPU run of fewer than a few hundred windows is warned that it will not pay off
+    import torch
+    calls = []
+
+    def fake_compile(net):
+        calls.append(net)
+        return net
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    status, plain, _ = run(capsys, '--filenames', examples[0], '--modelname', tiny_model, '--json')
+    status, out, err = run(capsys, '--filenames', examples[0], '--modelname', tiny_model, '--json',
+                           '--compile')
+    assert status == 0 and len(calls) == 1
+    lines = err.strip().splitlines()
+    assert lines[0].startswith('WARNING: --compile on a CPU for 4 windows: compiling will cost more than it '
+                               'saves (it pays off on a GPU and on long runs)')
+    assert re.fullmatch(r'COMPILING\.\.\. DONE! \(\d+\.\d s\)', lines[1])
+    assert [r['predictions'] for r in map(json.loads, out.splitlines())] == \
+        [r['predictions'] for r in map(json.loads, plain.splitlines())]
 
 
 def test_timeline_window_bounds_of_a_10_s_file(capsys, tiny_model, tmp_path):
@@ -151,4 +227,6 @@ def test_help_shows_no_default_for_the_required_filenames_and_says_what_results_
     filenames = test_help.split('--filenames PATH [PATH ...]', 2)[2].split('--modelname', 1)[0]
     assert 'default' not in filenames
     assert 'ranked results PRINTED per file' in test_help and '(default: 5)' in test_help
+    for text in helps:
+        assert 'pays off on a GPU and on long runs' in text
     assert 'ranked predictions KEPT per file for AP' in eval_help and '(default: 10)' in eval_help

@@ -3,6 +3,7 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,22 @@ def test_json_carries_the_checkpoints_training_metadata(capsys, demo_data, tmp_p
                    'augmentation': {'roll': [0.5, [0.0, 0.05]]},
                    'learning_rate': {'0': 0.001, '55': 1e-6}, 'seed': 7, 'dataset': '/data/spec',
                    'class_counts': {'beeps': 4, 'hum': 4}}  # no weights, optimiser or RNG state
+
+
+def test_the_confusion_matrix_goes_next_to_the_reports_or_where_typed(capsys, tiny_model, demo_data, tmp_path,
+                                                                      monkeypatch):
+    # issue 13.4: run from another folder, the plot went into the repository's confmatrix/
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, '--testdir', demo_data / 'test', '--modelname', tiny_model, '--quiet',
+                           '--json', 'reports/r.json')
+    assert status == 0, err
+    png = tmp_path / 'reports' / 'eval_tiny.png'  # next to the report, EVAL_CONFMATRIX's file name
+    assert png.stat().st_size > 1000 and f'CONFUSION MATRIX: {png}' in out.splitlines()
+    status, out, _ = run(capsys, '--testdir', demo_data / 'test', '--modelname', tiny_model, '--quiet',
+                         '--csv', 'r.csv', '--confmatrix', 'plots/cm_{model}.png')  # typed: from the cwd
+    assert status == 0 and f"CONFUSION MATRIX: {tmp_path / 'plots' / 'cm_tiny.png'}" in out.splitlines()
+    assert (tmp_path / 'r.csv').exists() and not (tmp_path / 'eval_tiny.png').exists()
+    # with no report the default stays in the repository, as config.py's paths do
+    args = AED_eval.parse_args(['--modelname', 'x.pt'])
+    assert args.confmatrix == AED_eval.ROOT / AED_eval.cfg.EVAL_CONFMATRIX
+    assert AED_eval.parse_args(['--csv', 'a/b.csv']).confmatrix == Path('a') / 'eval_{model}.png'

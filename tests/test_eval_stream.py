@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 import AED_eval
 import AED_test
 from model.audio import file_spectrograms
-from model.inference import load_model, prediction_pooling, prepare_windows, rank_predictions
+from model.inference import prediction_pooling, prepare_windows, rank_predictions
+from model.session import load_model
 
 
 def run(main, capsys, *argv):
@@ -72,8 +73,11 @@ def eval_rank(rank, world, port, argv, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    # the files take file descriptors 1 and 2 too, so what C++ libraries print lands there as well
     sys.stdout = open(out_dir / f'rank{rank}.out', 'w')
     sys.stderr = open(out_dir / f'rank{rank}.err', 'w')
+    os.dup2(sys.stdout.fileno(), 1)
+    os.dup2(sys.stderr.fileno(), 2)
     real = AED_eval.predict_files
 
     def predict_files(model, paths, *args):  # record this rank's share
@@ -83,7 +87,7 @@ def eval_rank(rank, world, port, argv, out_dir):
     try:
         AED_eval.main(argv + ['--json', str(out_dir / f'rank{rank}.json')])
     except SystemExit as e:
-        print('EXIT', e.code, file=sys.__stdout__)
+        (out_dir / f'rank{rank}.exit').write_text(str(e.code))
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -110,12 +114,50 @@ def test_torchrun_two_processes_print_what_one_prints(capsys, tiny_model, demo_d
                 process.kill()
             pytest.fail('the 2-process evaluation did not finish within 120 s')
     two = (tmp_path / 'rank0.out').read_text()
-    assert comparable(two) == comparable(one)
+    assert comparable(two) == comparable(one)  # only our lines: gloo's connection lines went to stderr
+    assert '[Gloo]' not in two
     assert len(re.findall(r'^\d+ \S+ LABEL:', two, re.M)) == 10
     assert (tmp_path / 'rank0.err').read_text().count('ERROR: ') == 1
+    assert (tmp_path / 'rank0.exit').read_text() == '1'  # the corrupt file, as one process exits
     shares = [json.loads((tmp_path / f'rank{r}.paths').read_text()) for r in (0, 1)]
     assert [len(s) for s in shares] == [5, 6] and shares[1][-1].endswith('zz_corrupt.wav')
     assert (tmp_path / 'rank1.out').read_text() == '' and not (tmp_path / 'rank1.json').exists()
     reports = [json.loads(p.read_text()) for p in (tmp_path / 'one.json', tmp_path / 'rank0.json')]
     assert reports[0]['files'] == reports[1]['files'] and reports[0]['classes'] == reports[1]['classes']
     assert reports[1]['summary']['errors'] == 1 and reports[1]['summary']['files'] == 11
+
+
+def test_results_are_gathered_through_gloo_whatever_the_device(monkeypatch, tmp_path):
+    # issue 16.2.5: CUDA results went through NCCL, whose watchdog can end a rank waiting for
+    # an unbalanced share; gloo (with a long, explicit timeout) takes pickled CPU objects
+    import types
+    import torch.distributed as dist
+    calls = []
+    real_init = dist.init_process_group
+
+    def init(backend=None, **kwargs):
+        calls.append((backend, kwargs.get('timeout')))
+        return real_init('gloo', **kwargs)  # a CPU machine has no NCCL: run the group on gloo anyway
+    monkeypatch.setattr(dist, 'init_process_group', init)
+    def predict_files(model, paths, settings, batch_size, workers, indices):
+        return iter([{'index': i, 'path': p} for i, p in zip(indices, paths)])
+    monkeypatch.setattr(AED_eval, 'predict_files', predict_files)
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(free_port()))
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    cuda_model = types.SimpleNamespace(device=torch.device('cuda'))
+    got = list(AED_eval.predict_sharded(cuda_model, ['a.wav', 'b.wav'], {}, 8, 0, (0, 1, 0)))
+    assert [r['path'] for r in got] == ['a.wav', 'b.wav']
+    assert calls == [('gloo', AED_eval.GATHER_TIMEOUT)] and AED_eval.GATHER_TIMEOUT.total_seconds() >= 3600
+
+
+def test_an_explicit_gpu_under_torchrun_is_one_error(capsys, monkeypatch, tiny_model, demo_data):
+    # every process would take that one GPU; each takes its local rank's instead (--device cuda)
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', '0')
+    status, out, err = run(AED_eval.main, capsys, '--testdir', demo_data / 'test', '--modelname', tiny_model,
+                           '--device', 'cuda:1')
+    assert status == 2 and out == ''
+    assert err.startswith("ERROR: DEVICE (--device) is 'cuda:1', but under torchrun each process takes the "
+                          "GPU of its local rank") and err.count('\n') == 1

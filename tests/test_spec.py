@@ -283,7 +283,9 @@ def test_end_to_end_with_bad_files(messy_dataset, tmp_path, capsys):
     assert '.DS_Store' not in err
     assert not list(dst.rglob('*.part'))
     assert 'DONE! FILES: 9 SPECS: 32 ERRORS: 3' in out
-    assert 'plain.wav SPECS: 4' in out
+    # the original's per-file line: the file, its sample rate before resampling, its spectrograms
+    assert f"{messy_dataset / 'events' / 'plain.wav'} SAMPLE RATE: 44100 SPECS: 4" in out.splitlines()
+    assert f"{messy_dataset / 'events' / 'stereo48k.wav'} SAMPLE RATE: 48000 SPECS: 4" in out.splitlines()
 
 
 def test_rerun_skips_finished_files_unless_overwrite(messy_dataset, tmp_path, capsys):
@@ -317,14 +319,28 @@ def test_nothing_extracted_exits_non_zero(tmp_path, capsys):
     assert 'broken.wav' in capsys.readouterr().err
 
 
-def test_same_stem_in_one_class_is_not_overwritten(tmp_path, capsys):
+def test_files_sharing_a_stem_keep_their_extension_in_the_png_names(tmp_path, capsys):
+    # issue 13.8: tone.wav and tone.flac in one class folder both give spectrograms
     src = tmp_path / 'wav'
-    write(src / 'a' / 'take.wav', event_signal(44100, 2), 44100)
-    write(src / 'a' / 'take.flac', event_signal(44100, 2, seed=3), 44100)
+    write(src / 'a' / 'tone.wav', event_signal(44100, 2), 44100)
+    write(src / 'a' / 'tone.flac', event_signal(44100, 3, seed=3), 44100)
+    write(src / 'a' / 'solo.wav', event_signal(44100, 2, seed=4), 44100)
+    write(src / 'b' / 'tone.wav', event_signal(44100, 2, seed=5), 44100)  # alone in its class folder
     run_spec(src, tmp_path / 'out')
-    err = capsys.readouterr().err
-    assert 'take.wav' in err and 'overwrite' in err
-    assert len(list((tmp_path / 'out' / 'a').glob('take_*.png'))) == 2
+    out, err = capsys.readouterr()
+    assert 'ERROR' not in err and 'DONE! FILES: 4 SPECS: 9 ERRORS: 0' in out
+    names = sorted(p.name for p in (tmp_path / 'out' / 'a').glob('*.png'))
+    assert names == ['solo_0.png', 'solo_1.png', 'tone.flac_0.png', 'tone.flac_1.png', 'tone.flac_2.png',
+                     'tone.wav_0.png', 'tone.wav_1.png']
+    assert sorted(p.name for p in (tmp_path / 'out' / 'b').glob('*.png')) == ['tone_0.png', 'tone_1.png']
+    # each file's images are its own
+    for name in ('tone.wav', 'tone.flac'):
+        specs, *_ = audio.file_spectrograms(src / 'a' / name, uint8=True)
+        assert np.array_equal(cv2.imread(str(tmp_path / 'out' / 'a' / f'{name}_0.png'), cv2.IMREAD_UNCHANGED),
+                              specs[0])
+    # a rerun finds them done under those names
+    run_spec(src, tmp_path / 'out')
+    assert 'SKIPPED (ALREADY DONE): 4' in capsys.readouterr().out
 
 
 def test_defaults_resolve_relative_to_the_repository():
@@ -360,16 +376,18 @@ def settings_errors(capsys, argv):
 
 
 @pytest.mark.parametrize('flags, constants, expected', [
-    (['--workers', '-3'], {}, '--workers (SPEC_WORKERS) must be 0 (one per CPU core) or more'),
+    (['--workers', '-3'], {}, '--workers (SPEC_WORKERS, 0 = one per CPU core) must be a whole number'),
     ([], {'SPEC_WORKERS': -1}, 'SPEC_WORKERS'),
-    (['--speclength', '2'], {}, 'chunks of 2 s need 0 <= overlap < 2'),
-    (['--speclength', '3', '--overlap', '-1'], {}, '0 <= overlap < 3'),
-    ([], {'SPEC_OVERLAP': 3}, '--overlap (SPEC_OVERLAP) is 3 s'),
+    (['--speclength', '2'], {}, '--overlap (SPEC_OVERLAP) must be at least 0 and smaller than '
+                                '--speclength (SPEC_LENGTH) = 2 s by one sample (1/44100 s) or more, got 2'),
+    (['--speclength', '3', '--overlap', '-1'], {}, 'must be at least 0 and smaller than'),
+    ([], {'SPEC_OVERLAP': 3}, '--overlap (SPEC_OVERLAP) must be at least 0'),
+    (['--overlap', '2.99999'], {}, 'by one sample (1/44100 s) or more, got 2.99999'),  # a hop of 0 samples
     (['--speclength', '4'], {}, '--speclength (SPEC_LENGTH) must be one of 2, 3, 5, 10, 30 s'),
     ([], {'SPEC_LENGTH': 3.5}, 'SPEC_LENGTH'),
     ([], {'SAMPLE_RATE': 0}, 'SAMPLE_RATE'),
     ([], {'SAMPLE_RATE': '44100'}, 'SAMPLE_RATE'),
-    ([], {'RESAMPLE_METHOD': 'cubic'}, "RESAMPLE_METHOD must be 'linear' or 'sinc'"),
+    ([], {'RESAMPLE_METHOD': 'cubic'}, "RESAMPLE_METHOD must be one of 'linear', 'sinc'"),
     ([], {'PNG_COMPRESSION': 10}, 'PNG_COMPRESSION'),
     ([], {'PNG_COMPRESSION': None}, 'PNG_COMPRESSION'),
 ])

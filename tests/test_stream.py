@@ -5,8 +5,9 @@ import soundfile as sf
 import torch
 
 from model import audio
-from model.inference import LoadedModel, predict, predict_files, prepare_windows, spec_settings
+from model.inference import cut_windows, predict, predict_files, prepare_windows
 from model.net import AEDNet
+from model.session import LoadedModel, spec_settings
 from model.stream import as_float, file_blocks
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -56,12 +57,43 @@ def test_torch_spectrogram_of_silence_and_at_other_rates():
     assert np.abs(np.rint(images.numpy() * 255) - grey).max() <= 1
 
 
+def test_torch_spectrogram_of_a_slice_reads_the_slices_samples():
+    # defect 16.4: as_strided ignored the storage offset of a sliced tensor
+    full = torch.from_numpy(events(44100 * 10, 44100, 9))
+    part = full[44100:]  # 9 s: three whole 3 s windows, read with no padding
+    for overlap in (0, 2):
+        bounds = audio.split_bounds(len(part), 44100, 3, overlap)
+        from_slice, _ = audio.spectrograms(part, bounds)
+        assert torch.equal(from_slice, audio.spectrograms(part.clone(), bounds)[0])
+    every_other = torch.from_numpy(events(44100 * 12, 44100, 10))[::2]  # a strided view, too
+    bounds = audio.split_bounds(len(every_other), 44100, 3, 2)
+    assert torch.equal(audio.spectrograms(every_other, bounds)[0],
+                       audio.spectrograms(every_other.contiguous(), bounds)[0])
+
+
+def test_gpu_chunks_of_windows_give_the_numpy_windows(monkeypatch):
+    # GPU_SPEC_WINDOWS chunking, run on the CPU with the torch path forced: a block of
+    # 25 windows in chunks of 4 gives the windows of the numpy path, silent ones included
+    import model.inference as inference
+    monkeypatch.setattr(inference, 'GPU_SPEC_WINDOWS', 4)
+    sig = events(44100 * 25, 44100, 11)
+    sig[44100 * 9:44100 * 14] = 0  # windows 9 to 11 are silent: across the third and fourth chunks
+    bounds = audio.split_bounds(len(sig), 44100, 3, 2)
+    settings, cpu = spec_settings({}), torch.device('cpu')
+    x, silent = cut_windows(torch.from_numpy(sig), bounds, settings, (128, 64), cpu, on_torch=True)
+    expected, expected_silent = cut_windows(torch.from_numpy(sig), bounds, settings, (128, 64), cpu)
+    assert len(bounds) == 25 and x.shape == expected.shape == (25, 1, 64, 128)
+    assert silent == expected_silent == [9, 10, 11]
+    assert (x - expected).abs().max() < 2e-3
+
+
 @pytest.mark.parametrize('rate,subtype,channels,peak', [
     (22050, 'PCM_16', 1, 40 / 32768), (48000, 'PCM_16', 2, 0.5), (8000, 'PCM_24', 1, 0.01),
-    (44100, 'PCM_16', 1, 0.3), (32000, 'FLOAT', 2, 0.2)])
+    (44100, 'PCM_16', 1, 0.3), (44100, 'PCM_16', 2, 0.3), (32000, 'FLOAT', 2, 0.2)])
 def test_blocks_are_the_samples_of_the_whole_file(tmp_path, rate, subtype, channels, peak):
     # resampling block by block, rounding to the integer grid included, gives the
-    # same samples as load_audio + resample of the whole file
+    # same samples as load_audio + resample of the whole file; 16-bit stereo at the
+    # analysis rate averages to half-LSB values, which int16 blocks would round away
     path = tmp_path / 'a.wav'
     rng = np.random.default_rng(rate)
     sf.write(path, np.clip(peak * rng.standard_normal((int(rate * 19.7), channels)), -1, 1), rate,
@@ -71,13 +103,16 @@ def test_blocks_are_the_samples_of_the_whole_file(tmp_path, rate, subtype, chann
     whole = audio.resample(sig, source_rate, 44100, 'linear', scale)
     bounds = audio.split_bounds(len(whole), 44100, 3, 2)
     got = []
-    for block, inside, first, offset, block_rate, last in file_blocks(path, settings, block_samples=44100 * 4):
-        assert first == len(got) and block_rate == rate and len(block) <= 44100 * 7
-        assert block.dtype == (np.int16 if subtype == 'PCM_16' else np.float32)
-        got += [(offset + a, offset + b, as_float(block[a:b])) for a, b in inside]
-    assert last and [(a, b) for a, b, _ in got] == bounds
+    for block in file_blocks(path, settings, block_samples=44100 * 4):
+        assert block['first'] == len(got) and block['source_rate'] == rate and len(block['sig']) <= 44100 * 7
+        assert block['windows'] == len(bounds)
+        offset = block['offset']
+        got += [(offset + a, offset + b, as_float(block['sig'][a:b])) for a, b in block['bounds']]
+    assert block['last'] and [(a, b) for a, b, _ in got] == bounds
     for a, b, samples in got:
         np.testing.assert_array_equal(samples, whole[a:b])
+    if subtype == 'PCM_16' and (channels == 1 or rate != 44100):
+        assert block['sig'].dtype == np.int16  # whole 16-bit values: half the bytes to the main process
 
 
 def tiny_model(device, im_size=(128, 64)):

@@ -4,7 +4,7 @@ import torch
 import AED_eval
 import AED_test
 from model.net import AEDNet
-from model.threads import SMALL_MODEL_MACS, default_threads, forward_macs, pick_threads
+from model.threads import SMALL_MODEL_MACS, decoding_workers, default_threads, forward_macs, pick_threads
 
 
 def test_forward_macs_counts_the_networks_convolutions_and_dense_layers():
@@ -36,6 +36,15 @@ def test_pick_threads_honours_the_flag_and_omp_num_threads():
     assert pick_threads(3, (128, 64), 16, cores=2) == 3  # --threads 3
     assert pick_threads(0, (512, 256), 64, cores=8, omp_env='2') is None  # the user's OMP_NUM_THREADS
     assert pick_threads(0, (128, 64), 16, cores=8, omp_env='') == 1
+
+
+def test_decoding_workers():
+    assert decoding_workers(0, files=1, on_cpu=True, cores=16) == 0  # one file on a CPU: decoded in place
+    assert decoding_workers(0, files=1, on_cpu=False, cores=16) == 1
+    assert decoding_workers(0, files=40, on_cpu=True, cores=2) == 1  # cores - 1, at least 1
+    assert decoding_workers(0, files=40, on_cpu=True, cores=64) == 8  # at most 8
+    assert decoding_workers(3, files=40, on_cpu=True, cores=2) == 3  # --workers 3
+    assert decoding_workers(3, files=2, on_cpu=True, cores=2) == 2  # never more than files
 
 
 def test_scripts_set_the_threads(capsys, monkeypatch, tiny_model, demo_data, tmp_path):
