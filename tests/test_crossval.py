@@ -27,8 +27,9 @@ def demo_run(tmp_path_factory):
     work = tmp_path_factory.mktemp('cv')
     make_demo.main(['--out', str(work / 'demo'), '--train', '2', '--test', '1', '--seconds', '1',
                     '--no-examples', '--folds', '3'])
-    # relative paths from another folder than the repository's
-    return work, crossval(work, 'csv', 'demo/folds.csv', 'runs', *TINY)
+    # relative paths from another folder than the repository's; a non-default overlap that
+    # only the linked .spec_settings.json can carry into the checkpoints
+    return work, crossval(work, 'csv', 'demo/folds.csv', 'runs', *TINY, SPEC_ARGS='--overlap 1')
 
 
 def test_demo_cross_validation_end_to_end(demo_run):
@@ -43,6 +44,9 @@ def test_demo_cross_validation_end_to_end(demo_run):
         # the fold's model was trained on the two other folds' PNGs only
         trained = summary['model_meta']['training']['dataset']
         assert Path(trained) == (runs / 'data' / f'fold{k}' / 'train').resolve()
+        # and records the settings of the PNGs through the linked .spec_settings.json
+        spec_settings = json.loads((runs / 'data' / 'spec' / '.spec_settings.json').read_text())
+        assert summary['model_meta']['spec'] == spec_settings and spec_settings['overlap'] == 1
     table = proc.stdout[proc.stdout.index('== summary'):].splitlines()
     assert [line.split()[0] for line in table[2:5]] == ['1', '2', '3']
     assert [line.split()[3] for line in table[2:5]] == ['5', '5', '5']  # test files per fold
@@ -68,7 +72,8 @@ def test_every_clip_is_extracted_once(demo_run):
 def test_a_failed_fold_is_reported_and_the_loop_goes_on(demo_run):
     work, _ = demo_run
     # a second run into the same folder whose training fails: no stale result may count
-    proc = crossval(work, 'csv', 'demo/folds.csv', 'runs', '--filters', '0', '--workers', '0')
+    proc = crossval(work, 'csv', 'demo/folds.csv', 'runs', '--filters', '0', '--workers', '0',
+                    SPEC_ARGS='--overlap 1')
     assert proc.returncode == 1
     assert [line for line in proc.stderr.splitlines() if 'failed' in line] == [
         'ERROR: fold 1: AED_train.py failed', 'ERROR: fold 2: AED_train.py failed',
