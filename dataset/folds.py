@@ -64,7 +64,7 @@ def parse_args(argv):
     p.add_argument('--specs', type=Path, default=None,
                    help='AED_spec.py\'s output for OUT/clips: also link each fold\'s training PNGs')
     p.add_argument('--fold', type=int, nargs='+', default=None, metavar='K',
-                   help='lay out only these test folds (default: all)')
+                   help='lay out only these test folds (None: all)')
     p.add_argument('--esc10', action='store_true', help='esc50: only the ESC-10 subset')
     p.add_argument('--skip-missing', action='store_true',
                    help='leave out clips missing on disk (each is an ERROR line) instead of stopping')
