@@ -16,12 +16,15 @@ byte-identical files. Layout written under the output folder:
     train/wav/<class>/<class>_<NNN>.wav   training audio (input of AED_spec.py)
     test/<class>/<class>_<NNN>.wav        held-out audio (input of AED_eval.py)
     examples/<class>_example.wav          one longer file per class (AED_test.py)
+    folds.csv                             with --folds K: every train and test file with a
+                                          fold from 1 to K (file,label,fold; dataset.folds csv)
 
 Examples:
 
     python dataset/make_demo.py
     python dataset/make_demo.py --train 40 --test 10 --seconds 5
     python dataset/make_demo.py --out /tmp/aed_demo --seed 7 --no-examples
+    python dataset/make_demo.py --out /tmp/cvdemo --folds 5   # + folds.csv for crossval.sh
 """
 
 import argparse
@@ -223,6 +226,19 @@ def generate(out, n_train, n_test, seconds, seed, examples=True, example_seconds
     return counts
 
 
+def write_folds_csv(out, n_train, n_test, folds):
+    """List every train and test file in out/folds.csv (file,label,fold), the generic format of
+    dataset.folds; each class's files take the folds in turn, so every fold holds every class."""
+    rows = ['file,label,fold']
+    for name in CLASSES:
+        files = ['train/wav/{0}/{0}_{1:03d}.wav'.format(name, i) for i in range(n_train)]
+        files += ['test/{0}/{0}_{1:03d}.wav'.format(name, i) for i in range(n_test)]
+        rows += ['{},{},{}'.format(f, name, i % folds + 1) for i, f in enumerate(files)]
+    path = out / 'folds.csv'
+    path.write_text('\n'.join(rows) + '\n')
+    return path
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         description='Write a small deterministic synthetic acoustic-event dataset '
@@ -241,6 +257,9 @@ def build_parser():
     parser.add_argument('--seed', type=int, default=1337, help='random seed (default 1337)')
     parser.add_argument('--no-examples', action='store_true',
                         help='do not write the examples/ folder')
+    parser.add_argument('--folds', type=int, default=None, metavar='K',
+                        help='also write folds.csv: every train and test file with a fold '
+                             'from 1 to K, for crossval.sh (default: none)')
     return parser
 
 
@@ -254,6 +273,8 @@ def main(argv=None):
                      '(AED_spec.py drops chunks shorter than 1 s)')
     if args.seed < 0:
         parser.error('--seed must be >= 0')
+    if args.folds is not None and not 2 <= args.folds <= args.train + args.test:
+        parser.error('--folds must be from 2 to --train + --test (every fold needs a file per class)')
 
     out = Path(args.out).resolve() if args.out is not None else DEFAULT_OUT
     counts = generate(out, args.train, args.test, args.seconds, args.seed,
@@ -262,6 +283,9 @@ def main(argv=None):
     print('make_demo: wrote {} files ({} train, {} test, {} examples; {} classes) under {}'
           .format(sum(counts.values()), counts['train'], counts['test'],
                   counts['examples'], len(CLASSES), out))
+    if args.folds:
+        print('make_demo: wrote {} ({} folds)'.format(write_folds_csv(out, args.train, args.test,
+                                                                     args.folds), args.folds))
     return counts
 
 
