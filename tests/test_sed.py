@@ -82,7 +82,7 @@ def test_unreadable_annotation_file(tmp_path):
 
 
 def test_events_past_the_end_are_clipped_with_a_warning(tmp_path):
-    text = '1\t2\tsiren\n9\t12\thum\n11\t13\tbeeps\n'
+    text = '1\t2\tsiren\n9\t10.5\thum\n11\t13\tbeeps\n'
     events, warnings = read_annotations(write(tmp_path / 'a.txt', text), duration=10.0)
     assert events == [Event(1, 2, 'siren'), Event(9, 10.0, 'hum')]
     assert len(warnings) == 2
@@ -184,6 +184,12 @@ def test_empty_annotation_scores_equal_sed_eval():
     assert ours['segment']['classes']['c']['f1'] is None  # never annotated, never found: undefined
     only_empty = evaluate({'e': []}, {}, {'e': 6.0}, CLASSES)
     assert only_empty['segment']['overall']['error_rate'] == 0.0
+
+
+def test_durations_are_the_evaluated_lengths():
+    refs, ests = {'r': [Event(0.0, 2.0, 'a')]}, {'r': [Event(0.0, 4.0, 'a', 0.9)]}
+    assert evaluate(refs, ests, {'r': 2.0}, CLASSES)['segment']['overall']['precision'] == 1.0
+    assert evaluate(refs, ests, {'r': 4.0}, CLASSES)['segment']['overall']['precision'] == 0.5
 
 
 def test_unknown_and_background_labels():
