@@ -100,6 +100,22 @@ def test_scenes_are_slightly_polyphonic(scenes):
     assert 1 <= overlaps <= events // 3
 
 
+def test_overlapping_events_are_of_two_classes(monkeypatch):
+    # many scenes' timelines (a flat background keeps this fast): at most two events at once,
+    # never of one class, and a fair share of overlaps
+    monkeypatch.setattr(make_demo, 'make_background', lambda n, rng: np.ones(n))
+    overlaps = events = 0
+    for seed in range(10):
+        parts = make_demo.scene_parts(60.0, seed, 0, 0.0)[1]
+        spans = [(start, start + len(sig), label) for start, sig, label in parts]
+        events += len(spans)
+        for i, (a, b, label) in enumerate(spans):
+            later = [other for c, _, other in spans[i + 1:] if c < b]
+            assert len(later) <= 1 and label not in later
+            overlaps += len(later)
+    assert 0.1 * events < overlaps < 0.3 * events
+
+
 def level_deviation_db(x, rate):
     """Largest deviation (dB) of 50 ms frame energies above 200 Hz from their median: gaps and onsets."""
     x = sosfilt(butter(4, 200, 'highpass', fs=rate, output='sos'), x)
