@@ -74,14 +74,14 @@ def test_list_form_is_parsed_as_a_literal_never_evaluated():
 
 def test_json_lines(capsys, tiny_model, examples):
     status, out, err = run(capsys, '--filenames', examples[0], examples[3], '--modelname', tiny_model,
-                           '--json', '--confidence', 0)
+                           '--json', '--confidence', 0, '--results', 6)
     assert status == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert [r['file'] for r in records] == [str(examples[0]), str(examples[3])]
     for r in records:
         assert r['sample_rate'] == 44100 and r['specs'] == 4 and r['ms'] >= 0
         confs = [p['confidence'] for p in r['predictions']]
-        assert len(confs) == 5 and confs == sorted(confs, reverse=True)
+        assert len(confs) == 6 and confs == sorted(confs, reverse=True)  # 5 classes and background
         assert sum(confs) == pytest.approx(1, abs=1e-4)
         assert 'timeline' not in r
 

@@ -31,27 +31,27 @@ def test_eval_on_demo_test_set(capsys, tiny_model, demo_data, tmp_path):
                            '--csv', tmp_path / 'r.csv', '--json', tmp_path / 'r.json')
     assert status == 0, err
     lines = re.findall(r"^(\d+) (\S+) LABEL: \('(\w+)', ([\d.]+)\) AVGP: ([\d.]+)$", out, flags=re.M)
-    assert [int(n) for n, *_ in lines] == list(range(1, 11))
-    assert lines[0][1] == 'beeps/beeps_000.wav'
+    assert [int(n) for n, *_ in lines] == list(range(1, 13))  # 2 files of 5 classes and background
+    assert lines[0][1] == 'background/background_000.wav'
     assert all(float(ap) in (0.0, 1.0, 0.5, 0.3333, 0.25, 0.2) for *_, ap in lines)
-    assert 'TESTING DONE!\nERRORS: 0 / 10\nMAP: ' in out
+    assert 'TESTING DONE!\nERRORS: 0 / 12\nMAP: ' in out
     mean_ap, accuracy = summary_value(out, 'MAP'), summary_value(out, 'ACCURACY')
     assert 0 <= accuracy <= mean_ap <= 1
-    assert mean_ap == pytest.approx(sum(float(ap) for *_, ap in lines) / 10, abs=1e-3)
+    assert mean_ap == pytest.approx(sum(float(ap) for *_, ap in lines) / 12, abs=1e-3)
     assert (tmp_path / 'cm_tiny.png').stat().st_size > 1000
 
     table = re.findall(r'^(\w+) +([\d.]+) +([\d.]+) +([\d.]+) +(\d+)$', out, flags=re.M)
-    assert [row[0] for row in table] == ['beeps', 'clicks', 'hum', 'noise_bursts', 'siren']
+    assert [row[0] for row in table] == ['background', 'beeps', 'clicks', 'hum', 'noise_bursts', 'siren']
     assert all(int(row[4]) == 2 for row in table)
 
     rows = list(csv.DictReader((tmp_path / 'r.csv').read_text().splitlines()))
-    assert len(rows) == 10 and rows[0]['true_label'] == 'beeps'
+    assert len(rows) == 12 and rows[0]['true_label'] == 'background'
     assert [r['top_label'] for r in rows] == [label for _, _, label, _, _ in lines]
     report = json.loads((tmp_path / 'r.json').read_text())
     assert report['summary']['map'] == pytest.approx(mean_ap, abs=1e-4)
-    assert report['summary']['errors'] == 0 and len(report['files']) == 10
+    assert report['summary']['errors'] == 0 and len(report['files']) == 12
     assert {c['label'] for c in report['classes']} == {row[0] for row in table}
-    accuracy_from_files = sum(f['rank'] == 1 for f in report['files']) / 10
+    accuracy_from_files = sum(f['rank'] == 1 for f in report['files']) / 12
     assert accuracy_from_files == pytest.approx(accuracy, abs=1e-4)
 
 
@@ -86,16 +86,16 @@ def test_unknown_class_and_corrupt_file(capsys, tiny_model, messy_testdir, tmp_p
     assert status == 1  # a file could not be read
     assert err.count("test class 'dogs' is unknown") == 1
     assert re.search(r'ERROR: \S+/clicks/corrupt\.wav: \S', err)  # after the bar's carriage return
-    assert 'ERRORS: 1 / 13' in out
+    assert 'ERRORS: 1 / 15' in out
     assert not re.search(r'^\d+ \S+ LABEL:', out, flags=re.M)  # --quiet: a bar instead
     lines = (tmp_path / 'r.csv').read_text().splitlines()
     rows = {r['path'].rsplit('/', 1)[-1]: r for r in csv.DictReader(lines)}
     assert rows['dog_0.wav']['ap'] == '0.0' and rows['dog_1.wav']['rank'] == ''
     assert rows['corrupt.wav']['error'] and rows['corrupt.wav']['ap'] == ''
-    # MAP is over the 12 decoded files; the two unknown-class files count as 0
+    # MAP is over the 14 decoded files; the two unknown-class files count as 0
     aps = [float(r['ap']) for r in rows.values() if r['ap']]
-    assert len(aps) == 12
-    assert summary_value(out, 'MAP') == pytest.approx(sum(aps) / 12, abs=1e-4)
+    assert len(aps) == 14
+    assert summary_value(out, 'MAP') == pytest.approx(sum(aps) / 14, abs=1e-4)
 
 
 def test_missing_model_and_missing_testdir(capsys, demo_data, tmp_path):
@@ -119,11 +119,11 @@ def test_unknown_classes_in_table_csv_and_json(capsys, tiny_model, messy_testdir
              re.findall(r'^(\w+) +([\d.]+) +([\d.]+) +([\d.]+) +(\d+)$', out, flags=re.M)}
     # the unknown class is listed after the model's classes, its 2 files all misses
     assert list(table)[-1] == 'dogs' and table['dogs'] == ('0.0000', '0.0000', '0.0000', '2')
-    assert sum(int(r[3]) for r in table.values()) == 12  # every decoded file counted once
+    assert sum(int(r[3]) for r in table.values()) == 14  # every decoded file counted once
     rows = list(csv.DictReader((tmp_path / 'r.csv').read_text().splitlines()))
     assert {r['path'].rsplit('/', 1)[-1]: r['unknown_class'] for r in rows if r['unknown_class'] == '1'} \
         == {'dog_0.wav': '1', 'dog_1.wav': '1'}
-    assert sum(r['unknown_class'] == '0' for r in rows) == 11
+    assert sum(r['unknown_class'] == '0' for r in rows) == 13
     report = json.loads((tmp_path / 'r.json').read_text())
     assert report['summary']['unknown_classes'] == ['dogs']
     dogs = [c for c in report['classes'] if c['label'] == 'dogs']
@@ -140,7 +140,7 @@ def test_no_known_test_class_is_an_error_before_any_decoding(capsys, tiny_model,
     status, out, err = run(capsys, '--testdir', test, '--modelname', tiny_model, '--json', tmp_path / 'r.json')
     assert status == 2
     assert err.strip().splitlines()[-1] == (
-        'ERROR: the model knows none of the test classes: model classes beeps, clicks, hum, '
+        'ERROR: the model knows none of the test classes: model classes background, beeps, clicks, hum, '
         'noise_bursts, siren; test folder classes cats, dogs')
     assert 'TESTING MODEL' not in out and 'MAP' not in out and not (tmp_path / 'r.json').exists()
 

@@ -42,7 +42,7 @@ def test_eval_results_equal_a_simple_independent_path(capsys, tiny_model, demo_d
         with torch.no_grad():
             probs = torch.softmax(model.net(prepare_windows(specs, model.im_size)), 1).numpy()
         pooled = prediction_pooling(probs)
-        ranked = rank_predictions(pooled, model.classes, 0.0001, 10)
+        ranked = rank_predictions(pooled, model.classes, 0.0, 10)  # the confidence cut never changes AP
         rank = [label for label, _ in ranked].index(f['true_label']) + 1
         assert f['top_label'] == ranked[0][0] and f['rank'] == rank
         assert f['confidence'] == pytest.approx(float(pooled.max()), abs=1e-5)
@@ -101,7 +101,7 @@ def test_torchrun_two_processes_print_what_one_prints(capsys, tiny_model, demo_d
     argv = ['--testdir', str(test), '--modelname', str(tiny_model), '--confmatrix', '', '--workers', '1',
             '--batch-size', '4']
     status, one, err = run(AED_eval.main, capsys, *argv, '--json', tmp_path / 'one.json')
-    assert status == 1 and 'ERRORS: 1 / 11' in one and err.count('ERROR: ') == 1
+    assert status == 1 and 'ERRORS: 1 / 13' in one and err.count('ERROR: ') == 1
     context = mp.start_processes(eval_rank, args=(2, free_port(), argv, tmp_path), nprocs=2, join=False)
     deadline = time.monotonic() + 120  # a hung process group fails the test, never the suite
     while not context.join(timeout=1):
@@ -111,11 +111,11 @@ def test_torchrun_two_processes_print_what_one_prints(capsys, tiny_model, demo_d
             pytest.fail('the 2-process evaluation did not finish within 120 s')
     two = (tmp_path / 'rank0.out').read_text()
     assert comparable(two) == comparable(one)
-    assert len(re.findall(r'^\d+ \S+ LABEL:', two, re.M)) == 10
+    assert len(re.findall(r'^\d+ \S+ LABEL:', two, re.M)) == 12
     assert (tmp_path / 'rank0.err').read_text().count('ERROR: ') == 1
     shares = [json.loads((tmp_path / f'rank{r}.paths').read_text()) for r in (0, 1)]
-    assert [len(s) for s in shares] == [5, 6] and shares[1][-1].endswith('zz_corrupt.wav')
+    assert [len(s) for s in shares] == [6, 7] and shares[1][-1].endswith('zz_corrupt.wav')
     assert (tmp_path / 'rank1.out').read_text() == '' and not (tmp_path / 'rank1.json').exists()
     reports = [json.loads(p.read_text()) for p in (tmp_path / 'one.json', tmp_path / 'rank0.json')]
     assert reports[0]['files'] == reports[1]['files'] and reports[0]['classes'] == reports[1]['classes']
-    assert reports[1]['summary']['errors'] == 1 and reports[1]['summary']['files'] == 11
+    assert reports[1]['summary']['errors'] == 1 and reports[1]['summary']['files'] == 13
