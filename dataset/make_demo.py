@@ -13,7 +13,7 @@ in any 3-second window of a file (every file is busy from start to end):
 plus a `background` class of recordings without events (coloured noise whose
 colour and level drift slowly, over a faint rumble), and annotated scenes for
 event detection: events of the five classes (1-4 s drawn, then trimmed to
-where they sound), with random gaps and a quarter of them overlapped by the
+where they sound), with random gaps and about one in five overlapped by the
 next, on background at event-to-background ratios (EBR) of -6, 0 and +6 dB.
 An event's EBR is its RMS over its annotated span against the background's
 RMS over the same span.
