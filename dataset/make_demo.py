@@ -10,6 +10,14 @@ in any 3-second window of a file (every file is busy from start to end):
     noise_bursts  bursts of band-limited noise somewhere between 1.5 and 16 kHz
     siren         a continuous tone whose pitch sweeps up and down
 
+plus a `background` class of recordings without events (coloured noise whose
+colour and level drift slowly, over a faint rumble), and annotated scenes for
+event detection: events of the five classes (1-4 s drawn, then trimmed to
+where they sound), with random gaps and about one in five overlapped by the
+next, on background at event-to-background ratios (EBR) of -6, 0 and +6 dB.
+An event's EBR is its RMS over its annotated span against the background's
+RMS over the same span.
+
 Files are 44.1 kHz, mono, 16-bit PCM WAV. The same seed always gives
 byte-identical files. Layout written under the output folder:
 
@@ -18,6 +26,8 @@ byte-identical files. Layout written under the output folder:
     examples/<class>_example.wav          one longer file per class (AED_test.py)
     folds.csv                             with --folds K: every train and test file with a
                                           fold from 1 to K (file,label,fold; dataset.folds csv)
+    scenes/wav/scene_<NN>_ebr<+E>.wav     long recordings with events (AED_eval.py --annotations)
+    scenes/annotations/scene_<NN>_ebr<+E>.txt   their events, DCASE format: onset, offset, label
 
 Examples:
 
@@ -25,6 +35,7 @@ Examples:
     python dataset/make_demo.py --train 40 --test 10 --seconds 5
     python dataset/make_demo.py --out /tmp/aed_demo --seed 7 --no-examples
     python dataset/make_demo.py --out /tmp/cvdemo --folds 5   # + folds.csv for crossval.sh
+    python dataset/make_demo.py --scenes 6 --scene-seconds 120 --ebrs -6 0 6 --no-background
 """
 
 import argparse
@@ -237,6 +248,123 @@ def write_folds_csv(out, n_train, n_test, folds):
     path = out / 'folds.csv'
     path.write_text('\n'.join(rows) + '\n')
     return path
+########################## background class and annotated scenes ##########################
+
+# The class of recordings without events; its per-file seeds use the next class index
+BACKGROUND = 'background'
+_BACKGROUND_IDX = len(CLASSES)
+_SCENES_CODE = 4  # mixed into the scene seeds, beside _SPLIT_CODES
+# Scene events: length range in seconds (before trimming to the audible part), and the
+# chance that the next event starts while the current one still sounds (polyphony)
+SCENE_EVENT_SECONDS = (1.0, 4.0)
+SCENE_OVERLAP_PROB = 0.25
+SCENE_GAP_SECONDS = (0.5, 4.0)
+
+
+def _coloured_noise(n, rng, exponent):
+    """Unit-RMS noise whose power falls as 1 / f**exponent (above 20 Hz; no DC)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.maximum(np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE), 20.0)
+    spec *= freqs ** (-exponent / 2)
+    spec[0] = 0.0
+    sig = np.fft.irfft(spec, n)
+    return sig / max(np.sqrt(np.mean(sig ** 2)), 1e-12)
+
+
+def make_background(n, rng):
+    """Stationary coloured noise whose colour and level drift slowly, over a faint rumble.
+
+    No onsets, tones, harmonics or gaps: nothing of the five event classes.
+    """
+    t = _time_axis(n)
+    bright = _coloured_noise(n, rng, rng.uniform(0.0, 0.5))  # white to pinkish
+    dark = _coloured_noise(n, rng, rng.uniform(0.8, 1.4))  # pink and darker
+    mix = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.02, 0.1) * t + rng.uniform(0, 2 * np.pi))
+    level_db = rng.uniform(2.0, 4.0) * np.sin(2 * np.pi * rng.uniform(0.03, 0.15) * t
+                                              + rng.uniform(0, 2 * np.pi))
+    rumble = _bandpass_noise(n, rng, 20.0, 120.0)
+    rumble *= rng.uniform(0.1, 0.3) / max(np.sqrt(np.mean(rumble ** 2)), 1e-12)
+    return (np.sqrt(1 - mix) * bright + np.sqrt(mix) * dark) * 10 ** (level_db / 20) + rumble
+
+
+def generate_background(out, n_train, n_test, seconds, seed):
+    """Write the background class: train/wav/background/ and test/background/; return the counts."""
+    counts = {'train': n_train, 'test': n_test}
+    for split, folder in (('train', out / 'train' / 'wav' / BACKGROUND), ('test', out / 'test' / BACKGROUND)):
+        for i in range(counts[split]):
+            rng = np.random.default_rng([seed, _SPLIT_CODES[split], _BACKGROUND_IDX, i])
+            sig = make_background(int(round(seconds * SAMPLE_RATE)), rng)
+            sig *= rng.uniform(0.3, 0.9) / np.max(np.abs(sig))
+            samples = np.round(sig * 32767.0).astype(np.int16)
+            write_wav(folder / '{}_{:03d}.wav'.format(BACKGROUND, i), samples)
+    return counts
+
+
+def _scene_event(label, rng):
+    """One event of a class, faded in and out, then trimmed to where it sounds (over 5 % of its peak)."""
+    sig = CLASSES[label](int(rng.uniform(*SCENE_EVENT_SECONDS) * SAMPLE_RATE), rng)
+    sig *= _fade_envelope(len(sig), int(0.01 * SAMPLE_RATE))
+    loud = np.flatnonzero(np.abs(sig) > 0.05 * np.max(np.abs(sig)))
+    return sig[loud[0]:loud[-1] + 1]  # the annotation is exactly where the event sounds
+
+
+def scene_parts(seconds, seed, index, ebr_db):
+    """A scene's background and events: (background, [(start sample, samples, label)]).
+
+    Each event's RMS over its own span is ebr_db above the background's RMS over
+    the same span (the event-to-background ratio). With SCENE_OVERLAP_PROB the
+    next event, of another class, starts inside the current one (at most two
+    events sound at once); otherwise it follows after a gap.
+    """
+    rng = np.random.default_rng([seed, _SCENES_CODE, index])
+    n = int(round(seconds * SAMPLE_RATE))
+    background = make_background(n, rng)
+    events, end = [], rng.uniform(*SCENE_GAP_SECONDS)
+    t, sounding = end, None  # next onset, and the class it overlaps (None: it follows a gap)
+    while True:
+        label = rng.choice(sorted(set(CLASSES) - {sounding}))
+        sig = _scene_event(label, rng)
+        start = int(t * SAMPLE_RATE)
+        if start + len(sig) > n - int(0.5 * SAMPLE_RATE):
+            return background, events
+        span = background[start:start + len(sig)]
+        sig *= np.sqrt(np.mean(span ** 2) / np.mean(sig ** 2)) * 10 ** (ebr_db / 20)
+        events.append((start, sig, str(label)))
+        end = max(end, (start + len(sig)) / SAMPLE_RATE)
+        if sounding is None and rng.random() < SCENE_OVERLAP_PROB:
+            length = len(sig) / SAMPLE_RATE
+            t, sounding = rng.uniform(t + 0.25 * length, t + 0.75 * length), label
+        else:
+            t, sounding = end + rng.uniform(*SCENE_GAP_SECONDS), None
+
+
+def mix_scene(background, events, peak=0.8):
+    """int16 samples of background + events, scaled to the given peak."""
+    mix = background.copy()
+    for start, sig, _ in events:
+        mix[start:start + len(sig)] += sig
+    return np.round(mix * (peak / np.max(np.abs(mix))) * 32767.0).astype(np.int16)
+
+
+def scene_name(index, ebr_db):
+    return 'scene_{:02d}_ebr{:+g}'.format(index, ebr_db)
+
+
+def generate_scenes(out, count, seconds, seed, ebrs):
+    """Write scenes/wav/<name>.wav and scenes/annotations/<name>.txt (DCASE: onset, offset, label).
+
+    Scene i has the event-to-background ratio ebrs[i % len(ebrs)] dB. Returns the count.
+    """
+    for i in range(count):
+        ebr = ebrs[i % len(ebrs)]
+        background, events = scene_parts(seconds, seed, i, ebr)
+        write_wav(out / 'scenes' / 'wav' / (scene_name(i, ebr) + '.wav'), mix_scene(background, events))
+        lines = ['{:.6f}\t{:.6f}\t{}\n'.format(start / SAMPLE_RATE, (start + len(sig)) / SAMPLE_RATE, label)
+                 for start, sig, label in sorted(events, key=lambda e: e[0])]
+        path = out / 'scenes' / 'annotations' / (scene_name(i, ebr) + '.txt')
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(''.join(lines))
+    return count
 
 
 def build_parser():
@@ -260,6 +388,14 @@ def build_parser():
     parser.add_argument('--folds', type=int, default=None, metavar='K',
                         help='also write folds.csv: every train and test file with a fold '
                              'from 1 to K, for crossval.sh (default: none)')
+    parser.add_argument('--no-background', action='store_true',
+                        help='do not write the background class')
+    parser.add_argument('--scenes', type=int, default=3,
+                        help='annotated scenes in scenes/ (default 3; 0 = none)')
+    parser.add_argument('--scene-seconds', type=float, default=60.0,
+                        help='length of each scene in seconds (default 60)')
+    parser.add_argument('--ebrs', type=float, nargs='+', default=[-6.0, 0.0, 6.0], metavar='DB',
+                        help='event-to-background ratios of the scenes, in turn (default -6 0 6)')
     return parser
 
 
@@ -275,15 +411,21 @@ def main(argv=None):
         parser.error('--seed must be >= 0')
     if args.folds is not None and not 2 <= args.folds <= args.train + args.test:
         parser.error('--folds must be from 2 to --train + --test (every fold needs a file per class)')
+    if args.scenes < 0 or args.scene_seconds < 6.0 or not np.all(np.isfinite(args.ebrs)):
+        parser.error('--scenes must be >= 0, --scene-seconds at least 6 and --ebrs finite numbers')
 
     out = Path(args.out).resolve() if args.out is not None else DEFAULT_OUT
     counts = generate(out, args.train, args.test, args.seconds, args.seed,
                       examples=not args.no_examples,
                       example_seconds=args.example_seconds)
-    print('make_demo: wrote {} files ({} train, {} test, {} examples; {} classes) under {}'
-          .format(sum(counts.values()), counts['train'], counts['test'],
-                  counts['examples'], len(CLASSES), out))
-    if args.folds:
+    if not args.no_background:
+        for split, n in generate_background(out, args.train, args.test, args.seconds, args.seed).items():
+            counts[split] += n
+    counts['scenes'] = generate_scenes(out, args.scenes, args.scene_seconds, args.seed, args.ebrs)
+    print('make_demo: wrote {} files ({} train, {} test, {} examples, {} scenes; {} classes) under {}'
+          .format(sum(counts.values()), counts['train'], counts['test'], counts['examples'],
+                  counts['scenes'], len(CLASSES) + (not args.no_background), out))
+    if args.folds:  # the five event classes
         print('make_demo: wrote {} ({} folds)'.format(write_folds_csv(out, args.train, args.test,
                                                                      args.folds), args.folds))
     return counts

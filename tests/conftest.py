@@ -23,11 +23,12 @@ def _make_demo_module():
 
 @pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
-    """make_demo.py output (4 train and 2 test files per class) plus its spectrogram PNGs."""
+    """make_demo.py's five event classes (4 train and 2 test files each, no background class
+    or scenes: the detection tests make their own) plus their spectrogram PNGs."""
     import AED_spec
     root = tmp_path_factory.mktemp('demo')
     _make_demo_module().main(['--out', str(root), '--train', '4', '--test', '2',
-                              '--example-seconds', '4'])
+                              '--example-seconds', '4', '--no-background', '--scenes', '0'])
     AED_spec.main(['--src', str(root / 'train' / 'wav'), '--dst', str(root / 'train' / 'spec'),
                    '--workers', '1'])
     return root

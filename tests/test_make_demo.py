@@ -20,7 +20,7 @@ def load_make_demo():
 
 make_demo = load_make_demo()
 
-TINY = ['--train', '3', '--test', '2', '--seconds', '3.5', '--example-seconds', '4']
+TINY = ['--train', '3', '--test', '2', '--seconds', '3.5', '--example-seconds', '4', '--scenes', '0']
 
 
 def run(out, *extra):
@@ -42,16 +42,16 @@ def test_layout(demo):
     root, counts = demo
     classes = sorted(p.name for p in (root / 'train' / 'wav').iterdir())
     assert len(classes) >= 4
-    assert classes == sorted(make_demo.CLASSES)
+    assert classes == sorted([*make_demo.CLASSES, make_demo.BACKGROUND])
     assert sorted(p.name for p in (root / 'test').iterdir()) == classes
     for name in classes:
         train = sorted(p.name for p in (root / 'train' / 'wav' / name).iterdir())
         test = sorted(p.name for p in (root / 'test' / name).iterdir())
         assert train == ['{}_{:03d}.wav'.format(name, i) for i in range(3)]
         assert test == ['{}_{:03d}.wav'.format(name, i) for i in range(2)]
-        assert (root / 'examples' / '{}_example.wav'.format(name)).is_file()
+        assert (root / 'examples' / '{}_example.wav'.format(name)).is_file() == (name in make_demo.CLASSES)
     assert counts == {'train': 3 * len(classes), 'test': 2 * len(classes),
-                      'examples': len(classes)}
+                      'examples': len(make_demo.CLASSES), 'scenes': 0}
     assert len(all_files(root)) == sum(counts.values())
 
 
@@ -133,7 +133,7 @@ def test_relative_out_uses_cwd_and_summary(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     make_demo.main(['--out', 'rel', '--train', '1', '--test', '0', '--seconds', '1',
                     '--no-examples'])
-    assert len(list((tmp_path / 'rel' / 'train' / 'wav').rglob('*.wav'))) == len(make_demo.CLASSES)
+    assert len(list((tmp_path / 'rel' / 'train' / 'wav').rglob('*.wav'))) == len(make_demo.CLASSES) + 1
     assert not (tmp_path / 'rel' / 'examples').exists()
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path / 'rel') in lines[0]
@@ -147,6 +147,8 @@ def test_default_out_is_where_the_pipeline_looks(tmp_path, monkeypatch, capsys):
     written = []
     monkeypatch.setattr(make_demo, 'generate', lambda out, *args, **kwargs: written.append(out) or
                         {'train': 0, 'test': 0, 'examples': 0})
+    monkeypatch.setattr(make_demo, 'generate_background', lambda *args: {})
+    monkeypatch.setattr(make_demo, 'generate_scenes', lambda *args: 0)
     monkeypatch.chdir(tmp_path)
     make_demo.main(['--train', '1'])
     assert len(written) == 1 and written[0].is_absolute()
