@@ -237,11 +237,11 @@ def generate(out, n_train, n_test, seconds, seed, examples=True, example_seconds
     return counts
 
 
-def write_folds_csv(out, n_train, n_test, folds):
+def write_folds_csv(out, classes, n_train, n_test, folds):
     """List every train and test file in out/folds.csv (file,label,fold), the generic format of
     dataset.folds; each class's files take the folds in turn, so every fold holds every class."""
     rows = ['file,label,fold']
-    for name in CLASSES:
+    for name in classes:
         files = ['train/wav/{0}/{0}_{1:03d}.wav'.format(name, i) for i in range(n_train)]
         files += ['test/{0}/{0}_{1:03d}.wav'.format(name, i) for i in range(n_test)]
         rows += ['{},{},{}'.format(f, name, i % folds + 1) for i, f in enumerate(files)]
@@ -425,9 +425,10 @@ def main(argv=None):
     print('make_demo: wrote {} files ({} train, {} test, {} examples, {} scenes; {} classes) under {}'
           .format(sum(counts.values()), counts['train'], counts['test'], counts['examples'],
                   counts['scenes'], len(CLASSES) + (not args.no_background), out))
-    if args.folds:  # the five event classes
-        print('make_demo: wrote {} ({} folds)'.format(write_folds_csv(out, args.train, args.test,
-                                                                     args.folds), args.folds))
+    if args.folds:
+        classes = list(CLASSES) + ([] if args.no_background else [BACKGROUND])
+        path = write_folds_csv(out, classes, args.train, args.test, args.folds)
+        print('make_demo: wrote {} ({} folds)'.format(path, args.folds))
     return counts
 
 

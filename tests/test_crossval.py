@@ -26,7 +26,7 @@ def demo_run(tmp_path_factory):
     from dataset import make_demo
     work = tmp_path_factory.mktemp('cv')
     make_demo.main(['--out', str(work / 'demo'), '--train', '2', '--test', '1', '--seconds', '1',
-                    '--no-examples', '--folds', '3'])
+                    '--no-examples', '--no-background', '--scenes', '0', '--folds', '3'])
     # relative paths from another folder than the repository's; a non-default overlap that
     # only the linked .spec_settings.json can carry into the checkpoints
     return work, crossval(work, 'csv', 'demo/folds.csv', 'runs', *TINY, SPEC_ARGS='--overlap 1')

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,7 @@ def test_a_clip_shorter_than_a_window_gives_one_spectrogram_in_training(tmp_path
     run(capsys, 'csv', meta, '--out', tmp_path / 'cv')
     AED_spec.main(['--src', str(tmp_path / 'cv' / 'clips'), '--dst', str(tmp_path / 'spec'),
                    '--workers', '1'])
-    assert 'short.wav SPECS: 1' in capsys.readouterr().out
+    assert re.search(r'short\.wav SAMPLE RATE: 22050 SPECS: 1$', capsys.readouterr().out, re.M)
     code, out, _ = run(capsys, 'csv', meta, '--out', tmp_path / 'cv', '--specs', tmp_path / 'spec')
     assert code == 0
     assert sorted(links(tmp_path / 'cv' / 'fold2' / 'train' / 'a')) == ['short_0.png']
@@ -309,7 +310,7 @@ def test_specs_folder_must_be_aed_spec_output(tmp_path, capsys):
 
 def test_make_demo_folds_writes_a_generic_csv_and_leaves_the_rest_unchanged(tmp_path, capsys):
     from dataset import make_demo
-    tiny = ['--train', '2', '--test', '1', '--seconds', '1', '--example-seconds', '1']
+    tiny = ['--train', '2', '--test', '1', '--seconds', '1', '--example-seconds', '1', '--scenes', '0']
     make_demo.main(['--out', str(tmp_path / 'plain')] + tiny)
     make_demo.main(['--out', str(tmp_path / 'cv')] + tiny + ['--folds', '3'])
     assert f"wrote {tmp_path / 'cv' / 'folds.csv'} (3 folds)" in capsys.readouterr().out
@@ -322,8 +323,8 @@ def test_make_demo_folds_writes_a_generic_csv_and_leaves_the_rest_unchanged(tmp_
         rows = list(csv.DictReader(f))
     assert sorted(r['file'] for r in rows) == sorted(
         p.as_posix() for p in plain if p.parts[0] in ('train', 'test'))
-    assert {(r['label'], r['fold']) for r in rows} == {(c, str(k)) for c in make_demo.CLASSES
-                                                       for k in (1, 2, 3)}
+    classes = [*make_demo.CLASSES, make_demo.BACKGROUND]
+    assert {(r['label'], r['fold']) for r in rows} == {(c, str(k)) for c in classes for k in (1, 2, 3)}
     assert all(Path(r['file']).parent.name == r['label'] for r in rows)
 
 
