@@ -12,10 +12,10 @@ $PY dataset/make_demo.py
 echo "== 2/5 spectrograms"
 $PY AED_spec.py --src dataset/train/wav --dst dataset/train/spec
 echo "== 3/5 training (small preset: 128x64 images, 16 filters, 10 epochs)"
-$PY AED_train.py --dataset dataset/train/spec --run-name Demo --im-size 128 64 --filters 16 \
-    --epochs 10 --batch-size 32
+# no --run-name: the model is config.py's TRAINED_MODEL, so AED_eval.py and AED_test.py
+# find it without --modelname
+$PY AED_train.py --dataset dataset/train/spec --im-size 128 64 --filters 16 --epochs 10 --batch-size 32
 echo "== 4/5 evaluation on the demo test split"
-$PY AED_eval.py --testdir dataset/test --modelname AED_Demo_model_best.pt --quiet
+$PY AED_eval.py --testdir dataset/test --quiet
 echo "== 5/5 prediction for two files"
-$PY AED_test.py --modelname AED_Demo_model_best.pt \
-    --filenames dataset/examples/siren_example.wav dataset/examples/clicks_example.wav
+$PY AED_test.py --filenames dataset/examples/siren_example.wav dataset/examples/clicks_example.wav
