@@ -1,7 +1,6 @@
-"""Audio loading, resampling, chunking and the paper's magnitude spectrogram (port of AED_spec.py).
+"""Audio loading, resampling, chunking and the paper's spectrogram (port of AED_spec.py).
 
-Pure functions. The spectrogram has one numpy path (AED_spec, and inference on a CPU) and one
-torch twin that takes every window of a block at once (for the GPU).
+The spectrogram has one numpy path (AED_spec, inference on a CPU) and one torch twin (the GPU).
 """
 import functools
 import json
@@ -55,7 +54,6 @@ def spec_defaults(length, overlap, sample_rate, resample):
 
 
 def write_spec_settings(folder, settings):
-    Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / SETTINGS_FILE).write_text(json.dumps(settings, sort_keys=True) + '\n')
 
 
@@ -71,8 +69,7 @@ def read_spec_settings(folder):
 def window_problem(length, overlap, rate, length_label='length', overlap_label='overlap'):
     """Why windows of `length` s overlapping by `overlap` s cannot be cut at `rate` Hz, or None.
 
-    The one wording of the scripts (through config_checks) and of split_bounds. A None length or
-    overlap is "not known yet" (the model's): only the other one is checked.
+    The scripts' one wording (through config_checks); a None length or overlap (the model's) passes.
     """
     if length is not None and length not in SPEC_SETTINGS:
         return f'{length_label} must be one of {", ".join(map(str, sorted(SPEC_SETTINGS)))} s, got {length!r}'
@@ -86,10 +83,7 @@ def window_problem(length, overlap, rate, length_label='length', overlap_label='
 
 
 def read_mono(f, frames=-1):
-    """The next `frames` (-1 = all) of an open soundfile.SoundFile as mono float32 in [-1, 1].
-
-    Shared by load_audio and model.stream's block reader, so both give the same samples.
-    """
+    """The next `frames` (-1 = all) of an open SoundFile as mono float32, for load_audio and model.stream."""
     if f.subtype == 'PCM_16':  # numpy converts 15x faster than libsndfile
         raw = f.read(frames, dtype='int16', always_2d=True)  # (N, C)
         # the same values as libsndfile's float read: int / 32768
@@ -100,11 +94,8 @@ def read_mono(f, frames=-1):
 
 
 def load_audio(path):
-    """A file as (mono float32 signal in [-1, 1], rate, int_scale), decoded by soundfile or librosa.
-
-    int_scale is the full scale of the source's integer samples (INT_SCALES), None for float and
-    compressed sources. Raises AudioError for a file that cannot be decoded.
-    """
+    """(mono float32 signal in [-1, 1], rate, int_scale) of a file, or AudioError; int_scale is the full
+    scale of an integer source's samples (INT_SCALES), None for float and compressed sources."""
     import soundfile as sf
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise AudioError('file is empty')
@@ -131,15 +122,14 @@ def load_audio(path):
         raise AudioError('file has no audio samples')
     if not np.isfinite(data).all():
         raise AudioError('file contains NaN or infinite samples')
-    return np.ascontiguousarray(data, dtype=np.float32), int(rate), int_scale
+    return data, int(rate), int_scale
 
 
 def resample(sig, rate, target_rate=44100, method='linear', int_scale=None):
-    """Resample a mono signal: 'linear' as the original (port of AED_spec.changeSampleRate), or
-    'sinc' (torchaudio's band-limited resampler).
+    """Resample a mono signal, 'linear' (port of AED_spec.changeSampleRate) or 'sinc' (torchaudio).
 
-    With int_scale (from load_audio) the result is rounded onto the source's integer grid, as the
-    original cast its samples back to the source's type; quiet recordings show that rounding.
+    With int_scale (load_audio's) the samples are rounded onto the source's integer grid, as the
+    original cast them back to the source's type; quiet recordings show that rounding.
     """
     if rate == target_rate:
         return sig
@@ -149,7 +139,7 @@ def resample(sig, rate, target_rate=44100, method='linear', int_scale=None):
     if method == 'sinc':
         import torch
         import torchaudio.functional as AF
-        out = AF.resample(torch.from_numpy(np.asarray(sig, dtype=np.float32)), rate, target_rate)
+        out = AF.resample(torch.from_numpy(sig), rate, target_rate)
         return _round_to_grid(out.numpy(), int_scale)
     raise ValueError(f"resample method must be 'linear' or 'sinc', got {method!r}")
 
@@ -164,10 +154,9 @@ def _round_to_grid(x, int_scale):
 
 
 def linear_resample_range(read, n, n_new, start, stop, int_scale=None):
-    """Samples start..stop of the linear resampling of n samples onto n_new points.
+    """Samples start..stop of the linear resampling of n samples, read(lo, hi), onto n_new points.
 
-    read(lo, hi) gives source samples lo..hi. Each output sample's float64 position does not
-    depend on the range, so blocks (model.stream) join into the whole-file result.
+    Positions do not depend on the range, so model.stream's blocks join into the whole-file result.
     """
     # blocks of 32k points: np.interp of a whole minute builds ~150 MB of float64 temporaries and runs
     # 2x slower. Rounding each float64 block, while it is in cache, gives the original's samples exactly.
@@ -194,10 +183,8 @@ def split_bounds(n_samples, rate, seconds, overlap):
 
 
 def frame_params(rate, seconds):
-    """Frame length and step in samples, rounded half up as python_speech_features does.
-
-    Port of AED_spec.getSpecSettings (the FFT size is NFFT).
-    """
+    """Frame length and step in samples, rounded half up as python_speech_features does
+    (port of AED_spec.getSpecSettings; the FFT size is NFFT)."""
     return tuple(int(Decimal(s * rate).quantize(Decimal('1'), rounding=ROUND_HALF_UP))
                  for s in SPEC_SETTINGS[seconds])
 
@@ -324,8 +311,7 @@ def _torch_spectrograms(sig, bounds, rate, seconds):
     span = max(max(sizes), (n_frames - 1) * frame_step + width)  # samples framed per window
     need = hop * (len(bounds) - 1) + span
     sig = sig.float()[bounds[0][0]:bounds[0][0] + need]
-    if need > len(sig):
-        sig = F.pad(sig, (0, need - len(sig)))
+    sig = F.pad(sig, (0, need - len(sig)))  # zeros past the signal's end
     chunks = sig.unfold(0, span, hop)  # (W, span), a view that respects any slice of sig
     arange = functools.partial(torch.arange, device=sig.device)
     # samples past a window's own end are zeros, as framesig pads each chunk
@@ -346,8 +332,7 @@ def _torch_spectrograms(sig, bounds, rate, seconds):
 
 
 def file_spectrograms(path, seconds=3, overlap=2, rate=44100, resample_method='linear', uint8=False):
-    """Port of AED_spec.getMultiSpec: (specs, source_rate, bounds, constant) of one file, specs as
-    spectrograms() gives them."""
+    """(specs, source_rate, bounds, constant) of one file; port of AED_spec.getMultiSpec."""
     sig, source_rate, int_scale = load_audio(path)
     sig = resample(sig, source_rate, rate, resample_method, int_scale)
     bounds = split_bounds(len(sig), rate, seconds, overlap)
