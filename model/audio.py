@@ -1,7 +1,4 @@
-"""Audio loading, resampling, chunking and the paper's spectrogram (port of AED_spec.py).
-
-The spectrogram has one numpy path (AED_spec, inference on a CPU) and one torch twin (the GPU).
-"""
+"""Audio loading, resampling, chunking and the spectrogram (port of AED_spec.py), in numpy and torch (GPU)."""
 import functools
 import json
 import warnings
@@ -67,10 +64,7 @@ def read_spec_settings(folder):
 
 
 def window_problem(length, overlap, rate, length_label='length', overlap_label='overlap'):
-    """Why windows of `length` s overlapping by `overlap` s cannot be cut at `rate` Hz, or None.
-
-    The scripts' one wording (through config_checks); a None length or overlap (the model's) passes.
-    """
+    """Why `length` s windows overlapping by `overlap` s cannot be cut at `rate` Hz, or None (None passes)."""
     if length is not None and length not in SPEC_SETTINGS:
         return f'{length_label} must be one of {", ".join(map(str, sorted(SPEC_SETTINGS)))} s, got {length!r}'
     number = isinstance(overlap, (int, float)) and not isinstance(overlap, bool)
