@@ -33,10 +33,9 @@ class AudioError(Exception):
 
 def class_folders(root):
     """Sub-folders of root are classes: ([(class folder, sorted files)], warnings), hidden entries ignored."""
-    folders, messages = [], []
     entries = sorted(p for p in Path(root).iterdir() if not p.name.startswith('.'))
-    for stray in (p for p in entries if not p.is_dir()):
-        messages.append(f'WARNING: {stray}: not in a class folder, ignored')
+    messages = [f'WARNING: {p}: not in a class folder, ignored' for p in entries if not p.is_dir()]
+    folders = []
     for class_dir in (p for p in entries if p.is_dir()):
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith('.'))
         if not files:
@@ -265,8 +264,6 @@ def spectrograms(sig, bounds, rate=44100, seconds=3, uint8=False):
     [0, 1] by its own min and max, top bin first; uint8=True (numpy only) gives round(255 * image).
     """
     if not isinstance(sig, np.ndarray):
-        if uint8:
-            raise ValueError('uint8=True needs a numpy signal')
         return _torch_spectrograms(sig, bounds, rate, seconds)
     import cv2
     frame_len, frame_step = frame_params(rate, seconds)
