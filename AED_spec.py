@@ -1,8 +1,4 @@
-"""Turn class folders of audio files into 512x256 magnitude-spectrogram PNGs.
-
-Each file is cut into SPEC_LENGTH-second chunks that overlap by SPEC_OVERLAP
-seconds, and each chunk becomes <dst>/<class>/<file stem>_<n>.png. Files of one
-class folder that share a stem keep their extension: tone.mp3_0.png, tone.ogg_0.png.
+"""Turn class folders of audio files into 512x256 spectrogram PNGs, <dst>/<class>/<stem>_<n>.png.
 
     python AED_spec.py
     python AED_spec.py --src dataset/train/wav --dst dataset/train/spec --workers 2
@@ -10,6 +6,7 @@ class folder that share a stem keep their extension: tone.mp3_0.png, tone.ogg_0.
 """
 import argparse
 import collections
+import functools
 import multiprocessing
 import os
 import sys
@@ -73,10 +70,9 @@ def check_settings(args):
 
 
 def list_jobs(src, dst, overwrite):
-    """One (source file, output folder, PNG name prefix) job per audio file, messages and skip count.
+    """(source file, output folder, PNG name prefix) per file to extract, messages, skip count.
 
-    The prefix is the file's stem, or its whole name where files of its class
-    folder share the stem (tone.mp3 and tone.ogg write tone.mp3_0.png and tone.ogg_0.png).
+    Files of a class folder that share a stem keep their extension: tone.mp3_0.png, tone.ogg_0.png.
     """
     jobs, skipped = [], 0
     folders, messages = class_folders(src)
@@ -97,18 +93,18 @@ def list_jobs(src, dst, overwrite):
     return jobs, messages, skipped
 
 
-def extract_file(job, seconds, overlap, rate, method, compression):
+def extract_file(job, settings, compression):
     """Write the PNGs of one file; returns (path, source rate, spec count, message or None)."""
     path, out_dir, prefix = job
-    # Unfiltered rows: the same pixels, but level 0 writes 10x faster than
-    # cv2's default and the training loader decodes it faster too.
+    rate = settings['sample_rate']
+    # unfiltered rows: the same pixels, but level 0 writes 10x faster than cv2's default, and loads faster
     png_params = [cv2.IMWRITE_PNG_COMPRESSION, compression,
                   cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
     parts = []
     try:
-        images, source_rate, bounds, constant = file_spectrograms(path, seconds, overlap, rate, method,
-                                                                  uint8=True)
+        images, source_rate, bounds, constant = file_spectrograms(
+            path, settings['length'], settings['overlap'], rate, settings['resample'], uint8=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         for n, image in enumerate(images):
             ok, png = cv2.imencode('.png', image, png_params)
@@ -139,10 +135,6 @@ def extract_file(job, seconds, overlap, rate, method, compression):
     return path, source_rate, len(images), note
 
 
-def _extract_star(args):
-    return extract_file(*args)
-
-
 def main(argv=None):  # port of AED_spec's main block
     args = parse_args(argv)
     check.exit_on(check_settings(args))
@@ -157,12 +149,11 @@ def main(argv=None):  # port of AED_spec's main block
     errors = sum(msg.startswith('ERROR') for msg in messages)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     workers = max(1, min(args.workers or cores, len(jobs)))
-    tasks = [(job, args.speclength, args.overlap, cfg.SAMPLE_RATE, cfg.RESAMPLE_METHOD,
-              cfg.PNG_COMPRESSION) for job in jobs]
+    extract = functools.partial(extract_file, settings=settings, compression=cfg.PNG_COMPRESSION)
     files = specs = 0
     pool = multiprocessing.Pool(workers) if workers > 1 else None
     try:
-        results = pool.imap_unordered(_extract_star, tasks) if pool else map(_extract_star, tasks)
+        results = pool.imap_unordered(extract, jobs) if pool else map(extract, jobs)
         for path, rate, count, note in tqdm(results, total=len(jobs), unit='file', desc='SPECTROGRAMS',
                                             disable=not jobs):
             if count:

@@ -1,10 +1,4 @@
-"""Editable constants for the four AED scripts.
-
-Constants only: every script imports this module as ``cfg`` and passes the
-values it needs into the pure functions in ``model/``. Command-line flags
-override a constant for one run; editing it here changes the default.
-Relative paths are resolved against the repository folder by the scripts.
-"""
+"""Editable constants of the four AED scripts: a flag overrides one for a run, editing it here the default."""
 
 ############################## SHARED ##############################
 # Fixed random seed for dataset split, augmentation and weight init
@@ -35,8 +29,7 @@ SAMPLE_RATE = 44100
 # Resampling method: 'linear' (the original's interpolation) or 'sinc' (torchaudio, higher quality)
 RESAMPLE_METHOD = 'linear'
 
-# PNG zlib level: 0 stores pixels uncompressed (128 KB per image, fastest to
-# write and to load in training); 1 to 9 give files about half that size
+# PNG zlib level: 0 stores pixels uncompressed (128 KB per image, fastest to write and load); 1-9 halve it
 PNG_COMPRESSION = 0
 
 # Worker processes for extraction; 0 means one per CPU core
@@ -76,9 +69,7 @@ IM_SIZE = (512, 256)
 # Image channels: 1 = grey, 3 = colour
 IM_DIM = 1
 
-# Augmentations as {name: [probability, value]}; also available:
-# 'noise': [0.1, 0.01], 'brightness': [0.5, (0.25, 1.25)], 'crop': [0.5, 0.07],
-# 'flip': [0.25, 1], 'mean': [0.5, 0.1]
+# Augmentations as {name: [probability, value]}; also available: noise, brightness, crop, flip, mean
 IM_AUGMENTATION = {'roll': [0.5, (0.0, 0.05)]}
 
 # Filters of the first convolution; the later blocks use 2x, 4x, 8x and 16x this
@@ -160,8 +151,7 @@ TEST_DIR = 'dataset/test/'
 # Checkpoint to evaluate (path, or file name under MODEL_PATH)
 TRAINED_MODEL = 'AED_Example_Run_model_best.pt'
 
-# The per-file prediction lists of --json reports leave out confidences below this;
-# AP does not depend on it (as in the original, only MAX_PREDICTIONS cuts the ranking)
+# --json reports list no per-file confidence below this (AP ignores it: only MAX_PREDICTIONS cuts)
 CONFIDENCE_THRESHOLD = 0.0001
 
 # Keep at most this many ranked predictions per file for AP (a true class ranked lower scores 0)
@@ -170,8 +160,7 @@ MAX_PREDICTIONS = 10
 # Processes that decode test files while the network predicts (0 = CPU cores - 1)
 EVAL_WORKERS = 0
 
-# Confusion-matrix plot of an evaluation ({model} becomes the checkpoint's file stem; '' = none):
-# in the repository, or under this file name next to the --json/--csv report when one is given
+# Evaluation confusion-matrix plot ({model}: checkpoint stem; '' = none), beside a --json/--csv report if any
 EVAL_CONFMATRIX = 'confmatrix/eval_{model}.png'
 
 # CPU threads for the network (0 = 1 for small models, else every core)
@@ -180,12 +169,10 @@ EVAL_THREADS = 0
 # Windows per network batch in AED_eval.py and AED_test.py on a CUDA GPU (not tied to BATCH_SIZE)
 INFER_BATCH_SIZE = 256
 
-# The same on a CPU or MPS device: larger batches are no faster there and cost
-# memory (256 full-size windows need 2 GB for the first layer alone)
+# The same on a CPU or MPS device: no faster with more, and 256 windows need 2 GB in the first layer alone
 INFER_BATCH_SIZE_CPU = 32
 
-# torch.compile the network for AED_eval.py and AED_test.py first (20 s and more): pays off on a GPU
-# and on long runs, not on a CPU for a few hundred windows
+# torch.compile the network for AED_eval.py and AED_test.py (20 s or more): pays off on a GPU and long runs
 INFER_COMPILE = False
 
 ############################## AED_test.py ##############################

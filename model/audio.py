@@ -1,12 +1,7 @@
-"""Audio loading, resampling, chunking and the paper's magnitude spectrogram.
-
-Everything here is a pure function with explicit parameters. The spectrogram
-has one numpy path (AED_spec.py, and AED_eval/AED_test on a CPU) and one torch
-twin (every window of a block at once, for the GPU).
-"""
+"""Audio loading, resampling, chunking and the spectrogram (port of AED_spec.py), in numpy and torch (GPU)."""
 import functools
 import json
-import math
+import warnings
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -28,11 +23,7 @@ AUDIO_EXTENSIONS = LIBSNDFILE_EXTENSIONS | {'.m4a', '.wma', '.aac'}
 INT_SCALES = {'PCM_U8': 2 ** 7, 'PCM_S8': 2 ** 7, 'PCM_16': 2 ** 15, 'PCM_24': 2 ** 23,
               'PCM_32': 2 ** 31}
 
-# The keys of a spectrogram-settings dict (AED_spec's .spec_settings.json, a checkpoint's 'spec')
-SPEC_KEYS = ('length', 'overlap', 'sample_rate', 'resample')
-
-# Written by AED_spec.py next to the class folders, read by AED_train.py, so a
-# checkpoint records the settings its images were really made with
+# Written by AED_spec.py beside the class folders; AED_train.py copies it into the checkpoint
 SETTINGS_FILE = '.spec_settings.json'
 
 
@@ -41,15 +32,10 @@ class AudioError(Exception):
 
 
 def class_folders(root):
-    """The dataset layout shared by AED_spec and AED_eval: sub-folders are classes.
-
-    Returns ([(class folder, sorted files)], warnings); hidden entries are
-    ignored, and stray files at the top or an empty class folder are warned about.
-    """
-    folders, messages = [], []
+    """Sub-folders of root are classes: ([(class folder, sorted files)], warnings), hidden entries ignored."""
     entries = sorted(p for p in Path(root).iterdir() if not p.name.startswith('.'))
-    for stray in (p for p in entries if not p.is_dir()):
-        messages.append(f'WARNING: {stray}: not in a class folder, ignored')
+    messages = [f'WARNING: {p}: not in a class folder, ignored' for p in entries if not p.is_dir()]
+    folders = []
     for class_dir in (p for p in entries if p.is_dir()):
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith('.'))
         if not files:
@@ -59,13 +45,11 @@ def class_folders(root):
 
 
 def spec_defaults(length, overlap, sample_rate, resample):
-    """The spectrogram-settings dict, built in one place: scripts pass config.py's values."""
-    return dict(zip(SPEC_KEYS, (length, overlap, sample_rate, resample)))
+    """The spectrogram-settings dict (SETTINGS_FILE, a checkpoint's 'spec'), built in one place."""
+    return {'length': length, 'overlap': overlap, 'sample_rate': sample_rate, 'resample': resample}
 
 
 def write_spec_settings(folder, settings):
-    """Record the extraction settings (a dict) of a spectrogram folder."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / SETTINGS_FILE).write_text(json.dumps(settings, sort_keys=True) + '\n')
 
 
@@ -79,15 +63,9 @@ def read_spec_settings(folder):
 
 
 def window_problem(length, overlap, rate, length_label='length', overlap_label='overlap'):
-    """Why windows of `length` s overlapping by `overlap` s cannot be cut at `rate` Hz, or None.
-
-    The one wording of AED_spec, AED_eval and AED_test (through config_checks)
-    and of split_bounds. None for length or overlap means "not known yet"
-    (the model's): only the other one is checked.
-    """
+    """Why `length` s windows overlapping by `overlap` s cannot be cut at `rate` Hz, or None (None passes)."""
     if length is not None and length not in SPEC_SETTINGS:
-        supported = ', '.join(str(s) for s in sorted(SPEC_SETTINGS))
-        return f'{length_label} must be one of {supported} s, got {length!r}'
+        return f'{length_label} must be one of {", ".join(map(str, sorted(SPEC_SETTINGS)))} s, got {length!r}'
     number = isinstance(overlap, (int, float)) and not isinstance(overlap, bool)
     # the hop, int((length - overlap) * rate) samples, must be at least one or splitting never advances
     if overlap is None or number and overlap >= 0 and (length is None or (length - overlap) * rate >= 1):
@@ -98,11 +76,7 @@ def window_problem(length, overlap, rate, length_label='length', overlap_label='
 
 
 def read_mono(f, frames=-1):
-    """The next `frames` (-1 = all) of an open soundfile.SoundFile as mono float32 in [-1, 1].
-
-    Channels are averaged in float32. Shared by load_audio and the block
-    reader of model.stream, so both give the same samples.
-    """
+    """The next `frames` (-1 = all) of an open SoundFile as mono float32, for load_audio and model.stream."""
     if f.subtype == 'PCM_16':  # numpy converts 15x faster than libsndfile
         raw = f.read(frames, dtype='int16', always_2d=True)  # (N, C)
         # the same values as libsndfile's float read: int / 32768
@@ -113,12 +87,8 @@ def read_mono(f, frames=-1):
 
 
 def load_audio(path):
-    """Read any file soundfile can decode (librosa as fallback), downmixed to mono.
-
-    Returns (signal, rate, int_scale): float32 of shape (N,), scaled to
-    [-1, 1], and the full scale of the source's integer samples (32768 for
-    16-bit PCM; see INT_SCALES), or None for float and compressed sources.
-    """
+    """(mono float32 signal in [-1, 1], rate, int_scale) of a file, or AudioError; int_scale is the full
+    scale of an integer source's samples (INT_SCALES), None for float and compressed sources."""
     import soundfile as sf
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise AudioError('file is empty')
@@ -126,47 +96,33 @@ def load_audio(path):
         with sf.SoundFile(str(path)) as f:
             rate, int_scale = f.samplerate, INT_SCALES.get(f.subtype)
             data = read_mono(f)
-    except (sf.SoundFileError, OSError, ValueError, EOFError) as sf_error:  # not decodable
+    except (sf.SoundFileError, OSError, ValueError, EOFError) as error:
+        reason = (str(error).strip().splitlines() or ['unknown format'])[0]
+        unreadable = AudioError(f'not a readable audio file ({reason})')
+        if Path(path).suffix.lower() in LIBSNDFILE_EXTENSIONS:
+            raise unreadable from None  # librosa would only call libsndfile again
+        import librosa
+        from audioread import DecodeError
         try:
-            if Path(path).suffix.lower() in LIBSNDFILE_EXTENSIONS:
-                raise sf_error  # librosa would only call libsndfile again
-            import warnings
-            import librosa
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')  # librosa warns before audioread
                 data, rate = librosa.load(str(path), sr=None, mono=True)
-                int_scale = None
-        except _decode_errors():
-            reason = str(sf_error).strip().splitlines()[0] if str(sf_error).strip() else 'unknown format'
-            raise AudioError(f'not a readable audio file ({reason})') from None
+        except (sf.SoundFileError, DecodeError, librosa.util.exceptions.LibrosaError,
+                OSError, ValueError, EOFError, RuntimeError):  # what a file they cannot decode raises
+            raise unreadable from None
+        int_scale = None
     if data.size == 0:
         raise AudioError('file has no audio samples')
     if not np.isfinite(data).all():
         raise AudioError('file contains NaN or infinite samples')
-    return np.ascontiguousarray(data, dtype=np.float32), int(rate), int_scale
-
-
-def _decode_errors():
-    """What soundfile, librosa and audioread raise for a file they cannot decode."""
-    import librosa
-    import soundfile as sf
-    try:
-        from audioread import DecodeError
-    except ImportError:  # a librosa without the audioread fallback
-        DecodeError = sf.SoundFileError
-    return (sf.SoundFileError, DecodeError, librosa.util.exceptions.LibrosaError,
-            OSError, ValueError, EOFError, RuntimeError)
+    return data, int(rate), int_scale
 
 
 def resample(sig, rate, target_rate=44100, method='linear', int_scale=None):
-    """Resample a mono signal to target_rate.
+    """Resample a mono signal, 'linear' (port of AED_spec.changeSampleRate) or 'sinc' (torchaudio).
 
-    'linear' is the original's interpolation onto int(N * target / rate) points
-    spanning the same duration (port of AED_spec.changeSampleRate); 'sinc' uses
-    torchaudio's band-limited resampler. With int_scale (an integer source's
-    full scale, from load_audio) the result is rounded back onto that integer
-    grid, as the original cast interpolated samples back to the source's type;
-    for quiet recordings that rounding is visible in the spectrogram.
+    With int_scale (load_audio's) the samples are rounded onto the source's integer grid, as the
+    original cast them back to the source's type; quiet recordings show that rounding.
     """
     if rate == target_rate:
         return sig
@@ -176,7 +132,7 @@ def resample(sig, rate, target_rate=44100, method='linear', int_scale=None):
     if method == 'sinc':
         import torch
         import torchaudio.functional as AF
-        out = AF.resample(torch.from_numpy(np.asarray(sig, dtype=np.float32)), rate, target_rate)
+        out = AF.resample(torch.from_numpy(sig), rate, target_rate)
         return _round_to_grid(out.numpy(), int_scale)
     raise ValueError(f"resample method must be 'linear' or 'sinc', got {method!r}")
 
@@ -191,17 +147,12 @@ def _round_to_grid(x, int_scale):
 
 
 def linear_resample_range(read, n, n_new, start, stop, int_scale=None):
-    """Samples start..stop of the linear resampling of n samples onto n_new points.
+    """Samples start..stop of the linear resampling of n samples, read(lo, hi), onto n_new points.
 
-    read(lo, hi) returns source samples lo..hi, so a long file can be resampled
-    block by block (model.stream): every output sample gets the same float64
-    position whatever the range, so blocks join into the whole-file result.
+    Positions do not depend on the range, so model.stream's blocks join into the whole-file result.
     """
-    if n < 2:
-        return np.full(stop - start, read(0, n)[0] if n else 0, dtype=np.float32)
-    # np.interp in blocks of 32k points: all at once it builds ~150 MB of
-    # float64 temporaries per minute of audio and runs 2x slower. Rounding each
-    # float64 block, while it is in cache, gives the original's samples exactly.
+    # blocks of 32k points: np.interp of a whole minute builds ~150 MB of float64 temporaries and runs
+    # 2x slower. Rounding each float64 block, while it is in cache, gives the original's samples exactly.
     step = (n - 1) / max(n_new - 1, 1)
     out = np.empty(stop - start, dtype=np.float32)
     for a in range(start, stop, 1 << 15):
@@ -213,12 +164,7 @@ def linear_resample_range(read, n, n_new, start, stop, int_scale=None):
 
 
 def split_bounds(n_samples, rate, seconds, overlap):
-    """(start, stop) sample bounds of the overlapping chunks of a signal.
-
-    Port of AED_spec.splitSignal: chunks shorter than 1 s are dropped, and a
-    signal with no chunk left becomes one chunk. A length or overlap that
-    cannot be split is a ValueError (defect 10).
-    """
+    """(start, stop) samples of the overlapping chunks (port of AED_spec.splitSignal; defect 10)."""
     problem = window_problem(seconds, overlap, rate)
     if problem:
         raise ValueError(problem)
@@ -230,12 +176,8 @@ def split_bounds(n_samples, rate, seconds, overlap):
 
 
 def frame_params(rate, seconds):
-    """Frame length and step in samples, rounded half up as python_speech_features does.
-
-    Port of AED_spec.getSpecSettings (the FFT size is NFFT).
-    """
-    if seconds not in SPEC_SETTINGS:
-        raise ValueError(window_problem(seconds, None, rate))
+    """Frame length and step in samples, rounded half up as python_speech_features does
+    (port of AED_spec.getSpecSettings; the FFT size is NFFT)."""
     return tuple(int(Decimal(s * rate).quantize(Decimal('1'), rounding=ROUND_HALF_UP))
                  for s in SPEC_SETTINGS[seconds])
 
@@ -246,11 +188,8 @@ def _frame_count(n, frame_len, frame_step):
 
 
 def _frames(chunk, frame_len, frame_step):
-    """Rectangular frames (F, NFFT) of one chunk, as python_speech_features.framesig cuts them.
-
-    Each frame keeps its first NFFT samples (rfft(n=NFFT) drops the rest) and
-    a frame shorter than NFFT is zero-padded, as rfft(n=NFFT) pads it.
-    """
+    """Rectangular frames (F, NFFT) of one chunk, as python_speech_features.framesig cuts them, each
+    cut or zero-padded to NFFT samples as rfft(n=NFFT) would."""
     width = min(frame_len, NFFT)
     n_frames = _frame_count(len(chunk), frame_len, frame_step)
     need = (n_frames - 1) * frame_step + width
@@ -287,50 +226,27 @@ def _dft511_weights():
             mix.astype(np.float32), row_of_bin[::-1].copy())
 
 
-def dft511_workspace(max_frames):
-    """Scratch memory for dft511_magnitudes calls of up to max_frames frames."""
-    return {'x': np.empty(518 * max_frames, np.float32),   # frames, then stage 2 output
-            'uv': np.empty(511 * max_frames, np.float32),  # folded input, then magnitudes
-            'a': np.empty(518 * max_frames, np.float32),   # stage 1 output
-            'out': np.empty(256 * max_frames, np.float32)}
+def dft511_magnitudes(frames):
+    """abs(rfft(frames, n=511)) of real frames (F, 511) as (256, F) image rows, top bin first.
 
-
-def dft511_magnitudes(frames, work=None):
-    """abs(rfft(frames, n=511)) of real frames (F, 511), as (256, F) image rows, top bin first.
-
-    The same numbers as scipy.fft.rfft to float32 precision, in half its time:
-    511 = 7 * 73, so the DFT splits (Cooley-Tukey, decimation in time) into
-    73-point DFTs of the 7 decimated sequences x[7m + r] and then a 7-term
-    twiddled sum per bin. Both stages are small dense matrix products that
-    BLAS runs near peak speed; FFT libraries handle the prime factor 73 with a
-    slow generic pass. Measured with bench_spec (10 x 60 s at 44.1 kHz, 3 runs
-    side by side): AED_spec.py ran at 4.05x the reference with this DFT and at
-    2.86x with scipy.fft (1 worker; 4.07x and 2.67x with 2), under the >= 4x goal.
-
-    `work` (from dft511_workspace) is reused instead of allocating a few MB per
-    call; fresh memory costs page faults that take longer than the maths. The
-    result is then a view into `work`, valid until the next call.
+    511 = 7 * 73: 73-point DFTs of the 7 decimated sequences x[7m + r], then a 7-term twiddled sum
+    per bin (Cooley-Tukey), both small matrix products that BLAS runs near peak speed, where FFT
+    libraries take a slow generic pass for the prime 73. bench_spec (10 x 60 s at 44.1 kHz):
+    AED_spec.py ran at 4.05x the reference with it and 2.86x with scipy.fft, under the >= 4x goal.
     """
     import cv2
     re_weights, im_weights, mix, rows = _dft511_weights()
     f = frames.shape[0]
-    work = work or dft511_workspace(f)
-
-    def scratch(name, *shape):
-        return work[name][:math.prod(shape)].reshape(shape)
-
-    x = cv2.transpose(np.asarray(frames, dtype=np.float32), dst=scratch('x', 511, f))
-    x = x.reshape(73, 7 * f)                 # row m holds x[7m + r] for all (r, frame)
-    u, v = scratch('uv', 73, 7 * f)[:37], scratch('uv', 73, 7 * f)[37:]
+    x = cv2.transpose(np.asarray(frames, dtype=np.float32)).reshape(73, 7 * f)  # row m: x[7m + r]
+    u = np.empty((37, 7 * f), dtype=np.float32)
     u[0] = x[0]
     np.add(x[1:37], x[72:36:-1], out=u[1:])
-    np.subtract(x[1:37], x[72:36:-1], out=v)
-    a = scratch('a', 37, 2, 7 * f)           # (j, re/im, (r, frame))
+    a = np.empty((37, 2, 7 * f), dtype=np.float32)  # (j, re/im, (r, frame))
     np.matmul(re_weights, u, out=a[:, 0])
-    np.matmul(im_weights, v, out=a[:, 1])
-    y = np.matmul(mix, a.reshape(37, 14, f), out=scratch('x', 37, 14, f)).reshape(37, 14 * f)
-    mag = cv2.magnitude(y[:, :7 * f], y[:, 7 * f:], magnitude=scratch('uv', 37, 7 * f))
-    return np.take(mag.reshape(259, f), rows, axis=0, out=scratch('out', 256, f), mode='clip')
+    np.matmul(im_weights, x[1:37] - x[72:36:-1], out=a[:, 1])
+    y = np.matmul(mix, a.reshape(37, 14, f)).reshape(37, 14 * f)
+    mag = cv2.magnitude(y[:, :7 * f], y[:, 7 * f:])
+    return np.take(mag.reshape(259, f), rows, axis=0, mode='clip')
 
 
 @functools.lru_cache(maxsize=None)
@@ -341,32 +257,23 @@ def _blas_controller():
 
 
 def spectrograms(sig, bounds, rate=44100, seconds=3, uint8=False):
-    """Magnitude spectrogram images of the chunks of one signal.
+    """Port of AED_spec.getSpecFromSignal: the (n, 256, 512) images of sig's chunks `bounds`, and the
+    indices of constant chunks (their images are all zero).
 
-    Port of AED_spec.getSpecFromSignal. `sig` is a 1-D numpy array or torch
-    tensor; `bounds` comes from split_bounds. Returns float32 images of shape
-    (n_chunks, 256, 512) in [0, 1], same type and device as `sig`: row 0 is the
-    highest frequency bin, each image is scaled by its own min and max, and an
-    all-constant chunk gives an all-zero image. Also returns a list of the
-    chunk indices that were constant (so callers can warn). With uint8=True
-    (numpy only) the images are the grey levels round(spec * 255) as uint8,
-    which skips the float images (what AED_spec writes).
+    sig is numpy or a torch tensor (the images keep its type and device). Each image is scaled to
+    [0, 1] by its own min and max, top bin first; uint8=True (numpy only) gives round(255 * image).
     """
     if not isinstance(sig, np.ndarray):
-        if uint8:
-            raise ValueError('uint8=True needs a numpy signal')
         return _torch_spectrograms(sig, bounds, rate, seconds)
     import cv2
     frame_len, frame_step = frame_params(rate, seconds)
-    sig = np.asarray(sig, dtype=np.float32)
-    work = dft511_workspace(max((_frame_count(b - a, frame_len, frame_step) for a, b in bounds), default=1))
     out = np.zeros((len(bounds), SPEC_HEIGHT, SPEC_WIDTH), dtype=np.uint8 if uint8 else np.float32)
     constant = []
     # threaded BLAS stalls whenever another process holds a core, and these products are too
     # small to gain from threads: AED_spec.py took 7x longer with one worker on a 2-core machine
     with _blas_controller().limit(limits=1, user_api='blas'):
         for i, (a, b) in enumerate(bounds):
-            mag = dft511_magnitudes(_frames(sig[a:b], frame_len, frame_step), work)  # (256, frames)
+            mag = dft511_magnitudes(_frames(sig[a:b], frame_len, frame_step))  # (256, frames)
             low, high = cv2.minMaxLoc(mag)[:2]
             if not high > low:
                 constant.append(i)
@@ -382,27 +289,20 @@ def spectrograms(sig, bounds, rate=44100, seconds=3, uint8=False):
 
 
 def _torch_spectrograms(sig, bounds, rate, seconds):
-    """spectrograms() of a torch tensor, every window at once (for the GPU).
-
-    The windows of split_bounds start at a fixed hop, so all their frames are
-    one view of the signal: (windows, frames, width). One rfft, then each
-    window's min and max over its own valid frames. No loop over windows.
-    """
+    """spectrograms() of a tensor: the windows start at a fixed hop, so all their frames are one
+    view (windows, frames, width) of the signal. One rfft, no loop over windows."""
     import torch
     import torch.nn.functional as F
     frame_len, frame_step = frame_params(rate, seconds)
     width = min(frame_len, NFFT)
-    starts, sizes = [a for a, _ in bounds], [b - a for a, b in bounds]
-    hop = starts[1] - starts[0] if len(bounds) > 1 else 1
-    if starts != [starts[0] + hop * k for k in range(len(bounds))]:
-        raise ValueError('window starts must be evenly spaced, as split_bounds gives them')
+    sizes = [b - a for a, b in bounds]
+    hop = bounds[1][0] - bounds[0][0] if len(bounds) > 1 else 1
     counts = [_frame_count(n, frame_len, frame_step) for n in sizes]
     n_frames = max(counts)
     span = max(max(sizes), (n_frames - 1) * frame_step + width)  # samples framed per window
     need = hop * (len(bounds) - 1) + span
-    sig = sig.float()[starts[0]:starts[0] + need]
-    if need > len(sig):
-        sig = F.pad(sig, (0, need - len(sig)))
+    sig = sig.float()[bounds[0][0]:bounds[0][0] + need]
+    sig = F.pad(sig, (0, need - len(sig)))  # zeros past the signal's end
     chunks = sig.unfold(0, span, hop)  # (W, span), a view that respects any slice of sig
     arange = functools.partial(torch.arange, device=sig.device)
     # samples past a window's own end are zeros, as framesig pads each chunk
@@ -413,25 +313,17 @@ def _torch_spectrograms(sig, bounds, rate, seconds):
     low = mags.amin(dim=2).masked_fill_(~valid, float('inf')).amin(dim=1)
     peak = mags.amax(dim=2).masked_fill_(~valid, float('-inf')).amax(dim=1) - low
     constant = ~(peak > 0)
-    scale = torch.where(constant, 0.0, 1 / torch.where(constant, 1.0, peak))  # constant -> zeros
-    mags = mags[:, :SPEC_WIDTH]  # scaled by the whole image, then cropped
-    mags = (mags - low[:, None, None]).mul_(scale[:, None, None])
-    if min(counts) < min(n_frames, SPEC_WIDTH):  # a short window: its missing frames stay zero
-        mags.mul_(valid[:, :SPEC_WIDTH, None])
-    # rotate 90 deg counter-clockwise: (W, bins, frames) with the top bin first,
-    # then crop to 256 x 512 and leave the zero padding on the right
-    images = mags.flip(2).transpose(1, 2)[:, :SPEC_HEIGHT]
-    if images.shape[1:] != (SPEC_HEIGHT, SPEC_WIDTH):
-        images = F.pad(images, (0, SPEC_WIDTH - images.shape[2], 0, SPEC_HEIGHT - images.shape[1]))
-    return images.contiguous(), constant.nonzero().flatten().tolist()
+    scale = torch.where(constant, 0.0, 1 / peak)  # a constant window gives zeros
+    # scaled by the whole image, then cropped; a short window's missing frames stay zero
+    factor = scale[:, None, None] * valid[:, :SPEC_WIDTH, None]
+    mags = (mags[:, :SPEC_WIDTH] - low[:, None, None]).mul_(factor)
+    images = mags.flip(2).transpose(1, 2)  # (W, 256 bins, frames), the top bin first
+    images = F.pad(images, (0, SPEC_WIDTH - images.shape[2])).contiguous()
+    return images, constant.nonzero().flatten().tolist()
 
 
 def file_spectrograms(path, seconds=3, overlap=2, rate=44100, resample_method='linear', uint8=False):
-    """Read, downmix, resample, split and transform one file.
-
-    Port of AED_spec.getMultiSpec. Returns (specs, source_rate, bounds, constant):
-    specs is (n, 256, 512) float32, or with uint8=True the grey levels round(spec * 255).
-    """
+    """(specs, source_rate, bounds, constant) of one file; port of AED_spec.getMultiSpec."""
     sig, source_rate, int_scale = load_audio(path)
     sig = resample(sig, source_rate, rate, resample_method, int_scale)
     bounds = split_bounds(len(sig), rate, seconds, overlap)

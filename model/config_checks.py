@@ -1,12 +1,7 @@
 """Checks of the settings a script is about to use, run before any work (no torch import).
 
-Each function takes a label naming the setting the way the user sets it, e.g.
-'MAX_PREDICTIONS (--results)', and the value; it returns None when the value
-is fine, else a one-line reason that starts with the label. The scripts
-collect the reasons into their check_config() and print one ERROR line each.
-
-    problems = [whole('BATCH_SIZE (--batch-size)', 0, 1), fraction('MIN_CONFIDENCE', 2)]
-    # ['BATCH_SIZE (--batch-size) must be a whole number of at least 1, got 0', ...]
+Each takes a label naming the setting as the user sets it ('MAX_PREDICTIONS (--results)') and the
+value, and returns None or a one-line reason that starts with the label; exit_on prints them.
 """
 import re
 import sys
@@ -22,10 +17,7 @@ PLOT_SUFFIXES = ('.png', '.pdf', '.svg', '.jpg', '.jpeg')
 
 
 def config_failed(error):
-    """One ERROR line for a config.py that fails to import (file, line, Python's message); exit 2.
-
-    Scripts guard `import config as cfg` with it: a typo there is the user's, not a bug to trace.
-    """
+    """One ERROR line (file, line, Python's message) and exit 2 for a config.py that fails to import."""
     if isinstance(error, SyntaxError):
         where, message = (error.filename, error.lineno), error.msg  # str() would repeat the location
     else:  # the line of config.py that raised (not of a module it imported)
@@ -84,9 +76,7 @@ def device(label, value, torchrun=False):
 
 
 def spec_window(length_label, length, overlap_label, overlap, rate=None):
-    """Windows AED_spec can cut at `rate` Hz (model.audio.window_problem); a None length or
-    overlap stands for 'the model's'. A missing or bad rate is checked as 44.1 kHz (SAMPLE_RATE
-    has its own check)."""
+    """model.audio.window_problem; a missing or bad rate (SAMPLE_RATE's own check) counts as 44.1 kHz."""
     if whole('SAMPLE_RATE', rate, 1):
         rate = 44100
     return window_problem(length, overlap, rate, length_label, overlap_label)
