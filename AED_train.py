@@ -1,20 +1,9 @@
 """Train the paper's CNN on class folders of spectrogram images.
 
-Each epoch prints one line (train loss, validation loss and accuracy, learning
-rate, time), rewrites the CSV log and the training-curve plot, draws the
-confusion matrix and saves snapshots and the resume checkpoint (in a
-background thread, while the next epoch trains); at the end the best epoch's
-weights are saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_best.pt.
-
     python AED_train.py
     python AED_train.py --dataset dataset/train/spec --run-name Demo --im-size 128 64 --filters 16 --epochs 10
     python AED_train.py --resume model/AED_Demo_last.pt
     torchrun --nproc_per_node=4 AED_train.py --run-name Urban4gpu
-
-Every setting is checked before any work (model/run_settings.py): each bad one is
-an ERROR line, exit status 2. --resume restores the run's own settings; a flag given
-with it overrides one, with a warning. Under torchrun, BATCH_SIZE is per process and
-only the first process prints and writes files.
 """
 import argparse
 import os
@@ -43,15 +32,14 @@ from model.run_settings import (CONFIG_SETTINGS, CONSTANTS, Progress, SettingsEr
 from model.training import (BackgroundWriter, Precision, add_up, all_can_step, clock, configure_backend,
                             describe_schedule, distributed_env, evaluate, learning_rate, make_optimizer,
                             maybe_compile, percent, plot_training_curves, rng_states, select_device,
-                            set_learning_rate, train_epoch, write_epoch_log)
+                            train_epoch, write_epoch_log)
 
 ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv):
-    """The flags and config.py's other constants in one namespace (model/run_settings.py
-    names them), plus args.explicit: the flags given (a resumed run keeps its own settings
-    except for these)."""
+    """The flags and config.py's other constants in one namespace, plus args.explicit: the
+    flags given (a resumed run keeps its own settings except for these)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--dataset', type=Path, default=ROOT / cfg.DATASET_PATH,
@@ -122,13 +110,11 @@ def run_path(args, kind, epoch=None):
 
 @dataclass
 class Job:
-    """What the epoch loop runs on, made once by setup(): the network (net: DDP-wrapped
-    under torchrun and compiled with --compile; module: the bare network, for validation
-    and checkpoints), its optimiser and the data."""
+    """What the epoch loop runs on, made once by setup()."""
     args: argparse.Namespace
     device: torch.device
-    module: torch.nn.Module
-    net: torch.nn.Module
+    module: torch.nn.Module       # the bare network: validation and checkpoints
+    net: torch.nn.Module          # module, wrapped by DDP and --compile where they apply
     optimizer: torch.optim.Optimizer
     precision: Precision
     train_loader: object
@@ -140,8 +126,7 @@ class Job:
 
 def train(args):
     """The run: the original's module-level code, from parseDataset to the last saveModel.
-    Returns {'net', 'best_epoch', 'max_acc', 'log', 'interrupted'}; raises SettingsError,
-    DatasetError (images it cannot train on) or CheckpointError."""
+    Returns {'net', 'interrupted'}; raises SettingsError, DatasetError or CheckpointError."""
     resume, pretrained = settle(args, warn)
     job, writer = None, BackgroundWriter()
     try:
@@ -156,7 +141,8 @@ def train(args):
             try:
                 began = clock(job.device)
                 lr = learning_rate(args.learning_rate, epoch, args.epochs, args.lr_descent)
-                set_learning_rate(job.optimizer, lr)
+                for group in job.optimizer.param_groups:
+                    group['lr'] = lr
                 sums = add_up(train_one_epoch(job, epoch), validate(job), job.device)
                 cm = report(job, best, epoch, lr, sums, clock(job.device) - began)
                 rng = rng_states(job.np_rng)
@@ -166,8 +152,7 @@ def train(args):
                 interrupted = True
                 break
         finish(job, best, epoch, start, interrupted, writer)
-        return {'net': job.module, 'best_epoch': best.epoch, 'max_acc': best.max_acc,
-                'log': best.rows, 'interrupted': interrupted}
+        return {'net': job.module, 'interrupted': interrupted}
     finally:
         writer.close()  # every file of the last finished epoch is on disk
         if dist.is_initialized():
@@ -223,7 +208,7 @@ def setup(args, resume, pretrained):
 
 
 def read_dataset(args, resume):
-    """AED_train.parseDataset's part: class folders -> classes, train and val items, and the lines."""
+    """Port of AED_train.parseDataset's lines: classes, train and val items."""
     classes, train_items, val_items, stats = parse_dataset(
         args.dataset, args.min_samples_per_class, args.max_samples_per_class, args.sort_classes,
         args.val_split, args.seed)
@@ -243,8 +228,7 @@ def read_dataset(args, resume):
 
 
 def build_network(args, classes, train_items, val_items, resume, pretrained, rank, world):
-    """Port of AED_train.buildModel and loadModel: the network (new, resumed or pretrained)
-    and the checkpoint metadata that describes it."""
+    """Port of AED_train.buildModel and loadModel: the network and its checkpoint metadata."""
     torch.manual_seed(args.seed)
     net = AEDNet(len(classes), tuple(args.im_size), args.im_dim, args.filters, args.dropout,
                  args.nonlinearity, args.init_gain)
@@ -275,9 +259,8 @@ def build_network(args, classes, train_items, val_items, resume, pretrained, ran
 
 
 def make_loaders(args, classes, train_items, val_items, batch_size, pin, rank, world):
-    """Port of AED_train.getDatasetChunk and getNextImageBatch: the training loader and the
-    validation one (None without validation images). Under torchrun each process trains
-    and validates its own share."""
+    """Port of AED_train.getDatasetChunk and getNextImageBatch: the training and validation
+    loaders (None without validation images), each over this process's share."""
     im_size = tuple(args.im_size)
     cache = None
     if args.use_cache:
@@ -317,7 +300,7 @@ def train_one_epoch(job, epoch):
 
 
 def validate(job):
-    """Validation sums of this process (see model.training.evaluate), or None without a validation set."""
+    """This process's validation sums (model.training.evaluate), or None without a validation set."""
     args, loader = job.args, job.val_loader
     if loader is None:
         return None
@@ -364,8 +347,7 @@ def report(job, best, epoch, lr, sums, seconds):
 
 
 def save_epoch(job, best, epoch, cm, rng, writer):
-    """Port of the original's per-epoch showConfusionMatrix and saveModel: hand the epoch's
-    log, plots, snapshot and resume checkpoint (rng: every process's random state) to the
+    """Port of the per-epoch showConfusionMatrix and saveModel: the epoch's files go to the
     background writer, copied here so that the next epoch cannot change them mid-write."""
     args = job.args
     # the best state is a CPU copy of this epoch's weights already when it improved
@@ -380,8 +362,7 @@ def save_epoch(job, best, epoch, cm, rng, writer):
 
 
 def write_epoch_files(args, epoch, cm, rows, weights, meta, snapshot, resume):
-    """(writer thread) The files of one epoch. The resume checkpoint comes last and
-    replaces the old one atomically."""
+    """(writer thread) The files of one epoch; the resume checkpoint last, replaced atomically."""
     write_epoch_log(run_path(args, 'log'), rows)
     plot_training_curves(rows, run_path(args, 'curves'),
                          f'{args.run_name}: epochs {rows[0]["epoch"]}-{epoch}')
@@ -400,8 +381,8 @@ def write_epoch_files(args, epoch, cm, rows, weights, meta, snapshot, resume):
 
 
 def finish(job, best, epoch, start, interrupted, writer):
-    """The end of the run: say how it ended and save the best epoch's weights (after
-    Ctrl-C only with SAVE_AFTER_INTERRUPT)."""
+    """Say how the run ended and save the best epoch's weights (after Ctrl-C only with
+    SAVE_AFTER_INTERRUPT)."""
     args = job.args
     writer.wait()  # the last epoch's files, the snapshot below may be one of them
     if interrupted:

@@ -1,8 +1,5 @@
 """Training data: dataset split, image loading, augmentation and batching.
-
-Pure functions with explicit parameters, plus a torch Dataset and DataLoader
-built on them. Images are (C, H, W) float32 arrays in [0, 1]; targets are
-one-hot float32 vectors.
+Images are (C, H, W) float32 arrays in [0, 1]; targets are one-hot float32 vectors.
 """
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -41,13 +38,8 @@ def _class_files(folder):
 
 def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val_split=0.1,
                   seed=1337):
-    """Split a folder of class sub-folders into training and validation items.
-
-    Port of AED_train.parseDataset. Returns (classes, train, val, stats): the class names,
-    lists of (image path, class index) and {class: image count} (after capping at
-    max_samples and oversampling up to min_samples: the original's CLASS LABELS line).
-    The result depends only on the folder contents and the seed.
-    """
+    """Port of AED_train.parseDataset. Returns (classes, train, val, stats): lists of
+    (image path, class index), and {class: image count} for the CLASS LABELS line."""
     root = Path(path)
     rng = np.random.default_rng(seed)
     try:
@@ -84,13 +76,8 @@ def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val
 # ----------------------------------------------------------------- images
 
 def read_image_uint8(path, im_size, im_dim):
-    """Decode an image file into uint8 (im_dim, H, W), resized to im_size=(width, height).
-
-    The decoding half of AED_train.openImage: colour images are made grey with cv2's
-    BGR->GRAY weights and grey images copied to three BGR channels, as the original's
-    cv2.imread + cvtColor did; 16-bit images become 8-bit and alpha is dropped. Raises
-    ImageError with the reason.
-    """
+    """The decoding half of AED_train.openImage: uint8 (im_dim, H, W) for im_size=(width,
+    height), colours as the original's cv2.imread + cvtColor gave them; raises ImageError."""
     try:
         data = np.fromfile(path, dtype=np.uint8)  # works for unicode paths on every OS
     except OSError as e:
@@ -122,8 +109,7 @@ def to_float(img):
 
 
 def load_image(path, im_size, im_dim):
-    """Port of AED_train.openImage (its cache: build_cache): float32 (im_dim, H, W) in [0, 1],
-    resized to im_size=(width, height); ImageError for a missing, empty or undecodable file."""
+    """Port of AED_train.openImage (its cache: build_cache); raises ImageError."""
     return to_float(read_image_uint8(path, im_size, im_dim))
 
 
@@ -180,17 +166,8 @@ def _crop_border(rng, size, frac):
 
 
 def augment(img, rng, augmentation, copy=True):
-    """Randomly augment one (C, H, W) float32 image; returns a new array.
-
-    Port of AED_train.imageAugmentation. `augmentation` is {name: [p, value]}, checked
-    with augmentation_problems; the steps run in the original's order, each with its
-    own probability: crop (cut a random border of 1..frac*size pixels off both sides,
-    resize back), flip (cv2 flip code), roll (wrap-around shift of the rows by
-    int(H*U(-vy, vy)) and of the columns by int(W*U(-vx, vx)) for value (vx, vy)), mean
-    (add mean * factor; not clipped, as in the original), noise (Gaussian with std
-    U(0, sqrt(var)), then clip to [0, 1]) and brightness (multiply by U(lo, hi), then
-    clip). The input is never modified; copy=False returns it as is when no step ran.
-    """
+    """Port of AED_train.imageAugmentation: one (C, H, W) image, the steps in the original's
+    order. The input is never modified; copy=False returns it as is when no step ran."""
     out = img
     if not augmentation:
         return out.copy() if copy else out
@@ -216,7 +193,7 @@ def augment(img, rng, augmentation, copy=True):
         dy = int(h * rng.uniform(-vy, vy))
         dx = int(w * rng.uniform(-vx, vx))
         out = np.roll(out, (dy, dx), axis=(1, 2))
-    if draw('mean'):
+    if draw('mean'):  # not clipped, as in the original
         out = out + np.float32(out.mean() * augmentation['mean'][1])
     if draw('noise'):
         std = rng.uniform(0, augmentation['noise'][1] ** 0.5)
@@ -232,17 +209,10 @@ def augment(img, rng, augmentation, copy=True):
 
 
 def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
-    """Mix images of a batch until it has mean_targets targets per image on average.
+    """Port of AED_train.getAugmentedBatches, in place on x (B, C, H, W) and y (B, K) 0/1.
 
-    Port of AED_train.getAugmentedBatches (MULTI_LABEL training), in place on torch
-    tensors or numpy arrays: x (B, C, H, W) in [0, 1], y (B, K) 0/1. Each step draws
-    any pair i != j, as the original drew, adds image j onto image i, re-normalises
-    image i to [0, 1] and ORs the targets. The original could loop forever (defect 6);
-    here at most max_steps (default 20 * B) steps run, and none where the batch's
-    classes together are fewer than mean_targets. A batch of fewer than min_images
-    is left alone (the original mixed only batches of at least BATCH_SIZE // 2).
-    Returns (x, y).
-    """
+    The original could loop forever (defect 6): here at most max_steps (default 20 * B), and
+    none where the batch's classes are fewer than mean_targets."""
     b = len(y)
     max_steps = 20 * b if max_steps is None else max_steps
     if b < max(2, min_images) or float((y.sum(0) > 0).sum()) < mean_targets:
@@ -266,28 +236,22 @@ def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
 class ImageCache:
     """Decoded images of a set of files (USE_CACHE), made by build_cache."""
     images: np.ndarray  # (N, C, H, W) uint8
-    ok: np.ndarray      # (N,) bool: False for an unreadable file
     rows: dict          # {path string: row}
     errors: dict        # {path string: why it is unreadable}
 
 
 def build_cache(items, im_size, im_dim, workers=0, progress=True):
-    """Decode every distinct image of items once into an ImageCache (USE_CACHE).
-
-    Port of AED_train.openImage's dict cache, a quarter of its size: W * H * C bytes per
-    distinct file, 128 KiB per 512x256 grey image (10,000 images take 1.25 GiB). One cache
-    can serve the training and the validation set; forked DataLoader workers share it
-    instead of copying it. `workers` > 0 decodes in that many threads (cv2 releases the GIL).
-    """
+    """Port of AED_train.openImage's dict cache, a quarter of its size (uint8: 128 KiB per
+    512x256 grey image), shared by forked DataLoader workers instead of copied. Decodes in
+    `workers` threads (cv2 releases the GIL)."""
     from tqdm import tqdm
     paths = list(dict.fromkeys(Path(p) for p, _ in items))
     cache = ImageCache(np.zeros((len(paths), im_dim, im_size[1], im_size[0]), dtype=np.uint8),
-                       np.zeros(len(paths), dtype=bool), {str(p): k for k, p in enumerate(paths)}, {})
+                       {str(p): k for k, p in enumerate(paths)}, {})
 
     def fill(row):
         try:
             cache.images[row] = read_image_uint8(paths[row], im_size, im_dim)
-            cache.ok[row] = True
         except ImageError as e:
             cache.errors[str(paths[row])] = str(e)
 
@@ -301,29 +265,18 @@ def build_cache(items, im_size, im_dim, workers=0, progress=True):
 # ----------------------------------------------------------------- torch dataset
 
 class SpecDataset(Dataset):
-    """(image, one-hot target, unreadable) items for training or validation.
+    """(image, one-hot target, unreadable) items of parse_dataset's (path, class index) pairs.
 
-    items are (path, class index) pairs from parse_dataset; cache: build_cache's, of the
-    same image size. With augmentation (an {name: [p, value]} dict), item i of epoch e is
-    augmented with numpy.random.default_rng([seed, e, i]), so an epoch's images do not
-    depend on worker count or order; the epoch lives in shared memory, so set_epoch()
-    reaches persistent DataLoader workers too.
-
-    An unreadable file is reported once per process on stderr and counted in the item's
-    `unreadable` (1). With replace_unreadable (training) the next readable file of the
-    dataset takes its place, so batches keep their size; otherwise (validation) the item
-    has no image (None) and collate drops it, as the original trimmed its batches.
+    Item i of epoch e is augmented with default_rng([seed, e, i]): the same images whatever
+    the workers; the epoch is in shared memory, so set_epoch() reaches persistent workers.
+    An unreadable file is reported once per process and counted; with replace_unreadable
+    (training) the next readable file takes its place, so batches keep their size; else
+    (validation) collate drops the item, as the original trimmed its batches.
     """
 
     def __init__(self, items, num_classes, im_size, im_dim, augmentation=None, seed=1337,
                  cache=None, replace_unreadable=False):
-        problems = augmentation_problems(augmentation)
-        if problems:
-            raise ValueError('; '.join(problems))
-        self.items = [(Path(p), int(label)) for p, label in items]
-        bad = [label for _, label in self.items if not 0 <= label < num_classes]
-        if bad:
-            raise ValueError(f'class index {bad[0]} outside 0..{num_classes - 1}')
+        self.items = items
         self._one_hot = torch.eye(num_classes, dtype=torch.float32)
         self.im_size, self.im_dim = tuple(im_size), im_dim
         self.augmentation, self.seed, self.cache = augmentation or None, seed, cache
@@ -334,10 +287,6 @@ class SpecDataset(Dataset):
     def set_epoch(self, epoch):
         self._epoch.fill_(int(epoch))
 
-    @property
-    def epoch(self):
-        return int(self._epoch)
-
     def __len__(self):
         return len(self.items)
 
@@ -347,12 +296,11 @@ class SpecDataset(Dataset):
         if path in self._unreadable:
             return None
         try:
-            row = None if self.cache is None else self.cache.rows.get(str(path))
-            if row is None:
+            if self.cache is None:
                 return load_image(path, self.im_size, self.im_dim)
-            if not self.cache.ok[row]:
+            if str(path) in self.cache.errors:
                 raise ImageError(self.cache.errors[str(path)])
-            return to_float(self.cache.images[row])
+            return to_float(self.cache.images[self.cache.rows[str(path)]])
         except ImageError as e:
             self._unreadable.add(path)
             print(f'WARNING {path}: {e}, skipped', file=sys.stderr, flush=True)
@@ -369,7 +317,7 @@ class SpecDataset(Dataset):
         if img is None:
             return None, None, unreadable
         if self.augmentation:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
+            rng = np.random.default_rng([self.seed, int(self._epoch), i])
             img = augment(img, rng, self.augmentation, copy=False)  # img is ours already
         return torch.from_numpy(img), self._one_hot[self.items[k][1]].clone(), unreadable
 
@@ -394,21 +342,15 @@ def _stack(tensors):
     return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
 
 
-def make_loader(dataset, batch_size, workers, sampler=None, pin_memory=False, drop_last=False,
-                prefetch=2):
-    """DataLoader over a SpecDataset yielding (x, y, unreadable) batches, in the order of
-    sampler (e.g. a DistributedSampler: a new shuffle per epoch after its set_epoch).
+def make_loader(dataset, batch_size, workers, sampler=None, pin_memory=False, drop_last=False):
+    """Port of AED_train.getDatasetChunk and getNextImageBatch: (x, y, unreadable) batches.
 
-    Port of AED_train.getDatasetChunk and getNextImageBatch. workers > 0 keeps persistent
-    worker processes, each prefetching `prefetch` batches; on Linux they are forked so an
-    ImageCache is shared, not copied. With workers, cv2's own threading is switched off
-    in this process: the workers give the parallelism, and a forked child that inherits
-    cv2's thread pool can deadlock when it touches it (seen with setNumThreads).
-    """
+    Workers are forked on Linux, so they share an ImageCache, and cv2's own threads are off:
+    the workers give the parallelism, and a forked child can deadlock in cv2's thread pool."""
     kwargs = {}
     if workers > 0:
         cv2.setNumThreads(0)
-        kwargs.update(persistent_workers=True, prefetch_factor=prefetch)
+        kwargs['persistent_workers'] = True
         if sys.platform.startswith('linux'):
             kwargs['multiprocessing_context'] = 'fork'
     # its own generator: starting an epoch never draws from the global one (dropout's)

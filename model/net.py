@@ -1,10 +1,6 @@
-"""The paper's CNN (port of AED_train.buildModel), in PyTorch.
-
-Five blocks of conv -> batch norm -> nonlinearity -> 2x2 max-pool, then two
-dense -> batch norm -> nonlinearity -> dropout blocks and the output layer.
-As in Lasagne's batch_norm(), the convolution and dense layers before a batch
-norm carry no bias. The network returns logits: apply softmax (or sigmoid for
-multi-label) to get the original's outputs.
+"""The paper's CNN (port of AED_train.buildModel). It returns logits: softmax (or sigmoid for
+multi-label) gives the original's outputs. As in Lasagne's batch_norm(), the layers before a
+batch norm carry no bias.
 """
 from torch import nn
 
@@ -35,8 +31,6 @@ class AEDNet(nn.Module):
     def __init__(self, num_classes, im_size=(512, 256), im_dim=1, filters=64,
                  dropout=0.5, nonlinearity='relu', init_gain=2 ** 0.5):
         super().__init__()
-        if nonlinearity not in ACTIVATIONS:
-            raise ValueError(f'nonlinearity must be one of {sorted(ACTIVATIONS)}, got {nonlinearity!r}')
         act = ACTIVATIONS[nonlinearity]
         layers, channels = [], im_dim
         for mult, kernel, stride in CONV_BLOCKS:

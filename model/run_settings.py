@@ -1,10 +1,5 @@
-"""AED_train.py's run settings: the checks before any work, what every checkpoint records
-about its run, and --resume: a run's own settings and its progress, written into its
-AED_<RUN_NAME>_last.pt and restored from it.
-
-The functions take the namespace AED_train.parse_args builds: the flags plus config.py's
-constants under the keys of CONFIG_SETTINGS and CONSTANTS (none of them reads config.py).
-Each problem is one line, made with model.config_checks, and all are reported together.
+"""AED_train.py's run settings (AED_train.parse_args's namespace): the checks before any work,
+what every checkpoint records about its run, and --resume restoring a run's settings and progress.
 """
 import math
 from collections import Counter
@@ -49,14 +44,12 @@ BOOLEANS = {**{key: CONFIG_SETTINGS.get(key) or CONSTANTS[key] for key in (
 
 
 class SettingsError(Exception):
-    """Settings that cannot work, one line each (the arguments); reported before any work
-    (exit status 2)."""
+    """Settings that cannot work, one line each (the arguments); exit status 2."""
 
 
 def settle(s, warn):
-    """The run's settings, before any work: a --resume checkpoint's restored (flags given
-    override them), then all checked, and the --pretrained checkpoint read. Returns (resume
-    checkpoint, pretrained checkpoint), None where unused; raises SettingsError."""
+    """Before any work: restore a --resume checkpoint's settings, check all, read --pretrained.
+    Returns (resume checkpoint, pretrained checkpoint), None where unused."""
     resume = pretrained = None
     if s.resume:
         try:
@@ -175,9 +168,8 @@ def _shown(value):
 
 
 def restore(s, ckpt, warn):
-    """Give s the resumed run's settings: a flag given (in s.explicit) overrides its setting
-    with a warning, config.py never does (a differing constant is warned about). Raises
-    SettingsError for an override the saved network cannot take."""
+    """Give s the resumed run's settings: a flag given overrides one with a warning, config.py
+    never does (a differing constant is warned about)."""
     for key, flag in (('im_size', '--im-size'), ('filters', '--filters')):
         if key in s.explicit and plain(getattr(s, key)) != plain(ckpt[key]):
             raise SettingsError(f'{flag} {_shown(plain(getattr(s, key)))} cannot change a resumed run: '
@@ -201,9 +193,8 @@ def restore(s, ckpt, warn):
 
 
 def training_meta(s, classes, train_items, val_items):
-    """A checkpoint's 'training' record (JSON-able, paths absolute): every setting that
-    determines the run, which --resume restores, plus the CSV log's path and the images
-    per class."""
+    """A checkpoint's 'training' record: the settings --resume restores, the CSV log's path and
+    the images per class."""
     meta = {key: getattr(s, key) for key in (*FLAG_SETTINGS, *CONFIG_SETTINGS)}
     meta['log_file'] = Path(s.log_path) / f'{s.run_name}.csv'
     meta['class_counts'] = {}
@@ -215,8 +206,8 @@ def training_meta(s, classes, train_items, val_items):
 
 @dataclass
 class Progress:
-    """What a run has done: the best epoch so far (the original's max_acc, BEST_EPOCH and
-    BEST_MODEL, here a copy of its weights: defect 1) and the epoch log."""
+    """The best epoch so far (the original's max_acc, BEST_EPOCH and BEST_MODEL, here a copy of
+    its weights: defect 1) and the epoch log."""
     epoch: int = 0
     max_acc: float = -1.0
     loss: float = math.inf
@@ -225,8 +216,7 @@ class Progress:
 
 
 def resume_record(progress, epoch, optimizer, scaler, rng):
-    """What AED_<RUN_NAME>_last.pt holds after `epoch` besides its weights: the optimiser's
-    and the loss scaler's state, the progress and every process's random state (rng)."""
+    """What AED_<RUN_NAME>_last.pt holds after `epoch` besides its weights and metadata."""
     return dict(resume=True, optimizer=detached_copy(optimizer.state_dict()), scaler=scaler.state_dict(),
                 # when this epoch is the best, the best weights are the checkpoint's own
                 best_state=None if progress.epoch == epoch else progress.state,
@@ -235,8 +225,8 @@ def resume_record(progress, epoch, optimizer, scaler, rng):
 
 
 def restore_progress(ckpt, epochs, np_rng, warn):
-    """A resume checkpoint's progress, with this process's random state restored (older
-    checkpoints held rank 0's alone, as a dict); returns (Progress, first epoch to train)."""
+    """(Progress, first epoch to train) of a resume checkpoint; restores this process's random
+    state (older checkpoints held rank 0's alone, as a dict)."""
     progress = Progress(ckpt['best_epoch'], ckpt['max_acc'], ckpt['best_loss'],
                         ckpt.get('best_state') or ckpt['state_dict'], list(ckpt.get('log', [])))
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)

@@ -54,7 +54,7 @@ def test_checkpoint_meta_keeps_the_run_description_only():
             'classes': ('a', 'b'), 'im_size': (128, 64), 'augmentation': {'roll': [0.5, (0.0, 0.05)]},
             'learning_rate': {0: 1e-3, 55: 1e-6}, 'seed': 3, 'note': None, 'resume': True,
             'optimizer': {'param_groups': [{'lr': 1e-3}]}, 'rng': {'torch': torch.zeros(3)},
-            'log': [{'epoch': 1}], 'stats': torch.ones(2), 'mixed': [1, torch.ones(1)]}
+            'log': [{'epoch': 1}], 'best_state': {'w': torch.ones(2)}, 'scaler': {}}
     assert checkpoint_meta(ckpt) == {'classes': ['a', 'b'], 'im_size': [128, 64],
                                      'augmentation': {'roll': [0.5, [0.0, 0.05]]},
                                      'learning_rate': {'0': 1e-3, '55': 1e-6}, 'seed': 3, 'note': None,

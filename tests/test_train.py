@@ -168,8 +168,6 @@ def test_optimizer_factory():
     assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]['betas'] == (0.5, 0.999)
     sgd = make_optimizer('nesterov', params, 0.01)
     assert sgd.param_groups[0]['momentum'] == 0.9 and sgd.param_groups[0]['nesterov']
-    with pytest.raises(ValueError):
-        make_optimizer('rmsprop', params, 0.01)
 
 
 @pytest.mark.parametrize('native, emulated, dtype', [(True, True, torch.bfloat16),
@@ -587,11 +585,14 @@ def test_compile_trains_and_saves_loadable_checkpoints(specs, out, monkeypatch, 
 
 
 def test_compile_falls_back_with_a_warning(specs, out, monkeypatch, capsys):
-    monkeypatch.delattr(torch, 'compile')
+    def unsupported(net):
+        raise RuntimeError('Dynamo is not supported on this Python\nsecond line')
+    monkeypatch.setattr(torch, 'compile', unsupported)
     monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 4)
     assert AED_train.main(train_args(specs, out, '--compile', epochs=1)) == 0
     captured = capsys.readouterr()
-    assert re.search(r'^WARNING: .*no torch.compile; running uncompiled$', captured.err, re.M)
+    assert re.search(r'^WARNING: torch.compile is unavailable \(Dynamo is not supported on this Python\); '
+                     r'running uncompiled$', captured.err, re.M)
     assert 'TRAINING DONE!' in captured.out
 
 
