@@ -121,7 +121,7 @@ class Job:
     val_loader: object            # None without a validation set
     meta: dict                    # checkpoint metadata
     np_rng: np.random.Generator   # batch mixing (MULTI_LABEL)
-    agree: object = None          # under torchrun: all processes skip a batch together
+    agree: object                 # bool, or all_can_step() under torchrun
 
 
 def train(args):
@@ -195,7 +195,7 @@ def setup(args, resume, pretrained):
             precision.scaler.load_state_dict(resume['scaler'])
     say(f'DEVICE: {device} ({precision}), {world} PROCESS(ES), BATCH SIZE {batch_size}')
     loaders = make_loaders(args, classes, train_items, val_items, batch_size, cuda, rank, world)
-    net, agree = module, None
+    net, agree = module, bool
     if world > 1:
         dist.init_process_group('nccl' if cuda else 'gloo')
         agree = all_can_step()
@@ -289,9 +289,8 @@ def train_one_epoch(job, epoch):
     # port of AED_train.showProgress
     with tqdm(total=len(loader), desc=f'EPOCH {epoch}', unit='batch', leave=False,
               disable=not main_process()) as bar:
-        totals = train_epoch(job.net, loader, job.optimizer, job.device, job.precision,
-                             args.multi_label, args.l2_weight, batch_transform=mix,
-                             channels_last=job.device.type == 'cuda', progress=bar, agree=job.agree)
+        totals = train_epoch(job.net, loader, job.optimizer, job.device, job.precision, args.multi_label,
+                             args.l2_weight, mix, job.device.type == 'cuda', bar, job.agree)
     if dist.is_initialized():
         # DDP keeps the weights equal; batch-norm statistics are made equal here
         for buffer in job.module.buffers():

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 IMAGE_EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
 
@@ -329,17 +329,8 @@ def collate(batch):
     unreadable = sum(n for _, _, n in batch)
     if not good:
         return torch.empty(0), torch.empty(0), unreadable
-    xs, ys = zip(*good)
-    return _stack(xs), _stack(ys), unreadable
-
-
-def _stack(tensors):
-    if get_worker_info() is not None:
-        # stacks straight into shared memory, saving a copy on the way to the main process
-        return default_collate(tensors)
-    # in the main process numpy's single-threaded copy beats torch.stack, whose
-    # intra-op threads compete with training for the same cores
-    return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
+    x, y = default_collate(good)  # in a worker: straight into shared memory
+    return x, y, unreadable
 
 
 def make_loader(dataset, batch_size, workers, sampler=None, pin_memory=False, drop_last=False):

@@ -179,12 +179,12 @@ def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
     return loss.detach()
 
 
-def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight=0.0,
-                batch_transform=None, channels_last=False, progress=None, agree=None):
+def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight, batch_transform,
+                channels_last, progress, agree=bool):
     """The original's loop over train_net; returns (sum of the batch losses, batches, unreadable).
 
     Batches of fewer than 2 images are skipped (batch norm cannot normalise one), under DDP by
-    every process together (agree: all_can_step), else their all-reduces fall out of step."""
+    every process together (agree=all_can_step()), else their all-reduces fall out of step."""
     net.train()
     loss_sum = torch.zeros((), device=device)
     batches = bad = 0
@@ -192,19 +192,15 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
         bad += int(n_bad)
         if batch_transform is not None and x.shape[0]:
             x, y = batch_transform(x, y)
-        step = x.shape[0] >= 2
-        if agree is not None:
-            step = agree(step)
-        if step:
+        if agree(x.shape[0] >= 2):
             x = to_device(x, device, channels_last)
             y = y.to(device, non_blocking=True)
             loss_sum += train_step(net, x, y, optimizer, precision, multi_label, l2_weight)
             batches += 1
-        if progress is not None:
-            progress.update()
-            # reading the loss syncs the GPU, so only now and then
-            if batches and batches % 10 == 0:
-                progress.set_postfix(loss=f'{loss_sum.item() / batches:.4f}')
+        progress.update()
+        # reading the loss syncs the GPU, so only now and then
+        if batches and batches % 10 == 0:
+            progress.set_postfix(loss=f'{loss_sum.item() / batches:.4f}')
     return loss_sum.item(), batches, bad
 
 
@@ -240,8 +236,7 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
         x = to_device(x, device, channels_last)
         y = y.to(device, non_blocking=True)
         with precision.autocast():
-            logits = net(x)
-        logits = logits.float()
+            logits = net(x).float()
         loss_sum += compute_loss(logits, y, multi_label).double()
         acc_sum += accuracy(logits, y, binary_accuracy)
         # one-hot product instead of bincount: deterministic on CUDA too
