@@ -21,9 +21,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import config as cfg
+from model import config_checks as check
 from model.audio import read_spec_settings, spec_defaults
-from model.checkpoint import (CheckpointError, clean_state_dict, load_weights, resolve_model_path,
-                              save_checkpoint)
+from model.checkpoint import CheckpointError, detached_copy, load_weights, resolve_model_path, save_checkpoint
 from model.data import DatasetError, SpecDataset, batch_augment, build_cache, make_loader, parse_dataset
 from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import AEDNet, count_params, weighted_layers
@@ -212,8 +212,6 @@ def read_dataset(args, resume):
     classes, train_items, val_items, stats = parse_dataset(
         args.dataset, args.min_samples_per_class, args.max_samples_per_class, args.sort_classes,
         args.val_split, args.seed)
-    if not train_items:
-        raise DatasetError(f'no training images left in {args.dataset} after the validation split')
     say(f'CLASSES: {len(classes)}')
     say(f'CLASS LABELS: {sorted(stats.items(), key=lambda kv: kv[1])}')
     say(f'TRAINING IMAGES: {len(train_items)}')
@@ -337,7 +335,7 @@ def report(job, best, epoch, lr, sums, seconds):
     # ties go to the later epoch, as in the original; without validation the lowest train loss
     if acc >= best.max_acc if cm is not None else train_loss <= best.loss:
         # a COPY of the weights: the original kept a reference to the live net (defect 1)
-        best.state, best.epoch = clean_state_dict(job.module.state_dict()), epoch
+        best.state, best.epoch = detached_copy(job.module.state_dict()), epoch
         if cm is not None:
             best.max_acc = acc
         else:
@@ -350,7 +348,7 @@ def save_epoch(job, best, epoch, cm, rng, writer):
     background writer, copied here so that the next epoch cannot change them mid-write."""
     args = job.args
     # the best state is a CPU copy of this epoch's weights already when it improved
-    weights = best.state if best.epoch == epoch else clean_state_dict(job.module.state_dict())
+    weights = best.state if best.epoch == epoch else detached_copy(job.module.state_dict())
     meta = {**job.meta, 'epoch': epoch}
     snapshot = (run_path(args, 'snapshot', epoch)
                 if -1 in args.snapshot_epochs or epoch in args.snapshot_epochs else None)
@@ -413,9 +411,7 @@ def main(argv=None):
     try:
         result = train(args)
     except SettingsError as e:
-        for line in e.args:
-            print(f'ERROR: {line}', file=sys.stderr)
-        sys.exit(2)
+        check.exit_on(e.args)
     except (DatasetError, CheckpointError) as e:
         sys.exit(f'ERROR: {e}')
     except KeyboardInterrupt:  # before the first epoch: nothing to save

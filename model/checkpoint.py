@@ -41,17 +41,6 @@ def detached_copy(obj):
     return obj
 
 
-def clean_state_dict(state_dict):
-    """A CPU copy of a state dict without the key prefixes of DDP and torch.compile."""
-    out = {}
-    for key, value in state_dict.items():
-        for prefix in ('module.', '_orig_mod.'):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = detached_copy(value)
-    return out
-
-
 def plain(value):
     """value with tuples as lists, Paths as absolute strings and numpy numbers as Python ones:
     what weights_only loading accepts and json.dumps can write."""
@@ -73,10 +62,10 @@ def checkpoint_meta(ckpt):
 
 def save_checkpoint(path, net, meta, **extra):
     """Port of AED_train.saveModel, atomic (a crash never leaves half a file); returns the Path.
-    net: a module, or a state dict already copied with clean_state_dict."""
+    net: a bare module (not DDP's or torch.compile's wrapper), or a state dict's detached_copy."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state_dict = clean_state_dict(net.state_dict()) if isinstance(net, torch.nn.Module) else net
+    state_dict = detached_copy(net.state_dict()) if isinstance(net, torch.nn.Module) else net
     data = {'format': FORMAT, 'version': VERSION, **meta, **extra, 'state_dict': state_dict}
     tmp = path.with_name(f'.{path.name}.part')
     torch.save(data, tmp)

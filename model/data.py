@@ -13,8 +13,6 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 IMAGE_EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
 
-_SCALE = np.float32(255)
-
 
 class DatasetError(Exception):
     """The dataset folder cannot be used for training; the message says why."""
@@ -26,14 +24,10 @@ class ImageError(Exception):
 
 # ----------------------------------------------------------------- dataset split
 
-def _is_hidden(path):
-    return path.name.startswith('.')
-
-
 def _class_files(folder):
     """Image files of one class folder, sorted by name (hidden and other files skipped)."""
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not _is_hidden(p) and p.suffix.lower() in IMAGE_EXTENSIONS)
+                  if p.is_file() and not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val_split=0.1,
@@ -43,7 +37,7 @@ def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val
     root = Path(path)
     rng = np.random.default_rng(seed)
     try:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
         files = {c: _class_files(root / c)[:max_samples] for c in classes}
     except OSError as e:
         raise DatasetError(f'cannot list {e.filename or root}: {e.strerror or e}') from None
@@ -105,7 +99,7 @@ def read_image_uint8(path, im_size, im_dim):
 
 def to_float(img):
     """uint8 array -> float32 in [0, 1]; exactly the original's float32(img / 255.)."""
-    return np.divide(img, _SCALE, dtype=np.float32)
+    return np.divide(img, np.float32(255), dtype=np.float32)
 
 
 def load_image(path, im_size, im_dim):

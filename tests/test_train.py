@@ -14,7 +14,7 @@ import torch
 
 import AED_train
 import config as cfg
-from model.checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.checkpoint import detached_copy, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.net import AEDNet, count_params, weighted_layers
 from model.training import (Precision, accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
                             percent, plot_training_curves, select_device, write_epoch_log)
@@ -652,7 +652,6 @@ def test_epoch_line_reports_the_mean_of_batch_means(specs, out, monkeypatch, cap
 
 
 def test_detached_copy_is_not_changed_by_later_steps():
-    from model.checkpoint import detached_copy
     net = AEDNet(3, (64, 64), 1, 2)
     optimizer = make_optimizer('adam', net.parameters(), 0.01)
     net(torch.rand(2, 1, 64, 64)).sum().backward()
@@ -667,7 +666,7 @@ def test_detached_copy_is_not_changed_by_later_steps():
     assert saved['param_groups'][0]['betas'] == (0.5, 0.999)
 
 
-def test_clean_state_dict_copies_a_gpu_tensor_once():
+def test_detached_copy_copies_a_gpu_tensor_once():
     copies = []
 
     class OnGpu(torch.Tensor):
@@ -683,7 +682,7 @@ def test_clean_state_dict_copies_a_gpu_tensor_once():
             return super().clone(*args, **kwargs)
     weight = torch.ones(3).as_subclass(OnGpu)
     cpu_weight = torch.ones(2)
-    clean = clean_state_dict({'module._orig_mod.w': weight, 'b': cpu_weight})
+    clean = detached_copy({'w': weight, 'b': cpu_weight})
     assert list(clean) == ['w', 'b'] and copies == ['cpu']
     assert torch.equal(clean['b'], cpu_weight) and clean['b'].data_ptr() != cpu_weight.data_ptr()
 
