@@ -38,43 +38,35 @@ ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv):
-    """The flags and config.py's other constants in one namespace, plus args.explicit: the
-    flags given (a resumed run keeps its own settings except for these)."""
+    """The flags and config.py's other constants in one namespace, plus args.explicit: the flags given."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--dataset', type=Path, default=ROOT / cfg.DATASET_PATH,
-                   help='folder of spectrogram images, one sub-folder per class')
+    p.add_argument('--dataset', type=Path, default=ROOT / cfg.DATASET_PATH, help='class folders of images')
     p.add_argument('--epochs', type=int, default=cfg.EPOCHS, help='last epoch to train')
-    p.add_argument('--batch-size', type=int, default=cfg.BATCH_SIZE,
-                   help='images per batch (per process under torchrun)')
+    p.add_argument('--batch-size', type=int, default=cfg.BATCH_SIZE, help='images per batch and process')
     p.add_argument('--im-size', type=int, nargs=2, metavar=('W', 'H'), default=list(cfg.IM_SIZE),
                    help='network input width and height')
     p.add_argument('--filters', type=int, default=cfg.FILTERS,
                    help='filters of the first convolution (later blocks use 2x..16x)')
-    p.add_argument('--run-name', default=cfg.RUN_NAME,
-                   help='name in checkpoint, log and plot file names')
+    p.add_argument('--run-name', default=cfg.RUN_NAME, help='name in checkpoint, log and plot file names')
     p.add_argument('--model-path', type=Path, default=ROOT / cfg.MODEL_PATH,
                    help='folder for checkpoints (and to look up --pretrained names)')
     p.add_argument('--log-path', type=Path, default=ROOT / cfg.LOG_PATH,
                    help='folder for the CSV epoch log and the training-curve plot')
     p.add_argument('--confmatrix-path', type=Path, default=ROOT / cfg.CONFMATRIX_PATH,
-                   help='folder for the per-epoch confusion-matrix plots')
+                   help='folder for the confusion-matrix plots')
     p.add_argument('--pretrained', default=cfg.PRETRAINED_MODEL,
                    help='checkpoint to start from: a path, or a file name under --model-path')
     p.add_argument('--resume', type=Path, default=None,
-                   help="continue an interrupted run from its AED_<RUN_NAME>_last.pt with the "
-                        "run's own settings; flags given with it override them")
+                   help="continue a run from its AED_<RUN_NAME>_last.pt with its settings; flags override")
     p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
-    p.add_argument('--workers', type=int, default=cfg.TRAIN_WORKERS,
-                   help='data loader processes (0 loads in the main process)')
+    p.add_argument('--workers', type=int, default=cfg.TRAIN_WORKERS, help='data loader processes')
     p.add_argument('--seed', type=int, default=cfg.RANDOM_SEED, help='random seed')
-    p.add_argument('--deterministic', action='store_true',
-                   help='reproducible runs: deterministic algorithms, no cuDNN autotuning')
+    p.add_argument('--deterministic', action='store_true', help='reproducible runs: deterministic algorithms')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.COMPILE,
                    help='train with torch.compile (falls back with a warning where unavailable)')
     args = p.parse_args(argv)
-    # parsed again into a namespace that already holds every name: argparse then sets
-    # no defaults, so only the flags on the command line replace the placeholder
+    # parsed again into a namespace that holds every name, so argparse sets no defaults
     unset = object()
     given = p.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
     args.explicit = {name for name, value in vars(given).items() if value is not unset}

@@ -18,9 +18,7 @@ REQUIRED = ('state_dict', 'classes', 'im_size', 'im_dim', 'filters')
 # keys of a resume checkpoint that hold training state, not a description of the run
 RESUME_STATE = ('optimizer', 'scaler', 'best_state', 'rng', 'log')
 
-# What torch.load raises on a file that is not, or no longer, a torch.save zip:
-# text and legacy-format garbage (KeyError, IndexError, UnicodeDecodeError),
-# truncated or corrupt archives (RuntimeError, EOFError, OSError, struct.error)
+# what torch.load raises on text, legacy-format garbage and truncated or corrupt archives
 UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, struct.error)
 
 

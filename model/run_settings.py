@@ -23,12 +23,9 @@ CONFIG_SETTINGS = {
     'randomize_train_set': 'RANDOMIZE_TRAIN_SET', 'multi_label': 'MULTI_LABEL',
     'val_has_multi_label': 'VAL_HAS_MULTI_LABEL', 'mean_targets_per_image': 'MEAN_TARGETS_PER_IMAGE',
     'snapshot_epochs': 'SNAPSHOT_EPOCHS', 'mixed_precision': 'MIXED_PRECISION'}
-# run settings with a flag, recorded in every checkpoint: key: flag
-FLAG_SETTINGS = {'dataset': '--dataset', 'epochs': '--epochs', 'batch_size': '--batch-size',
-                 'seed': '--seed', 'deterministic': '--deterministic', 'compile': '--compile',
-                 'model_path': '--model-path', 'log_path': '--log-path',
-                 'confmatrix_path': '--confmatrix-path'}
-PATH_SETTINGS = ('dataset', 'model_path', 'log_path', 'confmatrix_path')
+# run settings with a flag, recorded in every checkpoint
+FLAG_SETTINGS = ('dataset', 'epochs', 'batch_size', 'seed', 'deterministic', 'compile', 'model_path',
+                 'log_path', 'confmatrix_path')
 # the other config.py constants the run uses (the network's are in every checkpoint): key: constant
 CONSTANTS = {'im_dim': 'IM_DIM', 'dropout': 'DROPOUT', 'nonlinearity': 'NONLINEARITY',
              'init_gain': 'INIT_GAIN', 'use_cache': 'USE_CACHE', 'load_output_layer': 'LOAD_OUTPUT_LAYER',
@@ -64,24 +61,16 @@ def settle(s, warn):
             warn(f'--pretrained {s.pretrained} ignored: resuming {s.resume}')
     found = problems(s)
     if s.pretrained and not s.resume:
-        pretrained, problem = _read_pretrained(s)
-        found.append(problem)
-    found = [line for line in found if line]
-    if found:
-        raise SettingsError(*found)
+        label = 'PRETRAINED_MODEL (--pretrained)'
+        found.append(check.model_file(label, s.pretrained, 'MODEL_PATH (--model-path)', s.model_path))
+        if not found[-1]:
+            try:
+                pretrained = load_checkpoint(resolve_model_path(s.pretrained, s.model_path))
+            except CheckpointError as e:
+                found.append(f'{label}: {e}')
+    if any(found):
+        raise SettingsError(*filter(None, found))
     return resume, pretrained
-
-
-def _read_pretrained(s):
-    """(the --pretrained checkpoint, None), or (None, the problem)."""
-    label = 'PRETRAINED_MODEL (--pretrained)'
-    missing = check.model_file(label, s.pretrained, 'MODEL_PATH (--model-path)', s.model_path)
-    if missing:
-        return None, missing
-    try:
-        return load_checkpoint(resolve_model_path(s.pretrained, s.model_path)), None
-    except CheckpointError as e:
-        return None, f'{label}: {e}'
 
 
 def problems(s):
@@ -163,33 +152,36 @@ def _network_problems(s):
     return found
 
 
-def _shown(value):
-    return str(value) if isinstance(value, (str, Path)) else repr(value)
+def _flag(key):
+    return '--' + key.replace('_', '-')
+
+
+def _shown(value):  # a plain() value as the user typed it
+    return value if isinstance(value, str) else repr(value)
 
 
 def restore(s, ckpt, warn):
     """Give s the resumed run's settings: a flag given overrides one with a warning, config.py
     never does (a differing constant is warned about)."""
-    for key, flag in (('im_size', '--im-size'), ('filters', '--filters')):
+    for key in ('im_size', 'filters'):
         if key in s.explicit and plain(getattr(s, key)) != plain(ckpt[key]):
-            raise SettingsError(f'{flag} {_shown(plain(getattr(s, key)))} cannot change a resumed run: '
-                                f'{s.resume} holds a network for {flag} {_shown(ckpt[key])}')
+            raise SettingsError(f'{_flag(key)} {_shown(plain(getattr(s, key)))} cannot change a resumed run: '
+                                f'{s.resume} holds a network for {_flag(key)} {_shown(ckpt[key])}')
     s.im_size, s.filters, s.im_dim = list(ckpt['im_size']), ckpt['filters'], ckpt['im_dim']
     s.dropout, s.nonlinearity = ckpt.get('dropout', s.dropout), ckpt.get('nonlinearity', s.nonlinearity)
     if 'training' not in ckpt:
         warn(f'{s.resume} records no run settings (an older checkpoint): flags and config.py apply')
     saved = {'run_name': ckpt.get('run_name', s.run_name), **ckpt.get('training', {})}
-    flags = {'run_name': '--run-name', **FLAG_SETTINGS}
     for key, value in saved.items():
         mine = plain(getattr(s, key, None))
-        if key in flags and key in s.explicit:
+        if key in s.explicit:  # a flag given with --resume
             if mine != value:
-                warn(f"{flags[key]} {_shown(mine)} overrides the resumed run's {_shown(value)}")
-        elif key in flags or key in CONFIG_SETTINGS:
+                warn(f"{_flag(key)} {_shown(mine)} overrides the resumed run's {_shown(value)}")
+        elif key in FLAG_SETTINGS or key in CONFIG_SETTINGS or key == 'run_name':
             if key in CONFIG_SETTINGS and mine != value:
                 warn(f"config.py's {CONFIG_SETTINGS[key]} {getattr(s, key)!r} differs from the resumed "
                      f"run's {value!r}; the run's is kept")
-            setattr(s, key, Path(value) if key in PATH_SETTINGS else value)
+            setattr(s, key, value)  # paths as absolute strings
 
 
 def training_meta(s, classes, train_items, val_items):
