@@ -155,8 +155,6 @@ def train(args):
             dist.destroy_process_group()
 
 
-# ---------------------------------------------------------------- set-up
-
 def setup(args, resume, pretrained):
     """Device, data, network and optimiser; joins torchrun's process group where there is one."""
     for title, path in (('MODEL PATH', args.model_path), ('LOG PATH', args.log_path),
@@ -266,8 +264,6 @@ def make_loaders(args, classes, train_items, val_items, batch_size, pin, rank, w
     val_part = Subset(val_set, range(rank, len(val_set), world))
     return train_loader, make_loader(val_part, batch_size, args.workers, pin_memory=pin)
 
-
-# ---------------------------------------------------------------- the steps of an epoch
 
 def train_one_epoch(job, epoch):
     """One pass over this process's training share; returns [loss sum, batches, unreadable]."""

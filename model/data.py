@@ -22,8 +22,6 @@ class ImageError(Exception):
     """A file that cannot be loaded as an image; the message says why."""
 
 
-# ----------------------------------------------------------------- dataset split
-
 def _class_files(folder):
     """Image files of one class folder, sorted by name (hidden and other files skipped)."""
     return sorted(p for p in folder.iterdir()
@@ -67,8 +65,6 @@ def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val
     return classes, items[:n_train], items[n_train:], stats
 
 
-# ----------------------------------------------------------------- images
-
 def read_image_uint8(path, im_size, im_dim):
     """The decoding half of AED_train.openImage: uint8 (im_dim, H, W) for im_size=(width,
     height), colours as the original's cv2.imread + cvtColor gave them; raises ImageError."""
@@ -106,8 +102,6 @@ def load_image(path, im_size, im_dim):
     """Port of AED_train.openImage (its cache: build_cache); raises ImageError."""
     return to_float(read_image_uint8(path, im_size, im_dim))
 
-
-# ----------------------------------------------------------------- augmentation
 
 def _is_number(v):
     return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
@@ -224,8 +218,6 @@ def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
     return x, y
 
 
-# ----------------------------------------------------------------- cache
-
 @dataclass
 class ImageCache:
     """Decoded images of a set of files (USE_CACHE), made by build_cache."""
@@ -255,8 +247,6 @@ def build_cache(items, im_size, im_dim, workers=0, progress=True):
             pass
     return cache
 
-
-# ----------------------------------------------------------------- torch dataset
 
 class SpecDataset(Dataset):
     """(image, one-hot target, unreadable) items of parse_dataset's (path, class index) pairs.

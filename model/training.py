@@ -18,8 +18,6 @@ from torch import nn
 PROB_CLIP = 1e-7
 
 
-######################## schedule and optimiser ########################
-
 def learning_rate(schedule, epoch, epochs, descent):
     """The learning rate of an epoch from a {epoch: rate} schedule, by the original's rule.
 
@@ -58,8 +56,6 @@ def make_optimizer(name, params, rate):
     return torch.optim.SGD(params, lr=rate, momentum=0.9, nesterov=True)
 
 
-######################## loss and accuracy ########################
-
 def compute_loss(logits, targets, multi_label):
     """Port of AED_train.calc_loss and calc_loss_multi, in float32 (safe inside autocast)."""
     logits, targets = logits.float(), targets.float()
@@ -87,8 +83,6 @@ def accuracy(logits, targets, binary=False):
         return ((torch.sigmoid(logits.float()) > 0.5) == (targets > 0.5)).double().mean()
     return (logits.argmax(dim=1) == targets.argmax(dim=1)).double().mean()
 
-
-######################## devices and precision ########################
 
 def distributed_env(environ):
     """(rank, world size, local rank) when started by torchrun with several processes, else None."""
@@ -162,8 +156,6 @@ def to_device(x, device, channels_last=False):
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-
-######################## loops ########################
 
 def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
     """One optimiser step on a batch already on the device; returns the loss tensor (detached)."""
@@ -267,8 +259,6 @@ def clock(device):
     return time.perf_counter()
 
 
-######################## logs and plots ########################
-
 class BackgroundWriter:
     """Runs file writes on one thread, so the training loop does not wait for the disk or
     matplotlib. At most one job is pending; its error is raised at the next submit(), wait()
@@ -336,8 +326,6 @@ def plot_training_curves(rows, path, title):
     fig.suptitle(title)
     return save_figure(fig, path)
 
-
-######################## random state for resuming ########################
 
 def rng_states(np_rng):
     """[torch (CPU and CUDA) and numpy Generator states] of every process, in rank order."""

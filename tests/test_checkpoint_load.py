@@ -33,7 +33,8 @@ def test_bad_files_give_one_line_without_a_raw_exception_name(tmp_path):
         for name in ('KeyError', 'RuntimeError', 'EOFError', 'UnpicklingError', 'OSError'):
             assert name not in message
     message = str(pytest.raises(CheckpointError, load_checkpoint, tmp_path / 'text.pt').value)
-    assert message == f'{tmp_path / "text.pt"} is not an AED checkpoint (not a PyTorch file, or a damaged one)'
+    assert message == (f'{tmp_path / "text.pt"} is not an AED checkpoint '
+                       f'(not a PyTorch file, or a damaged one)')
 
 
 def test_a_bug_inside_loading_is_not_reported_as_a_bad_file(tmp_path, monkeypatch):
