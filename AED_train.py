@@ -190,9 +190,7 @@ def setup(args, resume, pretrained):
         dist.init_process_group('nccl' if cuda else 'gloo')
         agree = all_can_step()
         net = DistributedDataParallel(module, device_ids=[device.index] if cuda else None)
-    net, warning = maybe_compile(net, args.compile)
-    if warning:
-        warn(warning)
+    net = maybe_compile(net, args.compile, warn)
     return Job(args, device, module, net, optimizer, precision, *loaders, meta,
                np.random.default_rng([args.seed, rank]), agree)
 

@@ -59,9 +59,8 @@ def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val
         items += c_items
 
     items = [items[k] for k in rng.permutation(len(items))]
-    n_val = int(len(items) * val_split)
-    # Slicing by n_train, not [:-n_val], so val_split=0 keeps everything (defect 5)
-    n_train = len(items) - n_val
+    # slicing at n_train, not [:-n_val], so val_split=0 keeps everything (defect 5)
+    n_train = len(items) - int(len(items) * val_split)
     return classes, items[:n_train], items[n_train:], stats
 
 
@@ -173,9 +172,7 @@ def augment(img, rng, augmentation, copy=True):
     if draw('flip'):
         code = int(augmentation['flip'][1])
         # cv2 codes: > 0 mirrors columns, 0 mirrors rows, < 0 both
-        rows = slice(None, None, -1) if code <= 0 else slice(None)
-        cols = slice(None, None, -1) if code != 0 else slice(None)
-        out = np.ascontiguousarray(out[:, rows, cols])
+        out = np.ascontiguousarray(np.flip(out, 2 if code > 0 else 1 if code == 0 else (1, 2)))
     if draw('roll'):
         vx, vy = augmentation['roll'][1]
         dy = int(h * rng.uniform(-vy, vy))
@@ -184,15 +181,11 @@ def augment(img, rng, augmentation, copy=True):
     if draw('mean'):  # not clipped, as in the original
         out = out + np.float32(out.mean() * augmentation['mean'][1])
     if draw('noise'):
-        std = rng.uniform(0, augmentation['noise'][1] ** 0.5)
-        noisy = rng.standard_normal(out.shape, dtype=np.float32)
-        noisy *= np.float32(std)
-        noisy += out
-        out = np.clip(noisy, 0.0, 1.0, out=noisy)
+        std = np.float32(rng.uniform(0, augmentation['noise'][1] ** 0.5))
+        out = np.clip(out + std * rng.standard_normal(out.shape, dtype=np.float32), 0.0, 1.0)
     if draw('brightness'):
         lo, hi = augmentation['brightness'][1]
-        bright = out * np.float32(rng.uniform(lo, hi))
-        out = np.clip(bright, 0.0, 1.0, out=bright)
+        out = np.clip(out * np.float32(rng.uniform(lo, hi)), 0.0, 1.0)
     return out.copy() if copy and out is img else out
 
 

@@ -14,9 +14,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-# the original clipped sigmoid outputs before the log-loss
-PROB_CLIP = 1e-7
-
 
 def learning_rate(schedule, epoch, epochs, descent):
     """The learning rate of an epoch from a {epoch: rate} schedule, by the original's rule.
@@ -61,7 +58,7 @@ def compute_loss(logits, targets, multi_label):
     logits, targets = logits.float(), targets.float()
     if not multi_label:
         return F.cross_entropy(logits, targets)
-    p = torch.sigmoid(logits).clamp(PROB_CLIP, 1.0 - PROB_CLIP)
+    p = torch.sigmoid(logits).clamp(1e-7, 1.0 - 1e-7)  # the original's clip
     # written out because F.binary_cross_entropy refuses to run under autocast
     return -(targets * torch.log(p) + (1.0 - targets) * torch.log1p(-p)).mean()
 
@@ -139,16 +136,17 @@ def configure_backend(device, deterministic):
         torch.backends.cudnn.allow_tf32 = True
 
 
-def maybe_compile(net, enabled):
-    """(torch.compile(net) when enabled, None), or (net, a one-line warning) where torch.compile
-    cannot build here."""
+def maybe_compile(net, enabled, warn):
+    """torch.compile(net) when enabled, else net; net with a warning where torch.compile cannot
+    build here."""
     if not enabled:
-        return net, None
+        return net
     try:
-        return torch.compile(net), None
+        return torch.compile(net)
     except (RuntimeError, NotImplementedError) as e:  # e.g. unsupported Python or platform
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return net, f'torch.compile is unavailable ({reason}); running uncompiled'
+        warn(f'torch.compile is unavailable ({reason}); running uncompiled')
+        return net
 
 
 def to_device(x, device, channels_last=False):
@@ -283,16 +281,14 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True)
 
 
-LOG_FIELDS = ('epoch', 'train_loss', 'val_loss', 'val_accuracy', 'lr', 'time_s', 'bad_images')
-
-
 def write_epoch_log(path, rows):
     """(Re)write the CSV log of all epochs so far, atomically: a resumed run keeps it whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.part')
     with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction='ignore')
+        writer = csv.DictWriter(f, extrasaction='ignore', fieldnames=(
+            'epoch', 'train_loss', 'val_loss', 'val_accuracy', 'lr', 'time_s', 'bad_images'))
         writer.writeheader()
         writer.writerows(rows)  # None and missing values are written empty
     os.replace(tmp, path)
