@@ -245,8 +245,7 @@ def build_network(args, classes, train_items, val_items, resume, pretrained, ran
 
 
 def make_loaders(args, classes, train_items, val_items, batch_size, pin, rank, world):
-    """Port of AED_train.getDatasetChunk and getNextImageBatch: the training and validation
-    loaders (None without validation images), each over this process's share."""
+    """Port of AED_train.getDatasetChunk: this process's training and validation (or None) loaders."""
     im_size = tuple(args.im_size)
     cache = None
     if args.use_cache:
@@ -364,8 +363,7 @@ def write_epoch_files(args, epoch, cm, rows, weights, meta, snapshot, resume):
 
 
 def finish(job, best, epoch, start, interrupted, writer):
-    """Say how the run ended and save the best epoch's weights (after Ctrl-C only with
-    SAVE_AFTER_INTERRUPT)."""
+    """Say how the run ended; save the best epoch's weights (after Ctrl-C if SAVE_AFTER_INTERRUPT)."""
     args = job.args
     writer.wait()  # the last epoch's files, the snapshot below may be one of them
     if interrupted:

@@ -1,6 +1,5 @@
-"""Checkpoint files: a plain dict of the weights (state_dict) and the metadata needed to rebuild
-and use the model, read back with torch.load(weights_only=True) so that loading never runs code.
-"""
+"""Checkpoint files: a dict of the weights (state_dict) and the metadata that rebuilds the model,
+read with torch.load(weights_only=True) so that loading never runs code."""
 import json
 import os
 import pickle
@@ -27,8 +26,7 @@ class CheckpointError(Exception):
 
 
 def detached_copy(obj):
-    """obj (e.g. an optimizer's state_dict) with every tensor copied once to the CPU: a snapshot
-    later steps cannot change."""
+    """obj (a state dict) with every tensor copied once to the CPU: a snapshot steps cannot change."""
     if torch.is_tensor(obj):
         obj = obj.detach()
         return obj.clone() if obj.device.type == 'cpu' else obj.cpu()  # .cpu() of a GPU tensor copies
@@ -52,8 +50,7 @@ def plain(value):
 
 
 def checkpoint_meta(ckpt):
-    """What a checkpoint records about its run, as JSON data: all but the weights, the format
-    marker and the resume state."""
+    """What a checkpoint records about its run, as JSON data (no weights, marker or resume state)."""
     skip = ('state_dict', 'format', 'version') + RESUME_STATE
     return json.loads(json.dumps({k: plain(v) for k, v in ckpt.items() if k not in skip}))
 

@@ -1,6 +1,4 @@
-"""Training data: dataset split, image loading, augmentation and batching.
-Images are (C, H, W) float32 arrays in [0, 1]; targets are one-hot float32 vectors.
-"""
+"""Training data: dataset split, images (C, H, W) float32 in [0, 1], augmentation, batches."""
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -311,10 +309,8 @@ def collate(batch):
 
 
 def make_loader(dataset, batch_size, workers, sampler=None, pin_memory=False, drop_last=False):
-    """Port of AED_train.getDatasetChunk and getNextImageBatch: (x, y, unreadable) batches.
-
-    Workers are forked on Linux, so they share an ImageCache, and cv2's own threads are off:
-    the workers give the parallelism, and a forked child can deadlock in cv2's thread pool."""
+    """Port of AED_train.getNextImageBatch: (x, y, unreadable) batches. Workers are forked on
+    Linux to share an ImageCache, with cv2's threads off (a forked child can deadlock in them)."""
     kwargs = {}
     if workers > 0:
         cv2.setNumThreads(0)

@@ -1,7 +1,5 @@
-"""The paper's CNN (port of AED_train.buildModel). It returns logits: softmax (or sigmoid for
-multi-label) gives the original's outputs. As in Lasagne's batch_norm(), the layers before a
-batch norm carry no bias.
-"""
+"""The paper's CNN (port of AED_train.buildModel). It returns logits: softmax (sigmoid for
+multi-label) gives the original's outputs."""
 from torch import nn
 
 # Lasagne's BatchNormLayer defaults: epsilon 1e-4, running-average alpha 0.1
@@ -35,6 +33,7 @@ class AEDNet(nn.Module):
         layers, channels = [], im_dim
         for mult, kernel, stride in CONV_BLOCKS:
             out = filters * mult
+            # no bias before a batch norm, as Lasagne's batch_norm() removes it
             layers += [nn.Conv2d(channels, out, kernel, stride=stride, padding=kernel // 2, bias=False),
                        nn.BatchNorm2d(out, eps=BN_EPS, momentum=BN_MOMENTUM), act(),
                        nn.MaxPool2d(2)]

@@ -126,10 +126,8 @@ def configure_backend(device, deterministic):
     if deterministic:
         # cuBLAS needs this before its first use to be deterministic
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-        # warn_only: an op without a deterministic kernel warns instead of ending the run
+        # cuDNN convolutions included; warn_only: an op without a deterministic kernel warns
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
     elif device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -209,9 +207,8 @@ def all_can_step():
 @torch.no_grad()
 def evaluate(net, loader, device, precision, num_classes, multi_label, binary_accuracy,
              batch_transform=None, channels_last=False):
-    """The original's loop over test_net; returns sums that several processes can add: loss_sum
-    and acc_sum (of the batch means, as the original averaged them), batches, bad (unreadable
-    images) and cm (K, K), rows = targets."""
+    """The original's loop over test_net; returns sums that processes can add: loss_sum and acc_sum
+    (of the batch means, as the original averaged them), batches, bad (unreadable), cm (K, K)."""
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     acc_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -258,9 +255,8 @@ def clock(device):
 
 
 class BackgroundWriter:
-    """Runs file writes on one thread, so the training loop does not wait for the disk or
-    matplotlib. At most one job is pending; its error is raised at the next submit(), wait()
-    or close(). A job must only read data nobody changes after submitting it (pass copies)."""
+    """File writes on one thread, so training does not wait for them. At most one job is pending;
+    its error is raised at the next call. Pass it copies: nothing it reads may change."""
 
     def __init__(self):
         self._pool, self._pending = ThreadPoolExecutor(1, thread_name_prefix='aed-writer'), None
