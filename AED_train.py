@@ -70,8 +70,10 @@ def parse_args(argv):
     unset = object()
     given = p.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
     args.explicit = {name for name, value in vars(given).items() if value is not unset}
-    for key, name in {**CONFIG_SETTINGS, **CONSTANTS}.items():
+    for key, name in CONFIG_SETTINGS.items():
         setattr(args, key, getattr(cfg, name))
+    for key in CONSTANTS:
+        setattr(args, key, getattr(cfg, key.upper()))
     return args
 
 
@@ -207,8 +209,8 @@ def read_dataset(args, resume):
     if not val_items:
         say('NO VALIDATION SET (VAL_SPLIT = 0): training on all images; '
             'the best epoch is the one with the lowest train loss')
-    if resume and list(resume['classes']) != list(classes):
-        raise SettingsError(f'{args.resume} was trained on classes {list(resume["classes"])}, '
+    if resume and resume['classes'] != classes:
+        raise SettingsError(f'{args.resume} was trained on classes {resume["classes"]}, '
                             f'but {args.dataset} holds {classes}')
     return classes, train_items, val_items
 
@@ -216,7 +218,7 @@ def read_dataset(args, resume):
 def build_network(args, classes, train_items, val_items, resume, pretrained, rank, world):
     """Port of AED_train.buildModel and loadModel: the network and its checkpoint metadata."""
     torch.manual_seed(args.seed)
-    net = AEDNet(len(classes), tuple(args.im_size), args.im_dim, args.filters, args.dropout,
+    net = AEDNet(len(classes), args.im_size, args.im_dim, args.filters, args.dropout,
                  args.nonlinearity, args.init_gain)
     if resume:
         try:
@@ -234,7 +236,7 @@ def build_network(args, classes, train_items, val_items, resume, pretrained, ran
         load_weights(net, pretrained, args.load_output_layer, source=str(path))
         say(f'IMPORTED MODEL PARAMS FROM {path}' + ('' if args.load_output_layer
                                                    else ' (ALL BUT THE OUTPUT LAYER)'))
-    meta = {'classes': list(classes), 'run_name': args.run_name, 'im_size': list(args.im_size),
+    meta = {'classes': classes, 'run_name': args.run_name, 'im_size': args.im_size,
             'im_dim': args.im_dim, 'filters': args.filters, 'dropout': args.dropout,
             'nonlinearity': args.nonlinearity, 'multi_label': args.multi_label,
             # what AED_spec.py recorded for these images, else config.py's settings
@@ -246,17 +248,15 @@ def build_network(args, classes, train_items, val_items, resume, pretrained, ran
 
 def make_loaders(args, classes, train_items, val_items, batch_size, pin, rank, world):
     """Port of AED_train.getDatasetChunk: this process's training and validation (or None) loaders."""
-    im_size = tuple(args.im_size)
-    cache = None
-    if args.use_cache:
-        cache = build_cache(train_items + val_items, im_size, args.im_dim, args.workers, main_process())
-    train_set = SpecDataset(train_items, len(classes), im_size, args.im_dim, args.augmentation,
+    cache = (build_cache(train_items + val_items, args.im_size, args.im_dim, args.workers, main_process())
+             if args.use_cache else None)
+    train_set = SpecDataset(train_items, len(classes), args.im_size, args.im_dim, args.augmentation,
                             args.seed, cache, replace_unreadable=True)
     sampler = DistributedSampler(train_set, world, rank, shuffle=args.randomize_train_set, seed=args.seed)
     train_loader = make_loader(train_set, batch_size, args.workers, sampler, pin)
     if not val_items:
         return train_loader, None
-    val_set = SpecDataset(val_items, len(classes), im_size, args.im_dim, seed=args.seed, cache=cache)
+    val_set = SpecDataset(val_items, len(classes), args.im_size, args.im_dim, seed=args.seed, cache=cache)
     # every process validates its own unpadded share; the sums are added up
     val_part = Subset(val_set, range(rank, len(val_set), world))
     return train_loader, make_loader(val_part, batch_size, args.workers, pin_memory=pin)

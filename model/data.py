@@ -233,9 +233,8 @@ def build_cache(items, im_size, im_dim, workers=0, progress=True):
             cache.errors[str(paths[row])] = str(e)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for _ in tqdm(pool.map(fill, range(len(paths))), total=len(paths), unit='img',
-                      desc='CACHING IMAGES', disable=not progress):
-            pass
+        list(tqdm(pool.map(fill, range(len(paths))), total=len(paths), unit='img', desc='CACHING IMAGES',
+                  disable=not progress))
     return cache
 
 

@@ -26,15 +26,12 @@ CONFIG_SETTINGS = {
 # run settings with a flag, recorded in every checkpoint
 FLAG_SETTINGS = ('dataset', 'epochs', 'batch_size', 'seed', 'deterministic', 'compile', 'model_path',
                  'log_path', 'confmatrix_path')
-# the other config.py constants the run uses (the network's are in every checkpoint): key: constant
-CONSTANTS = {'im_dim': 'IM_DIM', 'dropout': 'DROPOUT', 'nonlinearity': 'NONLINEARITY',
-             'init_gain': 'INIT_GAIN', 'use_cache': 'USE_CACHE', 'load_output_layer': 'LOAD_OUTPUT_LAYER',
-             'save_after_interrupt': 'SAVE_AFTER_INTERRUPT', 'normalize_confmatrix': 'NORMALIZE_CONFMATRIX',
-             'confmatrix_max_classes': 'CONFMATRIX_MAX_CLASSES', 'spec_length': 'SPEC_LENGTH',
-             'spec_overlap': 'SPEC_OVERLAP', 'sample_rate': 'SAMPLE_RATE',
-             'resample_method': 'RESAMPLE_METHOD'}
+# the other config.py constants the run uses, each key.upper() (the network's are in every checkpoint)
+CONSTANTS = ('im_dim', 'dropout', 'nonlinearity', 'init_gain', 'use_cache', 'load_output_layer',
+             'save_after_interrupt', 'normalize_confmatrix', 'confmatrix_max_classes', 'spec_length',
+             'spec_overlap', 'sample_rate', 'resample_method')
 # settings that must be True or False: key: label
-BOOLEANS = {**{key: CONFIG_SETTINGS.get(key) or CONSTANTS[key] for key in (
+BOOLEANS = {**{key: CONFIG_SETTINGS.get(key, key.upper()) for key in (
     'lr_descent', 'sort_classes', 'randomize_train_set', 'multi_label', 'val_has_multi_label',
     'mixed_precision', 'use_cache', 'normalize_confmatrix', 'load_output_layer', 'save_after_interrupt')},
     'compile': 'COMPILE (--compile)'}

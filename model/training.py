@@ -36,14 +36,12 @@ def describe_schedule(schedule, first, last, descent):
     keys = sorted(schedule)
     shown = {k: float(schedule[k]) for k in keys}
     start, end = (learning_rate(schedule, e, last, descent) for e in (first, last))
-    line = f'epoch {first} {start:.4g} -> epoch {last} {end:.4g} '
-    if not descent:
-        note = f'; keys after epoch {last} not reached' if keys[-1] > last else ''
-        return line + f'(steps; schedule {shown}{note})'
     if keys[-1] > last:
-        return line + f'(linear; schedule {shown} fitted to {last} epochs)'
-    note = f'; final rate from epoch {keys[-1] + 1}' if keys[-1] < last else ''
-    return line + f'(linear; schedule {shown}{note})'
+        note = f' fitted to {last} epochs' if descent else f'; keys after epoch {last} not reached'
+    else:
+        note = f'; final rate from epoch {keys[-1] + 1}' if descent and keys[-1] < last else ''
+    kind = 'linear' if descent else 'steps'
+    return f'epoch {first} {start:.4g} -> epoch {last} {end:.4g} ({kind}; schedule {shown}{note})'
 
 
 def make_optimizer(name, params, rate):
@@ -65,8 +63,7 @@ def compute_loss(logits, targets, multi_label):
 
 def l2_penalty(net):
     """Sum of squared weights of conv and dense layers (no biases, no batch norm)."""
-    terms = [m.weight.pow(2).sum() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    return torch.stack(terms).sum()
+    return sum(m.weight.pow(2).sum() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
 def percent(fraction):
@@ -135,8 +132,7 @@ def configure_backend(device, deterministic):
 
 
 def maybe_compile(net, enabled, warn):
-    """torch.compile(net) when enabled, else net; net with a warning where torch.compile cannot
-    build here."""
+    """torch.compile(net) when enabled; net itself, with a warning, where it cannot build here."""
     if not enabled:
         return net
     try:
