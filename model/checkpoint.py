@@ -115,9 +115,7 @@ def model_from_checkpoint(path, device='cpu'):
 def load_weights(net, ckpt, load_output_layer, source):
     """Port of AED_train.loadModel: a checkpoint's weights into net, all but the output layer
     without load_output_layer (transfer to another class count)."""
-    state = ckpt['state_dict']
-    if not load_output_layer:
-        state = {k: v for k, v in state.items() if not k.startswith('output.')}
+    state = {k: v for k, v in ckpt['state_dict'].items() if load_output_layer or not k.startswith('output.')}
     own = net.state_dict()
     for key, value in state.items():
         if key not in own:

@@ -188,10 +188,9 @@ def augment(img, rng, augmentation, copy=True):
 
 
 def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
-    """Port of AED_train.getAugmentedBatches, in place on x (B, C, H, W) and y (B, K) 0/1.
-
-    The original could loop forever (defect 6): here at most max_steps (default 20 * B), and
-    none where the batch's classes are fewer than mean_targets."""
+    """Port of AED_train.getAugmentedBatches, in place on x (B, C, H, W) and y (B, K) 0/1. The
+    original could loop forever (defect 6): here at most max_steps (default 20 * B), and none
+    where the batch's classes are fewer than mean_targets."""
     b = len(y)
     max_steps = 20 * b if max_steps is None else max_steps
     if b < max(2, min_images) or float((y.sum(0) > 0).sum()) < mean_targets:
@@ -240,13 +239,9 @@ def build_cache(items, im_size, im_dim, workers=0, progress=True):
 
 class SpecDataset(Dataset):
     """(image, one-hot target, unreadable) items of parse_dataset's (path, class index) pairs.
-
-    Item i of epoch e is augmented with default_rng([seed, e, i]): the same images whatever
-    the workers; the epoch is in shared memory, so set_epoch() reaches persistent workers.
-    An unreadable file is reported once per process and counted; with replace_unreadable
-    (training) the next readable file takes its place, so batches keep their size; else
-    (validation) collate drops the item, as the original trimmed its batches.
-    """
+    Item i of epoch e is augmented with default_rng([seed, e, i]), whatever the workers. An
+    unreadable file is reported once per process; with replace_unreadable (training) the next
+    readable one takes its place, else (validation) collate drops it, as the original did."""
 
     def __init__(self, items, num_classes, im_size, im_dim, augmentation=None, seed=1337,
                  cache=None, replace_unreadable=False):
@@ -255,7 +250,7 @@ class SpecDataset(Dataset):
         self.im_size, self.im_dim = tuple(im_size), im_dim
         self.augmentation, self.seed, self.cache = augmentation or None, seed, cache
         self.replace_unreadable = replace_unreadable
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # reaches persistent workers
         self._unreadable = set()  # per process: each file is tried and reported once
 
     def set_epoch(self, epoch):

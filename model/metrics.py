@@ -37,19 +37,13 @@ def normalize_rows(cm):
 def plot_confusion_matrix(cm, classes, path, title, normalize=True, max_classes=20):
     """Port of AED_train.showConfusionMatrix; returns the Path. Only the first max_classes
     classes are drawn; normalized rows are percentages of the full row all the same."""
-    # Figure + Agg canvas, never pyplot's global state: safe in threads and headless
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # never pyplot's global state: safe in threads and headless
 
-    cm = np.asarray(cm)
-    values = normalize_rows(cm) if normalize else cm.astype(np.float64)
     n = min(len(classes), max_classes)
-    values = values[:n, :n]
+    values = (normalize_rows(cm) if normalize else np.asarray(cm, dtype=np.float64))[:n, :n]
     names = [str(c) for c in classes[:n]]
-
     size = max(5.0, 0.45 * n + 3.0)
     fig = Figure(figsize=(size, size * 0.9), dpi=100)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     vmax = 100.0 if normalize else max(1.0, float(values.max()))
     im = ax.imshow(values, interpolation='nearest', cmap='Blues', vmin=0, vmax=vmax)

@@ -1,6 +1,5 @@
 """AED_train.py's run settings (AED_train.parse_args's namespace): the checks before any work,
-what every checkpoint records about its run, and --resume restoring a run's settings and progress.
-"""
+what every checkpoint records about its run, and --resume restoring a run's settings and progress."""
 import math
 from collections import Counter
 from dataclasses import dataclass, field

@@ -16,12 +16,9 @@ from torch import nn
 
 
 def learning_rate(schedule, epoch, epochs, descent):
-    """The learning rate of an epoch from a {epoch: rate} schedule, by the original's rule.
-
-    With descent: the linear curve through the schedule's points, keys sorted (defect 12),
-    and (epochs, last rate), read at max(first key, epoch - 1); a run shorter than the last
-    key gets the schedule squeezed into its length. Without: the rate of the last key <= epoch.
-    """
+    """The rate of an epoch from a {epoch: rate} schedule, by the original's rule. With descent:
+    the linear curve through the points, keys sorted (defect 12), and (epochs, last rate), read
+    at max(first key, epoch - 1). Without: the rate of the last key <= epoch."""
     keys = sorted(schedule)
     rates = [float(schedule[k]) for k in keys]
     if not descent:
@@ -166,7 +163,6 @@ def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
 def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight, batch_transform,
                 channels_last, progress, agree=bool):
     """The original's loop over train_net; returns (sum of the batch losses, batches, unreadable).
-
     Batches of fewer than 2 images are skipped (batch norm cannot normalise one), under DDP by
     every process together (agree=all_can_step()), else their all-reduces fall out of step."""
     net.train()
@@ -289,7 +285,6 @@ def write_epoch_log(path, rows):
 
 def plot_training_curves(rows, path, title):
     """Loss (train, val) and validation accuracy per epoch as one PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
     from model.metrics import save_figure
@@ -300,7 +295,6 @@ def plot_training_curves(rows, path, title):
         return [np.nan if r.get(key) is None else float(r[key]) for r in rows]
 
     fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax_loss.plot(epochs, series('train_loss'), 'o-', label='train')
     ax_loss.plot(epochs, series('val_loss'), 's-', label='validation')
