@@ -1,20 +1,9 @@
 """Train the paper's CNN on class folders of spectrogram images.
 
-Each epoch prints one line (train loss, validation loss and accuracy, learning
-rate, time), rewrites the CSV log and the training-curve plot, draws the
-confusion matrix and saves snapshots and the resume checkpoint (in a
-background thread, while the next epoch trains); at the end the best epoch's
-weights are saved as AED_<RUN_NAME>_model_epoch_<E>.pt and AED_<RUN_NAME>_model_best.pt.
-
     python AED_train.py
     python AED_train.py --dataset dataset/train/spec --run-name Demo --im-size 128 64 --filters 16 --epochs 10
     python AED_train.py --resume model/AED_Demo_last.pt
     torchrun --nproc_per_node=4 AED_train.py --run-name Urban4gpu
-
-Every setting is checked before any work (model/run_settings.py): each bad one is
-an ERROR line, exit status 2. --resume restores the run's own settings; a flag given
-with it overrides one, with a warning. Under torchrun, BATCH_SIZE is per process and
-only the first process prints and writes files.
 """
 import argparse
 import os
@@ -32,9 +21,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import config as cfg
+from model import config_checks as check
 from model.audio import read_spec_settings, spec_defaults
-from model.checkpoint import (CheckpointError, clean_state_dict, load_weights, resolve_model_path,
-                              save_checkpoint)
+from model.checkpoint import CheckpointError, detached_copy, load_weights, resolve_model_path, save_checkpoint
 from model.data import DatasetError, SpecDataset, batch_augment, build_cache, make_loader, parse_dataset
 from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import AEDNet, count_params, weighted_layers
@@ -43,55 +32,48 @@ from model.run_settings import (CONFIG_SETTINGS, CONSTANTS, Progress, SettingsEr
 from model.training import (BackgroundWriter, Precision, add_up, all_can_step, clock, configure_backend,
                             describe_schedule, distributed_env, evaluate, learning_rate, make_optimizer,
                             maybe_compile, percent, plot_training_curves, rng_states, select_device,
-                            set_learning_rate, train_epoch, write_epoch_log)
+                            train_epoch, write_epoch_log)
 
 ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv):
-    """The flags and config.py's other constants in one namespace (model/run_settings.py
-    names them), plus args.explicit: the flags given (a resumed run keeps its own settings
-    except for these)."""
+    """The flags and config.py's other constants in one namespace, plus args.explicit: the flags given."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--dataset', type=Path, default=ROOT / cfg.DATASET_PATH,
-                   help='folder of spectrogram images, one sub-folder per class')
+    p.add_argument('--dataset', type=Path, default=ROOT / cfg.DATASET_PATH, help='class folders of images')
     p.add_argument('--epochs', type=int, default=cfg.EPOCHS, help='last epoch to train')
-    p.add_argument('--batch-size', type=int, default=cfg.BATCH_SIZE,
-                   help='images per batch (per process under torchrun)')
+    p.add_argument('--batch-size', type=int, default=cfg.BATCH_SIZE, help='images per batch and process')
     p.add_argument('--im-size', type=int, nargs=2, metavar=('W', 'H'), default=list(cfg.IM_SIZE),
                    help='network input width and height')
     p.add_argument('--filters', type=int, default=cfg.FILTERS,
                    help='filters of the first convolution (later blocks use 2x..16x)')
-    p.add_argument('--run-name', default=cfg.RUN_NAME,
-                   help='name in checkpoint, log and plot file names')
+    p.add_argument('--run-name', default=cfg.RUN_NAME, help='name in checkpoint, log and plot file names')
     p.add_argument('--model-path', type=Path, default=ROOT / cfg.MODEL_PATH,
                    help='folder for checkpoints (and to look up --pretrained names)')
     p.add_argument('--log-path', type=Path, default=ROOT / cfg.LOG_PATH,
                    help='folder for the CSV epoch log and the training-curve plot')
     p.add_argument('--confmatrix-path', type=Path, default=ROOT / cfg.CONFMATRIX_PATH,
-                   help='folder for the per-epoch confusion-matrix plots')
+                   help='folder for the confusion-matrix plots')
     p.add_argument('--pretrained', default=cfg.PRETRAINED_MODEL,
                    help='checkpoint to start from: a path, or a file name under --model-path')
     p.add_argument('--resume', type=Path, default=None,
-                   help="continue an interrupted run from its AED_<RUN_NAME>_last.pt with the "
-                        "run's own settings; flags given with it override them")
+                   help="continue a run from its AED_<RUN_NAME>_last.pt with its settings; flags override")
     p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
-    p.add_argument('--workers', type=int, default=cfg.TRAIN_WORKERS,
-                   help='data loader processes (0 loads in the main process)')
+    p.add_argument('--workers', type=int, default=cfg.TRAIN_WORKERS, help='data loader processes')
     p.add_argument('--seed', type=int, default=cfg.RANDOM_SEED, help='random seed')
-    p.add_argument('--deterministic', action='store_true',
-                   help='reproducible runs: deterministic algorithms, no cuDNN autotuning')
+    p.add_argument('--deterministic', action='store_true', help='reproducible runs: deterministic algorithms')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.COMPILE,
                    help='train with torch.compile (falls back with a warning where unavailable)')
     args = p.parse_args(argv)
-    # parsed again into a namespace that already holds every name: argparse then sets
-    # no defaults, so only the flags on the command line replace the placeholder
+    # parsed again into a namespace that holds every name, so argparse sets no defaults
     unset = object()
     given = p.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
     args.explicit = {name for name, value in vars(given).items() if value is not unset}
-    for key, name in {**CONFIG_SETTINGS, **CONSTANTS}.items():
+    for key, name in CONFIG_SETTINGS.items():
         setattr(args, key, getattr(cfg, name))
+    for key in CONSTANTS:
+        setattr(args, key, getattr(cfg, key.upper()))
     return args
 
 
@@ -122,26 +104,23 @@ def run_path(args, kind, epoch=None):
 
 @dataclass
 class Job:
-    """What the epoch loop runs on, made once by setup(): the network (net: DDP-wrapped
-    under torchrun and compiled with --compile; module: the bare network, for validation
-    and checkpoints), its optimiser and the data."""
+    """What the epoch loop runs on, made once by setup()."""
     args: argparse.Namespace
     device: torch.device
-    module: torch.nn.Module
-    net: torch.nn.Module
+    module: torch.nn.Module       # the bare network: validation and checkpoints
+    net: torch.nn.Module          # module, wrapped by DDP and --compile where they apply
     optimizer: torch.optim.Optimizer
     precision: Precision
     train_loader: object
     val_loader: object            # None without a validation set
     meta: dict                    # checkpoint metadata
     np_rng: np.random.Generator   # batch mixing (MULTI_LABEL)
-    agree: object = None          # under torchrun: all processes skip a batch together
+    agree: object                 # bool, or all_can_step() under torchrun
 
 
 def train(args):
     """The run: the original's module-level code, from parseDataset to the last saveModel.
-    Returns {'net', 'best_epoch', 'max_acc', 'log', 'interrupted'}; raises SettingsError,
-    DatasetError (images it cannot train on) or CheckpointError."""
+    Returns {'net', 'interrupted'}; raises SettingsError, DatasetError or CheckpointError."""
     resume, pretrained = settle(args, warn)
     job, writer = None, BackgroundWriter()
     try:
@@ -156,7 +135,8 @@ def train(args):
             try:
                 began = clock(job.device)
                 lr = learning_rate(args.learning_rate, epoch, args.epochs, args.lr_descent)
-                set_learning_rate(job.optimizer, lr)
+                for group in job.optimizer.param_groups:
+                    group['lr'] = lr
                 sums = add_up(train_one_epoch(job, epoch), validate(job), job.device)
                 cm = report(job, best, epoch, lr, sums, clock(job.device) - began)
                 rng = rng_states(job.np_rng)
@@ -166,8 +146,7 @@ def train(args):
                 interrupted = True
                 break
         finish(job, best, epoch, start, interrupted, writer)
-        return {'net': job.module, 'best_epoch': best.epoch, 'max_acc': best.max_acc,
-                'log': best.rows, 'interrupted': interrupted}
+        return {'net': job.module, 'interrupted': interrupted}
     finally:
         writer.close()  # every file of the last finished epoch is on disk
         if dist.is_initialized():
@@ -177,8 +156,6 @@ def train(args):
                 job.net = None
             dist.destroy_process_group()
 
-
-# ---------------------------------------------------------------- set-up
 
 def setup(args, resume, pretrained):
     """Device, data, network and optimiser; joins torchrun's process group where there is one."""
@@ -210,25 +187,21 @@ def setup(args, resume, pretrained):
             precision.scaler.load_state_dict(resume['scaler'])
     say(f'DEVICE: {device} ({precision}), {world} PROCESS(ES), BATCH SIZE {batch_size}')
     loaders = make_loaders(args, classes, train_items, val_items, batch_size, cuda, rank, world)
-    net, agree = module, None
+    net, agree = module, bool
     if world > 1:
         dist.init_process_group('nccl' if cuda else 'gloo')
         agree = all_can_step()
         net = DistributedDataParallel(module, device_ids=[device.index] if cuda else None)
-    net, warning = maybe_compile(net, args.compile)
-    if warning:
-        warn(warning)
+    net = maybe_compile(net, args.compile, warn)
     return Job(args, device, module, net, optimizer, precision, *loaders, meta,
                np.random.default_rng([args.seed, rank]), agree)
 
 
 def read_dataset(args, resume):
-    """AED_train.parseDataset's part: class folders -> classes, train and val items, and the lines."""
+    """Port of AED_train.parseDataset's lines: classes, train and val items."""
     classes, train_items, val_items, stats = parse_dataset(
         args.dataset, args.min_samples_per_class, args.max_samples_per_class, args.sort_classes,
         args.val_split, args.seed)
-    if not train_items:
-        raise DatasetError(f'no training images left in {args.dataset} after the validation split')
     say(f'CLASSES: {len(classes)}')
     say(f'CLASS LABELS: {sorted(stats.items(), key=lambda kv: kv[1])}')
     say(f'TRAINING IMAGES: {len(train_items)}')
@@ -236,17 +209,16 @@ def read_dataset(args, resume):
     if not val_items:
         say('NO VALIDATION SET (VAL_SPLIT = 0): training on all images; '
             'the best epoch is the one with the lowest train loss')
-    if resume and list(resume['classes']) != list(classes):
-        raise SettingsError(f'{args.resume} was trained on classes {list(resume["classes"])}, '
+    if resume and resume['classes'] != classes:
+        raise SettingsError(f'{args.resume} was trained on classes {resume["classes"]}, '
                             f'but {args.dataset} holds {classes}')
     return classes, train_items, val_items
 
 
 def build_network(args, classes, train_items, val_items, resume, pretrained, rank, world):
-    """Port of AED_train.buildModel and loadModel: the network (new, resumed or pretrained)
-    and the checkpoint metadata that describes it."""
+    """Port of AED_train.buildModel and loadModel: the network and its checkpoint metadata."""
     torch.manual_seed(args.seed)
-    net = AEDNet(len(classes), tuple(args.im_size), args.im_dim, args.filters, args.dropout,
+    net = AEDNet(len(classes), args.im_size, args.im_dim, args.filters, args.dropout,
                  args.nonlinearity, args.init_gain)
     if resume:
         try:
@@ -264,7 +236,7 @@ def build_network(args, classes, train_items, val_items, resume, pretrained, ran
         load_weights(net, pretrained, args.load_output_layer, source=str(path))
         say(f'IMPORTED MODEL PARAMS FROM {path}' + ('' if args.load_output_layer
                                                    else ' (ALL BUT THE OUTPUT LAYER)'))
-    meta = {'classes': list(classes), 'run_name': args.run_name, 'im_size': list(args.im_size),
+    meta = {'classes': classes, 'run_name': args.run_name, 'im_size': args.im_size,
             'im_dim': args.im_dim, 'filters': args.filters, 'dropout': args.dropout,
             'nonlinearity': args.nonlinearity, 'multi_label': args.multi_label,
             # what AED_spec.py recorded for these images, else config.py's settings
@@ -275,26 +247,20 @@ def build_network(args, classes, train_items, val_items, resume, pretrained, ran
 
 
 def make_loaders(args, classes, train_items, val_items, batch_size, pin, rank, world):
-    """Port of AED_train.getDatasetChunk and getNextImageBatch: the training loader and the
-    validation one (None without validation images). Under torchrun each process trains
-    and validates its own share."""
-    im_size = tuple(args.im_size)
-    cache = None
-    if args.use_cache:
-        cache = build_cache(train_items + val_items, im_size, args.im_dim, args.workers, main_process())
-    train_set = SpecDataset(train_items, len(classes), im_size, args.im_dim, args.augmentation,
+    """Port of AED_train.getDatasetChunk: this process's training and validation (or None) loaders."""
+    cache = (build_cache(train_items + val_items, args.im_size, args.im_dim, args.workers, main_process())
+             if args.use_cache else None)
+    train_set = SpecDataset(train_items, len(classes), args.im_size, args.im_dim, args.augmentation,
                             args.seed, cache, replace_unreadable=True)
     sampler = DistributedSampler(train_set, world, rank, shuffle=args.randomize_train_set, seed=args.seed)
     train_loader = make_loader(train_set, batch_size, args.workers, sampler, pin)
     if not val_items:
         return train_loader, None
-    val_set = SpecDataset(val_items, len(classes), im_size, args.im_dim, seed=args.seed, cache=cache)
+    val_set = SpecDataset(val_items, len(classes), args.im_size, args.im_dim, seed=args.seed, cache=cache)
     # every process validates its own unpadded share; the sums are added up
     val_part = Subset(val_set, range(rank, len(val_set), world))
     return train_loader, make_loader(val_part, batch_size, args.workers, pin_memory=pin)
 
-
-# ---------------------------------------------------------------- the steps of an epoch
 
 def train_one_epoch(job, epoch):
     """One pass over this process's training share; returns [loss sum, batches, unreadable]."""
@@ -306,9 +272,8 @@ def train_one_epoch(job, epoch):
     # port of AED_train.showProgress
     with tqdm(total=len(loader), desc=f'EPOCH {epoch}', unit='batch', leave=False,
               disable=not main_process()) as bar:
-        totals = train_epoch(job.net, loader, job.optimizer, job.device, job.precision,
-                             args.multi_label, args.l2_weight, batch_transform=mix,
-                             channels_last=job.device.type == 'cuda', progress=bar, agree=job.agree)
+        totals = train_epoch(job.net, loader, job.optimizer, job.device, job.precision, args.multi_label,
+                             args.l2_weight, mix, job.device.type == 'cuda', bar, job.agree)
     if dist.is_initialized():
         # DDP keeps the weights equal; batch-norm statistics are made equal here
         for buffer in job.module.buffers():
@@ -317,7 +282,7 @@ def train_one_epoch(job, epoch):
 
 
 def validate(job):
-    """Validation sums of this process (see model.training.evaluate), or None without a validation set."""
+    """This process's validation sums (model.training.evaluate), or None without a validation set."""
     args, loader = job.args, job.val_loader
     if loader is None:
         return None
@@ -355,7 +320,7 @@ def report(job, best, epoch, lr, sums, seconds):
     # ties go to the later epoch, as in the original; without validation the lowest train loss
     if acc >= best.max_acc if cm is not None else train_loss <= best.loss:
         # a COPY of the weights: the original kept a reference to the live net (defect 1)
-        best.state, best.epoch = clean_state_dict(job.module.state_dict()), epoch
+        best.state, best.epoch = detached_copy(job.module.state_dict()), epoch
         if cm is not None:
             best.max_acc = acc
         else:
@@ -364,12 +329,11 @@ def report(job, best, epoch, lr, sums, seconds):
 
 
 def save_epoch(job, best, epoch, cm, rng, writer):
-    """Port of the original's per-epoch showConfusionMatrix and saveModel: hand the epoch's
-    log, plots, snapshot and resume checkpoint (rng: every process's random state) to the
+    """Port of the per-epoch showConfusionMatrix and saveModel: the epoch's files go to the
     background writer, copied here so that the next epoch cannot change them mid-write."""
     args = job.args
     # the best state is a CPU copy of this epoch's weights already when it improved
-    weights = best.state if best.epoch == epoch else clean_state_dict(job.module.state_dict())
+    weights = best.state if best.epoch == epoch else detached_copy(job.module.state_dict())
     meta = {**job.meta, 'epoch': epoch}
     snapshot = (run_path(args, 'snapshot', epoch)
                 if -1 in args.snapshot_epochs or epoch in args.snapshot_epochs else None)
@@ -380,8 +344,7 @@ def save_epoch(job, best, epoch, cm, rng, writer):
 
 
 def write_epoch_files(args, epoch, cm, rows, weights, meta, snapshot, resume):
-    """(writer thread) The files of one epoch. The resume checkpoint comes last and
-    replaces the old one atomically."""
+    """(writer thread) The files of one epoch; the resume checkpoint last, replaced atomically."""
     write_epoch_log(run_path(args, 'log'), rows)
     plot_training_curves(rows, run_path(args, 'curves'),
                          f'{args.run_name}: epochs {rows[0]["epoch"]}-{epoch}')
@@ -400,8 +363,7 @@ def write_epoch_files(args, epoch, cm, rows, weights, meta, snapshot, resume):
 
 
 def finish(job, best, epoch, start, interrupted, writer):
-    """The end of the run: say how it ended and save the best epoch's weights (after
-    Ctrl-C only with SAVE_AFTER_INTERRUPT)."""
+    """Say how the run ended; save the best epoch's weights (after Ctrl-C if SAVE_AFTER_INTERRUPT)."""
     args = job.args
     writer.wait()  # the last epoch's files, the snapshot below may be one of them
     if interrupted:
@@ -433,9 +395,7 @@ def main(argv=None):
     try:
         result = train(args)
     except SettingsError as e:
-        for line in e.args:
-            print(f'ERROR: {line}', file=sys.stderr)
-        sys.exit(2)
+        check.exit_on(e.args)
     except (DatasetError, CheckpointError) as e:
         sys.exit(f'ERROR: {e}')
     except KeyboardInterrupt:  # before the first epoch: nothing to save

@@ -1,20 +1,5 @@
-"""Checkpoint files: weights plus the metadata needed to rebuild and use a model.
-
-A checkpoint is a plain dict of tensors, strings and numbers written with
-torch.save and always read back with torch.load(weights_only=True), so
-loading a file can never run code. Keys:
-
-    format, version       'aed-checkpoint', 1
-    state_dict            the network's weights and batch-norm statistics
-    classes               class names, in output order
-    run_name, epoch       where it came from
-    im_size, im_dim       network input (width, height) and channels
-    filters, dropout, nonlinearity, multi_label
-    spec                  {'length', 'overlap', 'sample_rate', 'resample'}
-    training              how the run was made (AED_train.py; see model.run_settings)
-
-A resume checkpoint (AED_<RUN_NAME>_last.pt) also holds the RESUME_STATE keys.
-"""
+"""Checkpoint files: a dict of the weights (state_dict) and the metadata that rebuilds the model,
+read with torch.load(weights_only=True) so that loading never runs code."""
 import json
 import os
 import pickle
@@ -32,9 +17,7 @@ REQUIRED = ('state_dict', 'classes', 'im_size', 'im_dim', 'filters')
 # keys of a resume checkpoint that hold training state, not a description of the run
 RESUME_STATE = ('optimizer', 'scaler', 'best_state', 'rng', 'log')
 
-# What torch.load raises on a file that is not, or no longer, a torch.save zip:
-# text and legacy-format garbage (KeyError, IndexError, UnicodeDecodeError),
-# truncated or corrupt archives (RuntimeError, EOFError, OSError, struct.error)
+# what torch.load raises on text, legacy-format garbage and truncated or corrupt archives
 UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, struct.error)
 
 
@@ -43,8 +26,7 @@ class CheckpointError(Exception):
 
 
 def detached_copy(obj):
-    """obj (dicts, lists, tuples of tensors and plain values, e.g. an optimizer's state_dict)
-    with every tensor copied once to the CPU: a snapshot later steps cannot change."""
+    """obj (a state dict) with every tensor copied once to the CPU: a snapshot steps cannot change."""
     if torch.is_tensor(obj):
         obj = obj.detach()
         return obj.clone() if obj.device.type == 'cpu' else obj.cpu()  # .cpu() of a GPU tensor copies
@@ -55,55 +37,30 @@ def detached_copy(obj):
     return obj
 
 
-def clean_state_dict(state_dict):
-    """A CPU copy of a state dict without the key prefixes DistributedDataParallel and
-    torch.compile add."""
-    out = {}
-    for key, value in state_dict.items():
-        for prefix in ('module.', '_orig_mod.'):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = detached_copy(value)
-    return out
-
-
-SKIP = object()  # what plain() gives for a value JSON cannot hold (a tensor)
-
-
 def plain(value):
-    """value with tuples as lists, Paths as absolute strings and numpy numbers as Python
-    ones (what weights_only loading accepts and json.dumps can write), or SKIP where it
-    holds anything else."""
+    """value with tuples as lists, Paths as absolute strings and numpy numbers as Python ones:
+    what weights_only loading accepts and json.dumps can write."""
     if isinstance(value, dict):
-        items = {k: plain(v) for k, v in value.items()}
-        return SKIP if any(v is SKIP for v in items.values()) else items
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        items = [plain(v) for v in value]
-        return SKIP if any(v is SKIP for v in items) else items
+        return [plain(v) for v in value]
     if isinstance(value, Path):
         return str(value.absolute())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value if value is None or isinstance(value, (bool, int, float, str)) else SKIP
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def checkpoint_meta(ckpt):
-    """What a checkpoint records about its run, as JSON data: every key but the weights,
-    the format marker and resume state, and none that holds a tensor."""
+    """What a checkpoint records about its run, as JSON data (no weights, marker or resume state)."""
     skip = ('state_dict', 'format', 'version') + RESUME_STATE
-    meta = {k: plain(v) for k, v in ckpt.items() if k not in skip}
-    return json.loads(json.dumps({k: v for k, v in meta.items() if v is not SKIP}))
+    return json.loads(json.dumps({k: plain(v) for k, v in ckpt.items() if k not in skip}))
 
 
 def save_checkpoint(path, net, meta, **extra):
-    """Write weights and metadata atomically (a crash never leaves half a file); returns
-    the Path. net: a module (torch.compile and DDP wrappers are fine), or a state dict
-    already copied with clean_state_dict (written as it is).
-
-    Port of AED_train.saveModel."""
+    """Port of AED_train.saveModel, atomic (a crash never leaves half a file); returns the Path.
+    net: a bare module (not DDP's or torch.compile's wrapper), or a state dict's detached_copy."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state_dict = clean_state_dict(net.state_dict()) if isinstance(net, torch.nn.Module) else net
+    state_dict = detached_copy(net.state_dict()) if isinstance(net, torch.nn.Module) else net
     data = {'format': FORMAT, 'version': VERSION, **meta, **extra, 'state_dict': state_dict}
     tmp = path.with_name(f'.{path.name}.part')
     torch.save(data, tmp)
@@ -113,23 +70,19 @@ def save_checkpoint(path, net, meta, **extra):
 
 def resolve_model_path(name, model_dir):
     """A path as given (relative to the current folder), else a file name under model_dir."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    candidate = Path(model_dir) / name
-    if candidate.is_file():
-        return candidate
+    for path in (Path(name), Path(model_dir) / name):
+        if path.is_file():
+            return path
     raise CheckpointError(f'model file {name} not found (also looked in {model_dir})')
 
 
-def load_checkpoint(path, map_location='cpu'):
-    """Read a checkpoint safely (with load_weights, the port of AED_train.loadModel); raise
-    CheckpointError with a one-line reason."""
+def load_checkpoint(path):
+    """Port of AED_train.loadModel with load_weights; raises CheckpointError with a one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'model file {path} not found')
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError:
         # torch's own text suggests weights_only=False, which must never be followed
         raise CheckpointError(f'{path} is not an AED checkpoint (not a PyTorch file, or it '
@@ -147,16 +100,11 @@ def load_checkpoint(path, map_location='cpu'):
     return data
 
 
-def build_model(ckpt, num_classes=None):
-    """A network with the architecture a checkpoint describes (weights not loaded)."""
-    return AEDNet(num_classes or len(ckpt['classes']), tuple(ckpt['im_size']), ckpt['im_dim'],
-                  ckpt['filters'], ckpt.get('dropout', 0.5), ckpt.get('nonlinearity', 'relu'))
-
-
 def model_from_checkpoint(path, device='cpu'):
-    """Load a checkpoint and return (network in eval mode on device, checkpoint dict)."""
+    """(the network a checkpoint holds, in eval mode on device, the checkpoint dict)."""
     ckpt = load_checkpoint(path)
-    net = build_model(ckpt)
+    net = AEDNet(len(ckpt['classes']), tuple(ckpt['im_size']), ckpt['im_dim'], ckpt['filters'],
+                 ckpt.get('dropout', 0.5), ckpt.get('nonlinearity', 'relu'))
     try:
         net.load_state_dict(ckpt['state_dict'])
     except RuntimeError as e:
@@ -164,15 +112,10 @@ def model_from_checkpoint(path, device='cpu'):
     return net.to(device).eval(), ckpt
 
 
-def load_weights(net, ckpt, load_output_layer=True, source='checkpoint'):
-    """Copy a checkpoint's weights into net, optionally all but the output layer.
-
-    Port of AED_train.loadModel; LOAD_OUTPUT_LAYER=False transfers to another
-    class count. Shape mismatches give a CheckpointError naming the layer.
-    """
-    state = ckpt['state_dict']
-    if not load_output_layer:
-        state = {k: v for k, v in state.items() if not k.startswith('output.')}
+def load_weights(net, ckpt, load_output_layer, source):
+    """Port of AED_train.loadModel: a checkpoint's weights into net, all but the output layer
+    without load_output_layer (transfer to another class count)."""
+    state = {k: v for k, v in ckpt['state_dict'].items() if load_output_layer or not k.startswith('output.')}
     own = net.state_dict()
     for key, value in state.items():
         if key not in own:
@@ -187,4 +130,3 @@ def load_weights(net, ckpt, load_output_layer=True, source='checkpoint'):
     if missing:
         raise CheckpointError(f'{source} lacks layers {", ".join(missing[:3])} (another architecture?)')
     net.load_state_dict(state, strict=False)
-    return net

@@ -1,9 +1,4 @@
-"""Training data: dataset split, image loading, augmentation and batching.
-
-Pure functions with explicit parameters, plus a torch Dataset and DataLoader
-built on them. Images are (C, H, W) float32 arrays in [0, 1]; targets are
-one-hot float32 vectors.
-"""
+"""Training data: dataset split, images (C, H, W) float32 in [0, 1], augmentation, batches."""
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,11 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 IMAGE_EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
-
-_SCALE = np.float32(255)
 
 
 class DatasetError(Exception):
@@ -27,31 +20,20 @@ class ImageError(Exception):
     """A file that cannot be loaded as an image; the message says why."""
 
 
-# ----------------------------------------------------------------- dataset split
-
-def _is_hidden(path):
-    return path.name.startswith('.')
-
-
 def _class_files(folder):
     """Image files of one class folder, sorted by name (hidden and other files skipped)."""
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not _is_hidden(p) and p.suffix.lower() in IMAGE_EXTENSIONS)
+                  if p.is_file() and not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val_split=0.1,
                   seed=1337):
-    """Split a folder of class sub-folders into training and validation items.
-
-    Port of AED_train.parseDataset. Returns (classes, train, val, stats): the class names,
-    lists of (image path, class index) and {class: image count} (after capping at
-    max_samples and oversampling up to min_samples: the original's CLASS LABELS line).
-    The result depends only on the folder contents and the seed.
-    """
+    """Port of AED_train.parseDataset. Returns (classes, train, val, stats): lists of
+    (image path, class index), and {class: image count} for the CLASS LABELS line."""
     root = Path(path)
     rng = np.random.default_rng(seed)
     try:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
         files = {c: _class_files(root / c)[:max_samples] for c in classes}
     except OSError as e:
         raise DatasetError(f'cannot list {e.filename or root}: {e.strerror or e}') from None
@@ -75,22 +57,14 @@ def parse_dataset(path, min_samples=-1, max_samples=None, sort_classes=True, val
         items += c_items
 
     items = [items[k] for k in rng.permutation(len(items))]
-    n_val = int(len(items) * val_split)
-    # Slicing by n_train, not [:-n_val], so val_split=0 keeps everything (defect 5)
-    n_train = len(items) - n_val
+    # slicing at n_train, not [:-n_val], so val_split=0 keeps everything (defect 5)
+    n_train = len(items) - int(len(items) * val_split)
     return classes, items[:n_train], items[n_train:], stats
 
 
-# ----------------------------------------------------------------- images
-
 def read_image_uint8(path, im_size, im_dim):
-    """Decode an image file into uint8 (im_dim, H, W), resized to im_size=(width, height).
-
-    The decoding half of AED_train.openImage: colour images are made grey with cv2's
-    BGR->GRAY weights and grey images copied to three BGR channels, as the original's
-    cv2.imread + cvtColor did; 16-bit images become 8-bit and alpha is dropped. Raises
-    ImageError with the reason.
-    """
+    """The decoding half of AED_train.openImage: uint8 (im_dim, H, W) for im_size=(width,
+    height), colours as the original's cv2.imread + cvtColor gave them; raises ImageError."""
     try:
         data = np.fromfile(path, dtype=np.uint8)  # works for unicode paths on every OS
     except OSError as e:
@@ -118,16 +92,13 @@ def read_image_uint8(path, im_size, im_dim):
 
 def to_float(img):
     """uint8 array -> float32 in [0, 1]; exactly the original's float32(img / 255.)."""
-    return np.divide(img, _SCALE, dtype=np.float32)
+    return np.divide(img, np.float32(255), dtype=np.float32)
 
 
 def load_image(path, im_size, im_dim):
-    """Port of AED_train.openImage (its cache: build_cache): float32 (im_dim, H, W) in [0, 1],
-    resized to im_size=(width, height); ImageError for a missing, empty or undecodable file."""
+    """Port of AED_train.openImage (its cache: build_cache); raises ImageError."""
     return to_float(read_image_uint8(path, im_size, im_dim))
 
-
-# ----------------------------------------------------------------- augmentation
 
 def _is_number(v):
     return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
@@ -180,17 +151,8 @@ def _crop_border(rng, size, frac):
 
 
 def augment(img, rng, augmentation, copy=True):
-    """Randomly augment one (C, H, W) float32 image; returns a new array.
-
-    Port of AED_train.imageAugmentation. `augmentation` is {name: [p, value]}, checked
-    with augmentation_problems; the steps run in the original's order, each with its
-    own probability: crop (cut a random border of 1..frac*size pixels off both sides,
-    resize back), flip (cv2 flip code), roll (wrap-around shift of the rows by
-    int(H*U(-vy, vy)) and of the columns by int(W*U(-vx, vx)) for value (vx, vy)), mean
-    (add mean * factor; not clipped, as in the original), noise (Gaussian with std
-    U(0, sqrt(var)), then clip to [0, 1]) and brightness (multiply by U(lo, hi), then
-    clip). The input is never modified; copy=False returns it as is when no step ran.
-    """
+    """Port of AED_train.imageAugmentation: one (C, H, W) image, the steps in the original's
+    order. The input is never modified; copy=False returns it as is when no step ran."""
     out = img
     if not augmentation:
         return out.copy() if copy else out
@@ -208,41 +170,27 @@ def augment(img, rng, augmentation, copy=True):
     if draw('flip'):
         code = int(augmentation['flip'][1])
         # cv2 codes: > 0 mirrors columns, 0 mirrors rows, < 0 both
-        rows = slice(None, None, -1) if code <= 0 else slice(None)
-        cols = slice(None, None, -1) if code != 0 else slice(None)
-        out = np.ascontiguousarray(out[:, rows, cols])
+        out = np.ascontiguousarray(np.flip(out, 2 if code > 0 else 1 if code == 0 else (1, 2)))
     if draw('roll'):
         vx, vy = augmentation['roll'][1]
         dy = int(h * rng.uniform(-vy, vy))
         dx = int(w * rng.uniform(-vx, vx))
         out = np.roll(out, (dy, dx), axis=(1, 2))
-    if draw('mean'):
+    if draw('mean'):  # not clipped, as in the original
         out = out + np.float32(out.mean() * augmentation['mean'][1])
     if draw('noise'):
-        std = rng.uniform(0, augmentation['noise'][1] ** 0.5)
-        noisy = rng.standard_normal(out.shape, dtype=np.float32)
-        noisy *= np.float32(std)
-        noisy += out
-        out = np.clip(noisy, 0.0, 1.0, out=noisy)
+        std = np.float32(rng.uniform(0, augmentation['noise'][1] ** 0.5))
+        out = np.clip(out + std * rng.standard_normal(out.shape, dtype=np.float32), 0.0, 1.0)
     if draw('brightness'):
         lo, hi = augmentation['brightness'][1]
-        bright = out * np.float32(rng.uniform(lo, hi))
-        out = np.clip(bright, 0.0, 1.0, out=bright)
+        out = np.clip(out * np.float32(rng.uniform(lo, hi)), 0.0, 1.0)
     return out.copy() if copy and out is img else out
 
 
 def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
-    """Mix images of a batch until it has mean_targets targets per image on average.
-
-    Port of AED_train.getAugmentedBatches (MULTI_LABEL training), in place on torch
-    tensors or numpy arrays: x (B, C, H, W) in [0, 1], y (B, K) 0/1. Each step draws
-    any pair i != j, as the original drew, adds image j onto image i, re-normalises
-    image i to [0, 1] and ORs the targets. The original could loop forever (defect 6);
-    here at most max_steps (default 20 * B) steps run, and none where the batch's
-    classes together are fewer than mean_targets. A batch of fewer than min_images
-    is left alone (the original mixed only batches of at least BATCH_SIZE // 2).
-    Returns (x, y).
-    """
+    """Port of AED_train.getAugmentedBatches, in place on x (B, C, H, W) and y (B, K) 0/1. The
+    original could loop forever (defect 6): here at most max_steps (default 20 * B), and none
+    where the batch's classes are fewer than mean_targets."""
     b = len(y)
     max_steps = 20 * b if max_steps is None else max_steps
     if b < max(2, min_images) or float((y.sum(0) > 0).sum()) < mean_targets:
@@ -260,83 +208,53 @@ def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
     return x, y
 
 
-# ----------------------------------------------------------------- cache
-
 @dataclass
 class ImageCache:
     """Decoded images of a set of files (USE_CACHE), made by build_cache."""
     images: np.ndarray  # (N, C, H, W) uint8
-    ok: np.ndarray      # (N,) bool: False for an unreadable file
     rows: dict          # {path string: row}
     errors: dict        # {path string: why it is unreadable}
 
 
 def build_cache(items, im_size, im_dim, workers=0, progress=True):
-    """Decode every distinct image of items once into an ImageCache (USE_CACHE).
-
-    Port of AED_train.openImage's dict cache, a quarter of its size: W * H * C bytes per
-    distinct file, 128 KiB per 512x256 grey image (10,000 images take 1.25 GiB). One cache
-    can serve the training and the validation set; forked DataLoader workers share it
-    instead of copying it. `workers` > 0 decodes in that many threads (cv2 releases the GIL).
-    """
+    """Port of AED_train.openImage's dict cache, a quarter of its size (uint8: 128 KiB per
+    512x256 grey image), shared by forked DataLoader workers instead of copied. Decodes in
+    `workers` threads (cv2 releases the GIL)."""
     from tqdm import tqdm
     paths = list(dict.fromkeys(Path(p) for p, _ in items))
     cache = ImageCache(np.zeros((len(paths), im_dim, im_size[1], im_size[0]), dtype=np.uint8),
-                       np.zeros(len(paths), dtype=bool), {str(p): k for k, p in enumerate(paths)}, {})
+                       {str(p): k for k, p in enumerate(paths)}, {})
 
     def fill(row):
         try:
             cache.images[row] = read_image_uint8(paths[row], im_size, im_dim)
-            cache.ok[row] = True
         except ImageError as e:
             cache.errors[str(paths[row])] = str(e)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for _ in tqdm(pool.map(fill, range(len(paths))), total=len(paths), unit='img',
-                      desc='CACHING IMAGES', disable=not progress):
-            pass
+        list(tqdm(pool.map(fill, range(len(paths))), total=len(paths), unit='img', desc='CACHING IMAGES',
+                  disable=not progress))
     return cache
 
 
-# ----------------------------------------------------------------- torch dataset
-
 class SpecDataset(Dataset):
-    """(image, one-hot target, unreadable) items for training or validation.
-
-    items are (path, class index) pairs from parse_dataset; cache: build_cache's, of the
-    same image size. With augmentation (an {name: [p, value]} dict), item i of epoch e is
-    augmented with numpy.random.default_rng([seed, e, i]), so an epoch's images do not
-    depend on worker count or order; the epoch lives in shared memory, so set_epoch()
-    reaches persistent DataLoader workers too.
-
-    An unreadable file is reported once per process on stderr and counted in the item's
-    `unreadable` (1). With replace_unreadable (training) the next readable file of the
-    dataset takes its place, so batches keep their size; otherwise (validation) the item
-    has no image (None) and collate drops it, as the original trimmed its batches.
-    """
+    """(image, one-hot target, unreadable) items of parse_dataset's (path, class index) pairs.
+    Item i of epoch e is augmented with default_rng([seed, e, i]), whatever the workers. An
+    unreadable file is reported once per process; with replace_unreadable (training) the next
+    readable one takes its place, else (validation) collate drops it, as the original did."""
 
     def __init__(self, items, num_classes, im_size, im_dim, augmentation=None, seed=1337,
                  cache=None, replace_unreadable=False):
-        problems = augmentation_problems(augmentation)
-        if problems:
-            raise ValueError('; '.join(problems))
-        self.items = [(Path(p), int(label)) for p, label in items]
-        bad = [label for _, label in self.items if not 0 <= label < num_classes]
-        if bad:
-            raise ValueError(f'class index {bad[0]} outside 0..{num_classes - 1}')
+        self.items = items
         self._one_hot = torch.eye(num_classes, dtype=torch.float32)
         self.im_size, self.im_dim = tuple(im_size), im_dim
         self.augmentation, self.seed, self.cache = augmentation or None, seed, cache
         self.replace_unreadable = replace_unreadable
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # reaches persistent workers
         self._unreadable = set()  # per process: each file is tried and reported once
 
     def set_epoch(self, epoch):
         self._epoch.fill_(int(epoch))
-
-    @property
-    def epoch(self):
-        return int(self._epoch)
 
     def __len__(self):
         return len(self.items)
@@ -347,12 +265,11 @@ class SpecDataset(Dataset):
         if path in self._unreadable:
             return None
         try:
-            row = None if self.cache is None else self.cache.rows.get(str(path))
-            if row is None:
+            if self.cache is None:
                 return load_image(path, self.im_size, self.im_dim)
-            if not self.cache.ok[row]:
+            if str(path) in self.cache.errors:
                 raise ImageError(self.cache.errors[str(path)])
-            return to_float(self.cache.images[row])
+            return to_float(self.cache.images[self.cache.rows[str(path)]])
         except ImageError as e:
             self._unreadable.add(path)
             print(f'WARNING {path}: {e}, skipped', file=sys.stderr, flush=True)
@@ -369,7 +286,7 @@ class SpecDataset(Dataset):
         if img is None:
             return None, None, unreadable
         if self.augmentation:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
+            rng = np.random.default_rng([self.seed, int(self._epoch), i])
             img = augment(img, rng, self.augmentation, copy=False)  # img is ours already
         return torch.from_numpy(img), self._one_hot[self.items[k][1]].clone(), unreadable
 
@@ -381,34 +298,17 @@ def collate(batch):
     unreadable = sum(n for _, _, n in batch)
     if not good:
         return torch.empty(0), torch.empty(0), unreadable
-    xs, ys = zip(*good)
-    return _stack(xs), _stack(ys), unreadable
+    x, y = default_collate(good)  # in a worker: straight into shared memory
+    return x, y, unreadable
 
 
-def _stack(tensors):
-    if get_worker_info() is not None:
-        # stacks straight into shared memory, saving a copy on the way to the main process
-        return default_collate(tensors)
-    # in the main process numpy's single-threaded copy beats torch.stack, whose
-    # intra-op threads compete with training for the same cores
-    return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
-
-
-def make_loader(dataset, batch_size, workers, sampler=None, pin_memory=False, drop_last=False,
-                prefetch=2):
-    """DataLoader over a SpecDataset yielding (x, y, unreadable) batches, in the order of
-    sampler (e.g. a DistributedSampler: a new shuffle per epoch after its set_epoch).
-
-    Port of AED_train.getDatasetChunk and getNextImageBatch. workers > 0 keeps persistent
-    worker processes, each prefetching `prefetch` batches; on Linux they are forked so an
-    ImageCache is shared, not copied. With workers, cv2's own threading is switched off
-    in this process: the workers give the parallelism, and a forked child that inherits
-    cv2's thread pool can deadlock when it touches it (seen with setNumThreads).
-    """
+def make_loader(dataset, batch_size, workers, sampler=None, pin_memory=False, drop_last=False):
+    """Port of AED_train.getNextImageBatch: (x, y, unreadable) batches. Workers are forked on
+    Linux to share an ImageCache, with cv2's threads off (a forked child can deadlock in them)."""
     kwargs = {}
     if workers > 0:
         cv2.setNumThreads(0)
-        kwargs.update(persistent_workers=True, prefetch_factor=prefetch)
+        kwargs['persistent_workers'] = True
         if sys.platform.startswith('linux'):
             kwargs['multiprocessing_context'] = 'fork'
     # its own generator: starting an epoch never draws from the global one (dropout's)

@@ -1,11 +1,5 @@
-"""The paper's CNN (port of AED_train.buildModel), in PyTorch.
-
-Five blocks of conv -> batch norm -> nonlinearity -> 2x2 max-pool, then two
-dense -> batch norm -> nonlinearity -> dropout blocks and the output layer.
-As in Lasagne's batch_norm(), the convolution and dense layers before a batch
-norm carry no bias. The network returns logits: apply softmax (or sigmoid for
-multi-label) to get the original's outputs.
-"""
+"""The paper's CNN (port of AED_train.buildModel). It returns logits: softmax (sigmoid for
+multi-label) gives the original's outputs."""
 from torch import nn
 
 # Lasagne's BatchNormLayer defaults: epsilon 1e-4, running-average alpha 0.1
@@ -35,12 +29,11 @@ class AEDNet(nn.Module):
     def __init__(self, num_classes, im_size=(512, 256), im_dim=1, filters=64,
                  dropout=0.5, nonlinearity='relu', init_gain=2 ** 0.5):
         super().__init__()
-        if nonlinearity not in ACTIVATIONS:
-            raise ValueError(f'nonlinearity must be one of {sorted(ACTIVATIONS)}, got {nonlinearity!r}')
         act = ACTIVATIONS[nonlinearity]
         layers, channels = [], im_dim
         for mult, kernel, stride in CONV_BLOCKS:
             out = filters * mult
+            # no bias before a batch norm, as Lasagne's batch_norm() removes it
             layers += [nn.Conv2d(channels, out, kernel, stride=stride, padding=kernel // 2, bias=False),
                        nn.BatchNorm2d(out, eps=BN_EPS, momentum=BN_MOMENTUM), act(),
                        nn.MaxPool2d(2)]

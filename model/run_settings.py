@@ -1,11 +1,5 @@
-"""AED_train.py's run settings: the checks before any work, what every checkpoint records
-about its run, and --resume: a run's own settings and its progress, written into its
-AED_<RUN_NAME>_last.pt and restored from it.
-
-The functions take the namespace AED_train.parse_args builds: the flags plus config.py's
-constants under the keys of CONFIG_SETTINGS and CONSTANTS (none of them reads config.py).
-Each problem is one line, made with model.config_checks, and all are reported together.
-"""
+"""AED_train.py's run settings (AED_train.parse_args's namespace): the checks before any work,
+what every checkpoint records about its run, and --resume restoring a run's settings and progress."""
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,35 +22,27 @@ CONFIG_SETTINGS = {
     'randomize_train_set': 'RANDOMIZE_TRAIN_SET', 'multi_label': 'MULTI_LABEL',
     'val_has_multi_label': 'VAL_HAS_MULTI_LABEL', 'mean_targets_per_image': 'MEAN_TARGETS_PER_IMAGE',
     'snapshot_epochs': 'SNAPSHOT_EPOCHS', 'mixed_precision': 'MIXED_PRECISION'}
-# run settings with a flag, recorded in every checkpoint: key: flag
-FLAG_SETTINGS = {'dataset': '--dataset', 'epochs': '--epochs', 'batch_size': '--batch-size',
-                 'seed': '--seed', 'deterministic': '--deterministic', 'compile': '--compile',
-                 'model_path': '--model-path', 'log_path': '--log-path',
-                 'confmatrix_path': '--confmatrix-path'}
-PATH_SETTINGS = ('dataset', 'model_path', 'log_path', 'confmatrix_path')
-# the other config.py constants the run uses (the network's are in every checkpoint): key: constant
-CONSTANTS = {'im_dim': 'IM_DIM', 'dropout': 'DROPOUT', 'nonlinearity': 'NONLINEARITY',
-             'init_gain': 'INIT_GAIN', 'use_cache': 'USE_CACHE', 'load_output_layer': 'LOAD_OUTPUT_LAYER',
-             'save_after_interrupt': 'SAVE_AFTER_INTERRUPT', 'normalize_confmatrix': 'NORMALIZE_CONFMATRIX',
-             'confmatrix_max_classes': 'CONFMATRIX_MAX_CLASSES', 'spec_length': 'SPEC_LENGTH',
-             'spec_overlap': 'SPEC_OVERLAP', 'sample_rate': 'SAMPLE_RATE',
-             'resample_method': 'RESAMPLE_METHOD'}
+# run settings with a flag, recorded in every checkpoint
+FLAG_SETTINGS = ('dataset', 'epochs', 'batch_size', 'seed', 'deterministic', 'compile', 'model_path',
+                 'log_path', 'confmatrix_path')
+# the other config.py constants the run uses, each key.upper() (the network's are in every checkpoint)
+CONSTANTS = ('im_dim', 'dropout', 'nonlinearity', 'init_gain', 'use_cache', 'load_output_layer',
+             'save_after_interrupt', 'normalize_confmatrix', 'confmatrix_max_classes', 'spec_length',
+             'spec_overlap', 'sample_rate', 'resample_method')
 # settings that must be True or False: key: label
-BOOLEANS = {**{key: CONFIG_SETTINGS.get(key) or CONSTANTS[key] for key in (
+BOOLEANS = {**{key: CONFIG_SETTINGS.get(key, key.upper()) for key in (
     'lr_descent', 'sort_classes', 'randomize_train_set', 'multi_label', 'val_has_multi_label',
     'mixed_precision', 'use_cache', 'normalize_confmatrix', 'load_output_layer', 'save_after_interrupt')},
     'compile': 'COMPILE (--compile)'}
 
 
 class SettingsError(Exception):
-    """Settings that cannot work, one line each (the arguments); reported before any work
-    (exit status 2)."""
+    """Settings that cannot work, one line each (the arguments); exit status 2."""
 
 
 def settle(s, warn):
-    """The run's settings, before any work: a --resume checkpoint's restored (flags given
-    override them), then all checked, and the --pretrained checkpoint read. Returns (resume
-    checkpoint, pretrained checkpoint), None where unused; raises SettingsError."""
+    """Before any work: restore a --resume checkpoint's settings, check all, read --pretrained.
+    Returns (resume checkpoint, pretrained checkpoint), None where unused."""
     resume = pretrained = None
     if s.resume:
         try:
@@ -71,24 +57,16 @@ def settle(s, warn):
             warn(f'--pretrained {s.pretrained} ignored: resuming {s.resume}')
     found = problems(s)
     if s.pretrained and not s.resume:
-        pretrained, problem = _read_pretrained(s)
-        found.append(problem)
-    found = [line for line in found if line]
-    if found:
-        raise SettingsError(*found)
+        label = 'PRETRAINED_MODEL (--pretrained)'
+        found.append(check.model_file(label, s.pretrained, 'MODEL_PATH (--model-path)', s.model_path))
+        if not found[-1]:
+            try:
+                pretrained = load_checkpoint(resolve_model_path(s.pretrained, s.model_path))
+            except CheckpointError as e:
+                found.append(f'{label}: {e}')
+    if any(found):
+        raise SettingsError(*filter(None, found))
     return resume, pretrained
-
-
-def _read_pretrained(s):
-    """(the --pretrained checkpoint, None), or (None, the problem)."""
-    label = 'PRETRAINED_MODEL (--pretrained)'
-    missing = check.model_file(label, s.pretrained, 'MODEL_PATH (--model-path)', s.model_path)
-    if missing:
-        return None, missing
-    try:
-        return load_checkpoint(resolve_model_path(s.pretrained, s.model_path)), None
-    except CheckpointError as e:
-        return None, f'{label}: {e}'
 
 
 def problems(s):
@@ -170,40 +148,41 @@ def _network_problems(s):
     return found
 
 
-def _shown(value):
-    return str(value) if isinstance(value, (str, Path)) else repr(value)
+def _flag(key):
+    return '--' + key.replace('_', '-')
+
+
+def _shown(value):  # a plain() value as the user typed it
+    return value if isinstance(value, str) else repr(value)
 
 
 def restore(s, ckpt, warn):
-    """Give s the resumed run's settings: a flag given (in s.explicit) overrides its setting
-    with a warning, config.py never does (a differing constant is warned about). Raises
-    SettingsError for an override the saved network cannot take."""
-    for key, flag in (('im_size', '--im-size'), ('filters', '--filters')):
+    """Give s the resumed run's settings: a flag given overrides one with a warning, config.py
+    never does (a differing constant is warned about)."""
+    for key in ('im_size', 'filters'):
         if key in s.explicit and plain(getattr(s, key)) != plain(ckpt[key]):
-            raise SettingsError(f'{flag} {_shown(plain(getattr(s, key)))} cannot change a resumed run: '
-                                f'{s.resume} holds a network for {flag} {_shown(ckpt[key])}')
+            raise SettingsError(f'{_flag(key)} {_shown(plain(getattr(s, key)))} cannot change a resumed run: '
+                                f'{s.resume} holds a network for {_flag(key)} {_shown(ckpt[key])}')
     s.im_size, s.filters, s.im_dim = list(ckpt['im_size']), ckpt['filters'], ckpt['im_dim']
     s.dropout, s.nonlinearity = ckpt.get('dropout', s.dropout), ckpt.get('nonlinearity', s.nonlinearity)
     if 'training' not in ckpt:
         warn(f'{s.resume} records no run settings (an older checkpoint): flags and config.py apply')
     saved = {'run_name': ckpt.get('run_name', s.run_name), **ckpt.get('training', {})}
-    flags = {'run_name': '--run-name', **FLAG_SETTINGS}
     for key, value in saved.items():
         mine = plain(getattr(s, key, None))
-        if key in flags and key in s.explicit:
+        if key in s.explicit:  # a flag given with --resume
             if mine != value:
-                warn(f"{flags[key]} {_shown(mine)} overrides the resumed run's {_shown(value)}")
-        elif key in flags or key in CONFIG_SETTINGS:
+                warn(f"{_flag(key)} {_shown(mine)} overrides the resumed run's {_shown(value)}")
+        elif key in FLAG_SETTINGS or key in CONFIG_SETTINGS or key == 'run_name':
             if key in CONFIG_SETTINGS and mine != value:
                 warn(f"config.py's {CONFIG_SETTINGS[key]} {getattr(s, key)!r} differs from the resumed "
                      f"run's {value!r}; the run's is kept")
-            setattr(s, key, Path(value) if key in PATH_SETTINGS else value)
+            setattr(s, key, value)  # paths as absolute strings
 
 
 def training_meta(s, classes, train_items, val_items):
-    """A checkpoint's 'training' record (JSON-able, paths absolute): every setting that
-    determines the run, which --resume restores, plus the CSV log's path and the images
-    per class."""
+    """A checkpoint's 'training' record: the settings --resume restores, the CSV log's path and
+    the images per class."""
     meta = {key: getattr(s, key) for key in (*FLAG_SETTINGS, *CONFIG_SETTINGS)}
     meta['log_file'] = Path(s.log_path) / f'{s.run_name}.csv'
     meta['class_counts'] = {}
@@ -215,8 +194,8 @@ def training_meta(s, classes, train_items, val_items):
 
 @dataclass
 class Progress:
-    """What a run has done: the best epoch so far (the original's max_acc, BEST_EPOCH and
-    BEST_MODEL, here a copy of its weights: defect 1) and the epoch log."""
+    """The best epoch so far (the original's max_acc, BEST_EPOCH and BEST_MODEL, here a copy of
+    its weights: defect 1) and the epoch log."""
     epoch: int = 0
     max_acc: float = -1.0
     loss: float = math.inf
@@ -225,8 +204,7 @@ class Progress:
 
 
 def resume_record(progress, epoch, optimizer, scaler, rng):
-    """What AED_<RUN_NAME>_last.pt holds after `epoch` besides its weights: the optimiser's
-    and the loss scaler's state, the progress and every process's random state (rng)."""
+    """What AED_<RUN_NAME>_last.pt holds after `epoch` besides its weights and metadata."""
     return dict(resume=True, optimizer=detached_copy(optimizer.state_dict()), scaler=scaler.state_dict(),
                 # when this epoch is the best, the best weights are the checkpoint's own
                 best_state=None if progress.epoch == epoch else progress.state,
@@ -235,8 +213,8 @@ def resume_record(progress, epoch, optimizer, scaler, rng):
 
 
 def restore_progress(ckpt, epochs, np_rng, warn):
-    """A resume checkpoint's progress, with this process's random state restored (older
-    checkpoints held rank 0's alone, as a dict); returns (Progress, first epoch to train)."""
+    """(Progress, first epoch to train) of a resume checkpoint; restores this process's random
+    state (older checkpoints held rank 0's alone, as a dict)."""
     progress = Progress(ckpt['best_epoch'], ckpt['max_acc'], ckpt['best_loss'],
                         ckpt.get('best_state') or ckpt['state_dict'], list(ckpt.get('log', [])))
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)

@@ -1,6 +1,5 @@
-"""Training helpers for AED_train.py: schedule, loss, accuracy, optimiser, loops, logs.
-Every function takes its settings as arguments (none reads config.py).
-"""
+"""Training helpers for AED_train.py: schedule, loss, accuracy, optimiser, loops, logs."""
+import bisect
 import csv
 import math
 import os
@@ -15,89 +14,53 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-# the original clipped sigmoid outputs before the log-loss
-PROB_CLIP = 1e-7
-
-
-######################## schedule and optimiser ########################
 
 def learning_rate(schedule, epoch, epochs, descent):
-    """The learning rate of an epoch from a {epoch: rate} schedule (the original's rule).
-
-    With descent, a linear curve runs through the points of the schedule, its keys
-    SORTED (defect 12: the original relied on Python 2 dict order), plus the point
-    (epochs, last rate); epoch e runs at the curve's value at max(first key, e - 1). So
-    the final rate is first used at epoch last key + 1, and a run shorter than the last
-    key has the schedule squeezed into its own length: {0: 0.001, 55: 1e-6} over 10
-    epochs ends with epoch 10 at 0.0001009 (the curve at 9 of 10).
-
-    Without descent it is a step schedule: the rate of the largest key <= epoch
-    (the first key's rate before that).
-    """
+    """The rate of an epoch from a {epoch: rate} schedule, by the original's rule. With descent:
+    the linear curve through the points, keys sorted (defect 12), and (epochs, last rate), read
+    at max(first key, epoch - 1). Without: the rate of the last key <= epoch."""
     keys = sorted(schedule)
     rates = [float(schedule[k]) for k in keys]
     if not descent:
-        rate = rates[0]
-        for key, value in zip(keys, rates):
-            if key <= epoch:
-                rate = value
-        return rate
-    # like the original, the point (epochs, last rate) joins the curve
+        return rates[max(0, bisect.bisect_right(keys, epoch) - 1)]
     points = sorted(list(zip(keys, rates)) + [(epochs, rates[-1])], key=lambda p: p[0])
     xs, ys = zip(*points)
     return float(np.interp(max(keys[0], epoch - 1), xs, ys))
 
 
 def describe_schedule(schedule, first, last, descent):
-    """One line saying how a schedule runs from epoch first to epoch last, e.g.
-    'epoch 1 0.001 -> epoch 10 0.0001009 (linear; schedule {0: 0.001, 55: 1e-06}
-    fitted to 10 epochs)'."""
+    """The LEARNING RATE line: how a schedule runs from epoch first to epoch last."""
     keys = sorted(schedule)
     shown = {k: float(schedule[k]) for k in keys}
     start, end = (learning_rate(schedule, e, last, descent) for e in (first, last))
-    line = f'epoch {first} {start:.4g} -> epoch {last} {end:.4g} '
-    if not descent:
-        late = [k for k in keys if k > last]
-        note = f'; keys after epoch {last} not reached' if late else ''
-        return line + f'(steps; schedule {shown}{note})'
     if keys[-1] > last:
-        return line + f'(linear; schedule {shown} fitted to {last} epochs)'
-    note = f'; final rate from epoch {keys[-1] + 1}' if keys[-1] < last else ''
-    return line + f'(linear; schedule {shown}{note})'
-
-
-def set_learning_rate(optimizer, rate):
-    for group in optimizer.param_groups:
-        group['lr'] = rate
+        note = f' fitted to {last} epochs' if descent else f'; keys after epoch {last} not reached'
+    else:
+        note = f'; final rate from epoch {keys[-1] + 1}' if descent and keys[-1] < last else ''
+    kind = 'linear' if descent else 'steps'
+    return f'epoch {first} {start:.4g} -> epoch {last} {end:.4g} ({kind}; schedule {shown}{note})'
 
 
 def make_optimizer(name, params, rate):
     """'adam' (beta1 = 0.5, as the original) or 'nesterov' (momentum 0.9)."""
     if name == 'adam':
         return torch.optim.Adam(params, lr=rate, betas=(0.5, 0.999))
-    if name == 'nesterov':
-        return torch.optim.SGD(params, lr=rate, momentum=0.9, nesterov=True)
-    raise ValueError(f"optimizer must be 'adam' or 'nesterov', got {name!r}")
+    return torch.optim.SGD(params, lr=rate, momentum=0.9, nesterov=True)
 
-
-######################## loss and accuracy ########################
 
 def compute_loss(logits, targets, multi_label):
-    """Port of AED_train.calc_loss and calc_loss_multi: mean categorical cross-entropy on
-    logits, or for multi-label the mean binary cross-entropy of the sigmoid outputs clipped
-    to [1e-7, 1 - 1e-7] over all elements. Computed in float32 (safe inside autocast)."""
+    """Port of AED_train.calc_loss and calc_loss_multi, in float32 (safe inside autocast)."""
     logits, targets = logits.float(), targets.float()
     if not multi_label:
         return F.cross_entropy(logits, targets)
-    p = torch.sigmoid(logits).clamp(PROB_CLIP, 1.0 - PROB_CLIP)
+    p = torch.sigmoid(logits).clamp(1e-7, 1.0 - 1e-7)  # the original's clip
     # written out because F.binary_cross_entropy refuses to run under autocast
     return -(targets * torch.log(p) + (1.0 - targets) * torch.log1p(-p)).mean()
 
 
 def l2_penalty(net):
     """Sum of squared weights of conv and dense layers (no biases, no batch norm)."""
-    terms = [m.weight.pow(2).sum() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    return torch.stack(terms).sum()
+    return sum(m.weight.pow(2).sum() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
 def percent(fraction):
@@ -106,14 +69,11 @@ def percent(fraction):
 
 
 def accuracy(logits, targets, binary=False):
-    """Port of AED_train.calc_accuracy (top-1 hits per image) and, with binary,
-    calc_accuracy_multi (elements where sigmoid > 0.5 agrees with target > 0.5): a tensor."""
+    """Port of AED_train.calc_accuracy and, with binary, calc_accuracy_multi: a tensor."""
     if binary:
         return ((torch.sigmoid(logits.float()) > 0.5) == (targets > 0.5)).double().mean()
     return (logits.argmax(dim=1) == targets.argmax(dim=1)).double().mean()
 
-
-######################## devices and precision ########################
 
 def distributed_env(environ):
     """(rank, world size, local rank) when started by torchrun with several processes, else None."""
@@ -136,8 +96,8 @@ def select_device(name='auto'):
 
 
 class Precision:
-    """Mixed precision on CUDA: bf16 autocast where the GPU has it natively, else
-    fp16 with a GradScaler. Elsewhere (or with enabled=False) plain float32."""
+    """Mixed precision on CUDA: bf16 autocast where the GPU has it natively, else fp16 with a
+    GradScaler. Elsewhere (or with enabled=False) plain float32."""
 
     def __init__(self, device, enabled=True):
         self.dtype = None
@@ -160,39 +120,31 @@ def configure_backend(device, deterministic):
     if deterministic:
         # cuBLAS needs this before its first use to be deterministic
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-        # warn_only: an op without a deterministic kernel warns instead of ending the run
+        # cuDNN convolutions included; warn_only: an op without a deterministic kernel warns
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
     elif device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
 
-def maybe_compile(net, enabled):
-    """(torch.compile(net) when enabled, None), or (net, a one-line warning) where torch.compile
-    is missing or cannot build here. Compiling is lazy: errors at the first forward are not
-    caught here."""
+def maybe_compile(net, enabled, warn):
+    """torch.compile(net) when enabled; net itself, with a warning, where it cannot build here."""
     if not enabled:
-        return net, None
-    compile_fn = getattr(torch, 'compile', None)
-    if compile_fn is None:
-        return net, f'torch {torch.__version__} has no torch.compile; running uncompiled'
+        return net
     try:
-        return compile_fn(net), None
+        return torch.compile(net)
     except (RuntimeError, NotImplementedError) as e:  # e.g. unsupported Python or platform
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return net, f'torch.compile is unavailable ({reason}); running uncompiled'
+        warn(f'torch.compile is unavailable ({reason}); running uncompiled')
+        return net
 
 
 def to_device(x, device, channels_last=False):
-    """Move an image batch (B, C, H, W) to device, optionally in channels-last layout."""
+    """An image batch (B, C, H, W) on device, optionally in channels-last layout."""
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-
-######################## loops ########################
 
 def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
     """One optimiser step on a batch already on the device; returns the loss tensor (detached)."""
@@ -208,17 +160,11 @@ def train_step(net, x, y, optimizer, precision, multi_label, l2_weight=0.0):
     return loss.detach()
 
 
-def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight=0.0,
-                batch_transform=None, channels_last=False, progress=None, agree=None):
-    """Train over loader once, as the original's loop over train_net; returns (sum of the
-    batch losses, batches, unreadable images).
-
-    loader yields (x, y, unreadable) as model.data.collate makes them. batch_transform(x, y)
-    -> (x, y) runs on the CPU tensors (batch augmentation). Batches of fewer than 2 images
-    are skipped: batch norm cannot normalise one image in training mode. progress: a tqdm
-    bar. agree(ok) -> bool: under DDP, whether every process can step (all_can_step); all
-    skip a batch together, else their gradient all-reduces fall out of step and one waits
-    forever."""
+def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weight, batch_transform,
+                channels_last, progress, agree=bool):
+    """The original's loop over train_net; returns (sum of the batch losses, batches, unreadable).
+    Batches of fewer than 2 images are skipped (batch norm cannot normalise one), under DDP by
+    every process together (agree=all_can_step()), else their all-reduces fall out of step."""
     net.train()
     loss_sum = torch.zeros((), device=device)
     batches = bad = 0
@@ -226,26 +172,21 @@ def train_epoch(net, loader, optimizer, device, precision, multi_label, l2_weigh
         bad += int(n_bad)
         if batch_transform is not None and x.shape[0]:
             x, y = batch_transform(x, y)
-        step = x.shape[0] >= 2
-        if agree is not None:
-            step = agree(step)
-        if step:
+        if agree(x.shape[0] >= 2):
             x = to_device(x, device, channels_last)
             y = y.to(device, non_blocking=True)
             loss_sum += train_step(net, x, y, optimizer, precision, multi_label, l2_weight)
             batches += 1
-        if progress is not None:
-            progress.update()
-            # reading the loss syncs the GPU, so only now and then
-            if batches and batches % 10 == 0:
-                progress.set_postfix(loss=f'{loss_sum.item() / batches:.4f}')
+        progress.update()
+        # reading the loss syncs the GPU, so only now and then
+        if batches and batches % 10 == 0:
+            progress.set_postfix(loss=f'{loss_sum.item() / batches:.4f}')
     return loss_sum.item(), batches, bad
 
 
 def all_can_step():
-    """agree() for train_epoch under torch.distributed: a MIN all-reduce of one CPU flag
-    per batch, through a gloo group where the default one is NCCL (the flag never waits
-    for the GPU). Every process must call it, in the same order."""
+    """agree() for train_epoch under torch.distributed: a MIN all-reduce of one CPU flag per
+    batch, through gloo where the default group is NCCL (the flag never waits for the GPU)."""
     group = dist.new_group(backend='gloo') if dist.get_backend() == 'nccl' else None
 
     def agree(ok):
@@ -258,10 +199,8 @@ def all_can_step():
 @torch.no_grad()
 def evaluate(net, loader, device, precision, num_classes, multi_label, binary_accuracy,
              batch_transform=None, channels_last=False):
-    """Validate, as the original's loop over test_net; returns a dict of loss_sum and
-    acc_sum (sums of the batch means, as the original averaged them: divide by batches),
-    batches, bad (unreadable images) and cm (confusion matrix tensor (K, K), rows = targets):
-    sums, so that the results of several processes can be added."""
+    """The original's loop over test_net; returns sums that processes can add: loss_sum and acc_sum
+    (of the batch means, as the original averaged them), batches, bad (unreadable), cm (K, K)."""
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     acc_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -276,8 +215,7 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
         x = to_device(x, device, channels_last)
         y = y.to(device, non_blocking=True)
         with precision.autocast():
-            logits = net(x)
-        logits = logits.float()
+            logits = net(x).float()
         loss_sum += compute_loss(logits, y, multi_label).double()
         acc_sum += accuracy(logits, y, binary_accuracy)
         # one-hot product instead of bincount: deterministic on CUDA too
@@ -289,9 +227,8 @@ def evaluate(net, loader, device, precision, num_classes, multi_label, binary_ac
 
 
 def add_up(totals, stats, device):
-    """Training totals [loss sum, batches, unreadable] and validation sums (evaluate's dict,
-    or None) of all processes, as one numpy vector: [train loss sum, batches, unreadable,
-    val loss sum, val accuracy sum, val batches, val unreadable, confusion matrix...]."""
+    """train_epoch's and evaluate's (or None) results of all processes as one numpy vector: [train
+    loss sum, batches, unreadable, val loss sum, val accuracy sum, val batches, val unreadable, cm...]."""
     packed = torch.tensor(totals, dtype=torch.float64, device=device)
     if stats is not None:
         counts = torch.tensor([stats['batches'], stats['bad']], dtype=torch.float64, device=device)
@@ -309,17 +246,9 @@ def clock(device):
     return time.perf_counter()
 
 
-######################## logs and plots ########################
-
 class BackgroundWriter:
-    """Runs file writes (logs, plots, checkpoints) on one worker thread, so the
-    training loop does not wait for the disk or matplotlib.
-
-    submit() first waits for the job before it, so jobs run one at a time and
-    in order, at most one is pending, and a failed job's error is raised in the
-    training loop at the next submit(), wait() or close(). A job must only read
-    data nobody changes after submitting it (pass copies).
-    """
+    """File writes on one thread, so training does not wait for them. At most one job is pending;
+    its error is raised at the next call. Pass it copies: nothing it reads may change."""
 
     def __init__(self):
         self._pool, self._pending = ThreadPoolExecutor(1, thread_name_prefix='aed-writer'), None
@@ -329,7 +258,6 @@ class BackgroundWriter:
         self._pending = self._pool.submit(fn, *args)
 
     def wait(self):
-        """Block until the submitted job is done; re-raises its exception."""
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
@@ -341,27 +269,22 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True)
 
 
-LOG_FIELDS = ('epoch', 'train_loss', 'val_loss', 'val_accuracy', 'lr', 'time_s', 'bad_images')
-
-
 def write_epoch_log(path, rows):
-    """(Re)write the CSV log of all epochs so far (dicts with the LOG_FIELDS keys; missing
-    values are left empty), atomically: a resumed run keeps it whole. Returns the Path."""
+    """(Re)write the CSV log of all epochs so far, atomically: a resumed run keeps it whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.part')
     with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction='ignore')
+        writer = csv.DictWriter(f, extrasaction='ignore', fieldnames=(
+            'epoch', 'train_loss', 'val_loss', 'val_accuracy', 'lr', 'time_s', 'bad_images'))
         writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ('' if row.get(k) is None else row.get(k)) for k in LOG_FIELDS})
+        writer.writerows(rows)  # None and missing values are written empty
     os.replace(tmp, path)
     return path
 
 
 def plot_training_curves(rows, path, title):
-    """Loss (train, val) and validation accuracy per epoch as one PNG; returns the Path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """Loss (train, val) and validation accuracy per epoch as one PNG."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
     from model.metrics import save_figure
@@ -372,7 +295,6 @@ def plot_training_curves(rows, path, title):
         return [np.nan if r.get(key) is None else float(r[key]) for r in rows]
 
     fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax_loss.plot(epochs, series('train_loss'), 'o-', label='train')
     ax_loss.plot(epochs, series('val_loss'), 's-', label='validation')
@@ -387,11 +309,8 @@ def plot_training_curves(rows, path, title):
     return save_figure(fig, path)
 
 
-######################## random state for resuming ########################
-
 def rng_states(np_rng):
-    """[torch (CPU and CUDA) and numpy Generator states] of every process in rank order (one
-    without torch.distributed), in types weights_only can load."""
+    """[torch (CPU and CUDA) and numpy Generator states] of every process, in rank order."""
     state = {'torch': torch.get_rng_state(), 'numpy': np_rng.bit_generator.state}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
@@ -406,5 +325,4 @@ def set_rng_state(state, np_rng):
     torch.set_rng_state(state['torch'])
     np_rng.bit_generator.state = state['numpy']
     if state.get('cuda') and torch.cuda.is_available():
-        cuda = state['cuda'][:torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all(state['cuda'][:torch.cuda.device_count()])

@@ -33,7 +33,8 @@ def test_bad_files_give_one_line_without_a_raw_exception_name(tmp_path):
         for name in ('KeyError', 'RuntimeError', 'EOFError', 'UnpicklingError', 'OSError'):
             assert name not in message
     message = str(pytest.raises(CheckpointError, load_checkpoint, tmp_path / 'text.pt').value)
-    assert message == f'{tmp_path / "text.pt"} is not an AED checkpoint (not a PyTorch file, or a damaged one)'
+    assert message == (f'{tmp_path / "text.pt"} is not an AED checkpoint '
+                       f'(not a PyTorch file, or a damaged one)')
 
 
 def test_a_bug_inside_loading_is_not_reported_as_a_bad_file(tmp_path, monkeypatch):
@@ -54,7 +55,7 @@ def test_checkpoint_meta_keeps_the_run_description_only():
             'classes': ('a', 'b'), 'im_size': (128, 64), 'augmentation': {'roll': [0.5, (0.0, 0.05)]},
             'learning_rate': {0: 1e-3, 55: 1e-6}, 'seed': 3, 'note': None, 'resume': True,
             'optimizer': {'param_groups': [{'lr': 1e-3}]}, 'rng': {'torch': torch.zeros(3)},
-            'log': [{'epoch': 1}], 'stats': torch.ones(2), 'mixed': [1, torch.ones(1)]}
+            'log': [{'epoch': 1}], 'best_state': {'w': torch.ones(2)}, 'scaler': {}}
     assert checkpoint_meta(ckpt) == {'classes': ['a', 'b'], 'im_size': [128, 64],
                                      'augmentation': {'roll': [0.5, [0.0, 0.05]]},
                                      'learning_rate': {'0': 1e-3, '55': 1e-6}, 'seed': 3, 'note': None,

@@ -14,7 +14,7 @@ import torch
 
 import AED_train
 import config as cfg
-from model.checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.checkpoint import detached_copy, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.net import AEDNet, count_params, weighted_layers
 from model.training import (Precision, accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
                             percent, plot_training_curves, select_device, write_epoch_log)
@@ -168,8 +168,6 @@ def test_optimizer_factory():
     assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]['betas'] == (0.5, 0.999)
     sgd = make_optimizer('nesterov', params, 0.01)
     assert sgd.param_groups[0]['momentum'] == 0.9 and sgd.param_groups[0]['nesterov']
-    with pytest.raises(ValueError):
-        make_optimizer('rmsprop', params, 0.01)
 
 
 @pytest.mark.parametrize('native, emulated, dtype', [(True, True, torch.bfloat16),
@@ -587,11 +585,14 @@ def test_compile_trains_and_saves_loadable_checkpoints(specs, out, monkeypatch, 
 
 
 def test_compile_falls_back_with_a_warning(specs, out, monkeypatch, capsys):
-    monkeypatch.delattr(torch, 'compile')
+    def unsupported(net):
+        raise RuntimeError('Dynamo is not supported on this Python\nsecond line')
+    monkeypatch.setattr(torch, 'compile', unsupported)
     monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 4)
     assert AED_train.main(train_args(specs, out, '--compile', epochs=1)) == 0
     captured = capsys.readouterr()
-    assert re.search(r'^WARNING: .*no torch.compile; running uncompiled$', captured.err, re.M)
+    assert re.search(r'^WARNING: torch.compile is unavailable \(Dynamo is not supported on this Python\); '
+                     r'running uncompiled$', captured.err, re.M)
     assert 'TRAINING DONE!' in captured.out
 
 
@@ -651,7 +652,6 @@ def test_epoch_line_reports_the_mean_of_batch_means(specs, out, monkeypatch, cap
 
 
 def test_detached_copy_is_not_changed_by_later_steps():
-    from model.checkpoint import detached_copy
     net = AEDNet(3, (64, 64), 1, 2)
     optimizer = make_optimizer('adam', net.parameters(), 0.01)
     net(torch.rand(2, 1, 64, 64)).sum().backward()
@@ -666,7 +666,7 @@ def test_detached_copy_is_not_changed_by_later_steps():
     assert saved['param_groups'][0]['betas'] == (0.5, 0.999)
 
 
-def test_clean_state_dict_copies_a_gpu_tensor_once():
+def test_detached_copy_copies_a_gpu_tensor_once():
     copies = []
 
     class OnGpu(torch.Tensor):
@@ -682,7 +682,7 @@ def test_clean_state_dict_copies_a_gpu_tensor_once():
             return super().clone(*args, **kwargs)
     weight = torch.ones(3).as_subclass(OnGpu)
     cpu_weight = torch.ones(2)
-    clean = clean_state_dict({'module._orig_mod.w': weight, 'b': cpu_weight})
+    clean = detached_copy({'w': weight, 'b': cpu_weight})
     assert list(clean) == ['w', 'b'] and copies == ['cpu']
     assert torch.equal(clean['b'], cpu_weight) and clean['b'].data_ptr() != cpu_weight.data_ptr()
 
