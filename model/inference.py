@@ -1,17 +1,6 @@
-"""Prediction with a trained checkpoint: shared by AED_test.py and AED_eval.py.
-
-The model is loaded once per process (model.session) and every prediction
-function takes the network as an argument (the original's AED_test used a
-global one, defect 9). Loader workers decode files into signal blocks
-(model.stream); predict_stream cuts each block into overlapping windows on
-the model's device, exactly as AED_spec.py cuts files, resizes them to the
-network's input, fills large batches across files and runs the network.
-Window probabilities are averaged over a file (the original's pooling),
-ranked, filtered by a confidence threshold and cut to the top k.
-
-    model = load_model('AED_Example_Run_model_best.pt', 'model/', 'auto')  # from model.session
-    for result in predict_files(model, ['dog.wav', 'rain.flac'], spec_settings(model.spec)):
-        rank_predictions(prediction_pooling(result['probs']), model.classes, 0.01, 5)
+"""Prediction with a trained checkpoint, shared by AED_test.py and AED_eval.py: signal blocks
+(model.stream) are cut into windows on the model's device, batched across files, and each file's
+window probabilities come back in order (port of AED_eval.getNextSpecBatch and the prediction loops).
 """
 import functools
 import time
@@ -42,12 +31,10 @@ def prepare_windows(specs, im_size):
 
 
 def predict(net, x, device, multi_label=False, im_dim=1, batch_size=32):
-    """Class probabilities of windows x (n, 1, H, W) -> numpy float32 (n, classes).
+    """Softmax (sigmoid for multi-label) of windows x (n, 1, H, W) -> numpy float32 (n, classes).
 
-    Port of AED_test.getPredictionFuntion. Softmax, or sigmoid for multi-label
-    models. On CUDA with channels_last tensors and float16 autocast: on an
-    H100 fp16 inference measured 23 % faster than bf16, and softmax outputs
-    need no bf16 range.
+    Port of AED_test.getPredictionFuntion. On CUDA, channels_last and fp16 autocast: fp16 measured
+    23 % faster than bf16 on an H100, and softmax outputs need no bf16 range.
     """
     cuda = device.type == 'cuda'
     out = []
@@ -61,7 +48,7 @@ def predict(net, x, device, multi_label=False, im_dim=1, batch_size=32):
             with torch.autocast('cuda', dtype=torch.float16, enabled=cuda):
                 logits = net(xb).float()
             out.append((torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
 
 
 def prediction_pooling(p):
@@ -74,8 +61,7 @@ def rank_predictions(scores, classes, threshold=0.0, top_k=None):
     """[(label, confidence)] best first, confidences >= threshold, at most top_k (None = all)."""
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-scores, kind='stable')
-    ranked = [(classes[i], float(scores[i])) for i in order if scores[i] >= threshold]
-    return ranked if top_k is None else ranked[:max(0, int(top_k))]
+    return [(classes[i], float(scores[i])) for i in order if scores[i] >= threshold][:top_k]
 
 
 def true_rank(ranked, label):
@@ -98,10 +84,7 @@ def timeline(probs, bounds, rate, classes):
 
 def cut_windows(sig, bounds, settings, im_size, device, on_torch=None):
     """Windows of one signal block as network input (n, 1, H, W) on device, and the silent ones.
-
-    On a CPU numpy's DFT is the fastest; elsewhere (or with on_torch=True) the
-    vectorised torch spectrogram runs on the device, GPU_SPEC_WINDOWS windows at a time.
-    """
+    On a CPU numpy's DFT is the fastest; elsewhere (or with on_torch) torch's, in chunks."""
     rate, seconds = settings['sample_rate'], settings['length']
     if on_torch is None:
         on_torch = device.type != 'cpu'
@@ -161,10 +144,9 @@ class _Batches:
 def predict_stream(model, items, settings, batch_size=32, pad=None):
     """Predict a stream of model.stream.SignalBlocks items; yield one result per file, in order.
 
-    A result is a dict: index, path, error (None or the reason), probs
-    (windows, classes) numpy or None, source_rate, bounds (samples at the
-    analysis rate), constant (silent windows) and seconds (from opening the
-    file to its last prediction). pad (default: on CUDA) pads the last batch.
+    A result: index, path, error (None or the reason), probs (windows, classes) or None,
+    source_rate, bounds (samples at the analysis rate), constant (silent windows) and seconds
+    (from opening the file to its last prediction). pad (default: on CUDA) pads short batches.
     """
     batches = _Batches(model, batch_size, model.device.type == 'cuda' if pad is None else pad)
     files, done = {}, 0  # order -> the file's result so far; results yielded
@@ -201,13 +183,9 @@ def _finished(files, done):
 
 
 def predict_files(model, paths, settings, batch_size=32, workers=0, indices=None, watch=None):
-    """predict_stream over files decoded by `workers` loader processes (0 = in this one).
-
-    Port of AED_eval.getNextSpecBatch and the prediction loops of AED_eval and AED_test.
-    On a GPU the workers only decode and the main process cuts windows on the
-    GPU; on a CPU the workers cut them too, in parallel with the network.
-    watch(item), when given, sees every item first (a progress bar).
-    """
+    """predict_stream over files decoded by `workers` loader processes (0 = in this one); on a
+    CPU the workers cut the windows too, in parallel with the network, on a GPU the GPU does.
+    watch(item), when given, sees every item first (a progress bar)."""
     on_cpu = model.device.type == 'cpu' and workers > 0
     transform = functools.partial(cut_windows, settings=settings, im_size=model.im_size,
                                   device=model.device) if on_cpu else None

@@ -1,15 +1,7 @@
-"""Audio files as a stream of fixed-size signal blocks, decoded in DataLoader workers.
-
-Port of AED_eval.getSignalChunk and getNextSpecBatch, with model.inference.
-Workers read, downmix and resample; the windows are cut from the blocks on the
-model's device (model.inference.cut_windows). A block holds whole windows, so
-it can be cut on its own, and at most about BLOCK_SAMPLES samples plus one
-window: a recording of any length streams in bounded memory. The blocks are
-the samples of load_audio + resample of the whole file (the linear resampler
-interpolates each output sample from its two neighbours, so it can run block
-by block); 'sinc' resampling and files that only librosa decodes are read whole.
-
-    loader = block_loader(SignalBlocks(['a.wav', 'b.flac'], settings), workers=2)
+"""Audio files as a stream of signal blocks, decoded in DataLoader workers (port of
+AED_eval.getSignalChunk). A block holds whole windows, at most about BLOCK_SAMPLES samples plus
+one window, so a recording of any length streams in bounded memory; its samples are those of
+load_audio + resample of the whole file ('sinc' and files only librosa decodes are read whole).
 """
 import ctypes
 import functools
@@ -67,12 +59,9 @@ def as_float(sig):
 
 
 def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
-    """Yield one dict per block of a file: sig (numpy), bounds inside it, first (its first window's
-    number), offset (its first sample), source_rate, windows (in the file) and last.
-
-    sig is float32, or int16 where every sample is a whole 16-bit value (as_float converts it).
-    Raises AudioError for a file that cannot be decoded.
-    """
+    """Yield one dict per block of a file: sig (numpy float32, or int16 where every sample is a
+    whole 16-bit value), bounds inside it, first (its first window's number), offset (its first
+    sample), source_rate, windows (in the file) and last. Raises AudioError for a bad file."""
     rate = settings['sample_rate']
     f = _open(path, settings)
     if f is None:
@@ -114,20 +103,16 @@ def _blocks(read, n_new, source_rate, settings, block_samples):
 class SignalBlocks(torch.utils.data.IterableDataset):
     """Files -> block items in the workers: file k goes to worker k % workers.
 
-    An item is file_blocks' dict, with sig as a tensor, plus order (position
-    in paths), index (the caller's id), path, start (time.time() when the
-    file was opened, as the original timed from there) and error: None, or
-    the reason the file could not be decoded; that item is the file's last
-    and carries no signal. Nothing but decoding errors (AudioError) becomes an
-    error item. With a transform (sig, bounds) -> (x, silent windows), the
-    workers also cut the windows and items carry x and silent instead of sig
-    (on a CPU, where the workers cut windows in parallel with the network).
+    An item is file_blocks' dict (sig a tensor) plus order (position in paths), index (the
+    caller's id), path, start (time.time() on opening the file, as the original timed) and error:
+    None, or why the file could not be decoded (then the file's last item, with no signal).
+    A transform (sig, bounds) -> (x, silent) makes items carry x and silent instead of sig.
     """
 
     def __init__(self, paths, settings, indices=None, block_samples=BLOCK_SAMPLES, transform=None):
-        self.paths = list(paths)
-        self.indices = list(indices) if indices is not None else list(range(len(self.paths)))
-        self.settings, self.block_samples, self.transform = dict(settings), block_samples, transform
+        self.paths, self.settings = paths, settings
+        self.block_samples, self.transform = block_samples, transform
+        self.indices = range(len(paths)) if indices is None else indices
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -153,12 +138,8 @@ def _as_is(item):
 
 
 def _keep_freed_memory(_worker_id):
-    """Let a loader worker's heap keep freed memory (glibc only).
-
-    Each block's spectrograms allocate and free a few MB; glibc's adaptive
-    thresholds returned them to the OS and page-faulted them back every time,
-    which made the workers 40 % slower on the demo test split than in one process.
-    """
+    """Let a loader worker's heap keep freed memory (glibc only): glibc returned each block's
+    few MB to the OS and page-faulted them back, making workers 40 % slower on the demo split."""
     try:
         libc = ctypes.CDLL('libc.so.6')
         libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks under 64 MB come from the heap

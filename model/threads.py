@@ -1,19 +1,11 @@
 """How many intra-op threads the network and how many loader processes the decoding get
 for inference (AED_test, AED_eval).
 
-torch starts one thread per physical core. For a small network each layer is
-a fraction of a millisecond of work, so splitting it buys little; when another
-process keeps a core busy, every layer waits for the thread that shares the
-busy core, and a 2 ms/spec demo model took 58 ms/spec on a 2-core machine.
-The rule: one thread for a small network; otherwise every core, never more
-than torch's own default. The decoding workers need no core of their own
-beside a large network: on a CPU they spend about 1 ms per window where the
-paper's network spends 80 ms or more, and reserving a core for them made
-AED_test 1.6x slower than the bare network on 2 cores.
-
-    threads = pick_threads(0, (128, 64), 16, available_cores())   # -> 1
-    threads = pick_threads(0, (512, 256), 64, 16)                  # -> 16
-    workers = decoding_workers(0, files=40, on_cpu=True, cores=2)   # -> 1
+One thread for a small network: each layer is a fraction of a millisecond of work, and when
+another process keeps a core busy every layer waits for the thread sharing that core (a
+2 ms/spec demo model took 58 ms/spec on a shared 2-core machine). Otherwise every core, never
+more than torch's default: beside a large network the decoding workers (about 1 ms per window
+against 80 ms and more) need no core of their own, and reserving one made AED_test 1.6x slower.
 """
 import os
 
@@ -45,22 +37,17 @@ def forward_macs(im_size, filters, im_dim=1, num_classes=10):
     return macs + flat_size(im_size, filters) * DENSE_UNITS + DENSE_UNITS * (DENSE_UNITS + num_classes)
 
 
-def default_threads(im_size, filters, cores, cap=None):
-    """Threads for a network of this size: 1 when small, else every core (<= cap)."""
-    if forward_macs(im_size, filters) < SMALL_MODEL_MACS:
-        return 1
-    threads = max(1, int(cores))
-    return min(threads, cap) if cap else threads
-
-
 def pick_threads(requested, im_size, filters, cores, cap=None, omp_env=None):
-    """The --threads value to use: requested when > 0; None (leave torch's setting) when
-    requested is 0 and the user set OMP_NUM_THREADS (omp_env); else default_threads."""
-    if requested and requested > 0:
-        return int(requested)
+    """--threads when > 0; else None (keep torch's setting) when the user set OMP_NUM_THREADS;
+    else 1 for a small network and every core (at least 1, at most cap) for a large one."""
+    if requested > 0:
+        return requested
     if omp_env:
         return None
-    return default_threads(im_size, filters, cores, cap)
+    if forward_macs(im_size, filters) < SMALL_MODEL_MACS:
+        return 1
+    threads = max(1, cores)
+    return min(threads, cap) if cap else threads
 
 
 def decoding_workers(requested, files, on_cpu, cores):
