@@ -1,14 +1,7 @@
 """Evaluate a trained model on a test folder whose sub-folders are the true classes.
 
-Each file's window predictions are averaged and ranked. AP is 1 / rank of the
-true class among the top MAX_PREDICTIONS, and 0 when it is not among them. The
-original appended no AP then: the file dropped out of MAP and ACCURACY (its line
-repeated the previous file's AP; as the first file it raised and counted as an
-error), so ranking the true class lower could raise MAP. Files that cannot be
-decoded count in ERRORS and stay out of MAP and ACCURACY, as in the original
-(exit status 1); files of a class the model does not know score AP 0 (UNKNOWN
-CLASSES). A per-class table, a confusion-matrix plot and CSV/JSON reports
-(with what the checkpoint records about its training) follow the summary.
+AP is 1 / rank of the true class among the top MAX_PREDICTIONS, and 0 below them: the original
+left such a file out of MAP (defect 7), so ranking the true class lower could raise MAP.
 
     python AED_eval.py --modelname AED_Demo_model_best.pt       # after bash demo.sh
     python AED_eval.py --testdir dataset/test --quiet --csv results.csv --json results.json
@@ -115,11 +108,8 @@ def check_config(args, ddp):
         check.output_file('--csv', args.csv)]
 
 
-def list_test_files(test_dir):
-    """[(path, true label)] from class sub-folders (sorted), plus warnings about stray files.
-
-    Port of AED_eval.parseTestSet.
-    """
+def list_test_files(test_dir):  # port of AED_eval.parseTestSet
+    """[(path, true label)] from the class sub-folders, and warnings about stray files."""
     folders, messages = class_folders(test_dir)
     return [(p, class_dir.name) for class_dir, found in folders for p in found], messages
 
@@ -139,17 +129,13 @@ def check_classes(model, files):
 
 
 def score(probs, classes, label, threshold, max_predictions):
-    """Pooled prediction of one file -> one row of the report.
-
-    AP ranks every class and keeps the top max_predictions, whatever their
-    confidence (the original never applied its CONFIDENCE_THRESHOLD here);
-    threshold only trims the listed 'predictions'.
-    """
+    """One file's row of the report. AP ranks every class whatever its confidence (the original
+    never applied CONFIDENCE_THRESHOLD here); threshold only trims the listed 'predictions'."""
     pooled = prediction_pooling(probs)
     ranked = rank_predictions(pooled, classes, 0.0, max_predictions)
     top, rank = int(np.argmax(pooled)), true_rank(ranked, label)
     return {'top_label': classes[top], 'confidence': float(pooled[top]), 'rank': rank,
-            'ap': average_precision(ranked, label), 'accuracy': int(rank == 1),
+            'ap': average_precision(ranked, label),
             'predictions': [{'label': name, 'confidence': round(conf, 6)}
                             for name, conf in ranked if conf >= threshold]}
 
@@ -209,7 +195,7 @@ def evaluate(args, model, files, settings, batch_size, workers, ddp):
         for item in predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp):
             path, label = files[item['index']]
             row = {'path': str(path), 'true_label': label, 'top_label': None, 'confidence': None,
-                   'rank': None, 'ap': None, 'accuracy': None, 'error': item['error']}
+                   'rank': None, 'ap': None, 'error': item['error']}
             if item['error'] is None:
                 row.update(score(item['probs'], model.classes, label, args.confidence, args.results))
                 if not args.quiet:
@@ -228,12 +214,8 @@ def evaluate(args, model, files, settings, batch_size, workers, ddp):
 
 
 def class_table(rows, classes, unknown=()):
-    """Per-class precision/recall/F1/support of the scored files, and the confusion matrix.
-
-    Test classes the model does not know (unknown) follow the model's classes,
-    as rows whose files all count as misses (recall 0); rows of the matrix are
-    the true classes, columns the predicted ones, both in the order classes + unknown.
-    """
+    """Per-class precision/recall/F1/support of the scored files, and the confusion matrix (rows
+    true, columns predicted); unknown test classes follow the model's, all their files misses."""
     labels = list(classes) + [c for c in unknown if c not in classes]
     index = {c: i for i, c in enumerate(labels)}
     scored = [r for r in rows if r['error'] is None]
@@ -251,7 +233,7 @@ def report(args, model, rows, unknown, extra):
     """Print the summary, the per-class table and where the plot went; write the reports."""
     scored = [r for r in rows if r['error'] is None]
     mean_ap = float(np.mean([r['ap'] for r in scored])) if scored else 0.0
-    accuracy = float(np.mean([r['accuracy'] for r in scored])) if scored else 0.0
+    accuracy = float(np.mean([r['rank'] == 1 for r in scored])) if scored else 0.0
     print(f'TESTING DONE!\nERRORS: {len(rows) - len(scored)} / {len(rows)}\nMAP: {mean_ap:.4f}\n'
           f'ACCURACY: {accuracy:.4f}')
     if unknown:
@@ -272,20 +254,17 @@ def report(args, model, rows, unknown, extra):
                'unknown_classes': unknown, **extra, 'model_meta': model.meta}
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['path', 'true_label', 'top_label', 'confidence', 'rank', 'ap', 'error',
-                             'unknown_class'])
-            writer.writerows([r['path'], r['true_label'], r['top_label'] or '',
-                              '' if r['confidence'] is None else f"{r['confidence']:.6f}", r['rank'] or '',
-                              '' if r['ap'] is None else r['ap'], r['error'] or '',
-                              int(r['true_label'] in unknown)] for r in rows)
+        with open(args.csv, 'w', newline='') as f:  # None is written as an empty field
+            fields = ['path', 'true_label', 'top_label', 'confidence', 'rank', 'ap', 'error', 'unknown_class']
+            writer = csv.DictWriter(f, fields, extrasaction='ignore')
+            writer.writeheader()
+            writer.writerows({**r, 'unknown_class': int(r['true_label'] in unknown), 'confidence':
+                              None if r['confidence'] is None else f"{r['confidence']:.6f}"} for r in rows)
         print('CSV REPORT:', args.csv)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {'summary': summary, 'classes': table,
-                  'files': [{k: v for k, v in r.items() if k != 'accuracy'} for r in rows]}
-        args.json.write_text(json.dumps(report, indent=1) + '\n')
+        results = {'summary': summary, 'classes': table, 'files': rows}
+        args.json.write_text(json.dumps(results, indent=1) + '\n')
         print('JSON REPORT:', args.json)
     return summary
 

@@ -1,9 +1,5 @@
 """What AED_eval.py and AED_test.py both set up before predicting: the device (one GPU per
-torchrun process), the model and its spectrogram settings, CPU threads, the batch size and
---compile. A model that cannot be used is one ERROR line and exit status 2.
-
-    model, settings, batch_size, workers = open_for_prediction(args, 'model/', fallback, (256, 32), paths)
-"""
+torchrun process), the model and its spectrogram settings, CPU threads, batch size and --compile."""
 import os
 import sys
 import time
@@ -51,38 +47,25 @@ class _NoInit(TorchFunctionMode):
 
 
 def load_model(name, model_dir, device='auto'):
-    """Resolve, read (weights_only) and rebuild a checkpoint's network on a device.
-
-    `name` is a path, or a file name under model_dir; device a name or a
-    torch.device. Raises CheckpointError (missing, unreadable or not a
-    checkpoint) or ValueError (a device that is not available).
-    """
-    device = device if isinstance(device, torch.device) else select_device(device)
+    """A checkpoint's network on a device: `name` is a path, or a file name under model_dir.
+    Raises CheckpointError (missing, unreadable, not a checkpoint) or ValueError (no such device)."""
+    device = select_device(device)
     path = resolve_model_path(name, model_dir)
     with _NoInit():
         net, ckpt = model_from_checkpoint(path, device)  # strict load: every weight is set
     if device.type == 'cuda':
         net = net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # autotune: inference batches have few shapes
-    w, h = (int(v) for v in ckpt['im_size'])
-    return LoadedModel(net=net, classes=[str(c) for c in ckpt['classes']], im_size=(w, h),
-                       im_dim=int(ckpt['im_dim']), multi_label=bool(ckpt.get('multi_label', False)),
-                       spec=dict(ckpt.get('spec') or {}), device=device, path=str(path),
-                       meta=checkpoint_meta(ckpt))
+    return LoadedModel(net=net, classes=ckpt['classes'], im_size=tuple(ckpt['im_size']),
+                       im_dim=ckpt['im_dim'], multi_label=ckpt.get('multi_label', False),
+                       spec=ckpt.get('spec') or {}, device=device, path=str(path), meta=checkpoint_meta(ckpt))
 
 
 def spec_settings(model_spec, length=None, overlap=None, fallback=DEFAULT_SPEC):
-    """Spectrogram settings: explicit values, else the checkpoint's, else fallback's.
-
-    Returns {'length', 'overlap', 'sample_rate', 'resample'}; raises ValueError
-    for windows that AED_spec cannot cut (defect 10).
-    """
-    merged = {**DEFAULT_SPEC, **fallback, **(model_spec or {})}
+    """{'length', 'overlap', 'sample_rate', 'resample'}: explicit values, else the checkpoint's,
+    else fallback's. Raises ValueError for windows that AED_spec cannot cut (defect 10)."""
+    merged = {**DEFAULT_SPEC, **fallback, **model_spec}
     merged.update({k: v for k, v in (('length', length), ('overlap', overlap)) if v is not None})
-    # the checkpoint's spec may carry a float like 3.0 for a supported int length
-    if float(merged['length']).is_integer():
-        merged['length'] = int(merged['length'])
-    merged['sample_rate'] = int(merged['sample_rate'])
     problem = window_problem(merged['length'], merged['overlap'], merged['sample_rate'])
     if problem:
         raise ValueError(problem)
@@ -90,12 +73,8 @@ def spec_settings(model_spec, length=None, overlap=None, fallback=DEFAULT_SPEC):
 
 
 def compile_model(model, rows):
-    """torch.compile model.net, and compile it now on `rows` windows of zeros.
-
-    Lazily, the compile would be timed as the first file's prediction, and a
-    failure would end the run there. Returns a warning or None; where
-    compiling fails, model.net stays the plain network.
-    """
+    """torch.compile model.net now, on `rows` windows of zeros: lazily it would be timed as the
+    first file's prediction and fail there. Returns a warning, or None; failed, net stays plain."""
     w, h = model.im_size
     try:
         net = torch.compile(model.net)
@@ -132,13 +111,8 @@ def rank_device(name, ddp):
 
 
 def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None, quiet=False):
-    """Load args.modelname on args.device (its rank's GPU under torchrun) and set up the run.
-
-    args carries modelname, device, speclength, overlap, threads, batch_size,
-    compile and (AED_eval) workers; batch_sizes is (on CUDA, elsewhere); paths
-    the files to predict. Exits 2 with one ERROR line when the model cannot be
-    used. Returns (model, settings, batch size, decoding workers).
-    """
+    """(model, settings, batch size, decoding workers) for the flags in args; batch_sizes is
+    (on CUDA, elsewhere). A model that cannot be used is one ERROR line and exit status 2."""
     say = (lambda *a, **k: None) if quiet else print  # status lines stay off JSON output
     say('IMPORTING MODEL...', end=' ', flush=True)
     try:
