@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from AED_test import prediction_checks, prediction_flags
 from model import config_checks as check
 from model.audio import class_folders, spec_defaults
 from model.inference import average_precision, predict_files, prediction_pooling, rank_predictions, true_rank
@@ -45,29 +46,15 @@ def parse_args(argv):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--testdir', type=Path, default=ROOT / cfg.TEST_DIR,
                    help='folder with one sub-folder of audio files per class')
-    p.add_argument('--modelname', default=cfg.TRAINED_MODEL,
-                   help=f'checkpoint path, or file name under {cfg.MODEL_PATH}')
-    p.add_argument('--speclength', type=int, default=None,
-                   help=f"window length in seconds (None = the model's, else {cfg.SPEC_LENGTH})")
-    p.add_argument('--overlap', type=float, default=None,
-                   help=f"window overlap in seconds (None = the model's, else {cfg.SPEC_OVERLAP})")
-    p.add_argument('--batch-size', type=int, default=None,
-                   help=f'windows per network batch, filled across files (None = {cfg.INFER_BATCH_SIZE} '
-                        f'on CUDA, else {cfg.INFER_BATCH_SIZE_CPU})')
-    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.INFER_COMPILE,
-                   help='torch.compile the network first (20 s and more); pays off on a GPU and on long runs')
+    prediction_flags(p, cfg.EVAL_THREADS)
     p.add_argument('--results', type=int, default=cfg.MAX_PREDICTIONS,
                    help='ranked predictions KEPT per file for AP: a true class ranked lower '
                         "scores 0 (AED_test's --results is how many it PRINTS)")
     p.add_argument('--confidence', type=float, default=cfg.CONFIDENCE_THRESHOLD,
                    help="the JSON report's per-file prediction lists leave out lower "
                         'confidences; AP and MAP do not depend on it')
-    p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
     p.add_argument('--workers', type=int, default=cfg.EVAL_WORKERS,
                    help='processes decoding files ahead of the network (0 = CPU cores - 1)')
-    p.add_argument('--threads', type=int, default=cfg.EVAL_THREADS,
-                   help='CPU threads for the network (0 = 1 for a small model, else every core; '
-                        'OMP_NUM_THREADS, when set, is kept)')
     p.add_argument('--confmatrix', default=None,
                    help="confusion-matrix PNG ({model} = checkpoint file stem; '' = none; None = next to "
                         f"--json or --csv when given, else {ROOT / cfg.EVAL_CONFMATRIX})")
@@ -85,20 +72,9 @@ def parse_args(argv):
 
 def check_config(args, ddp):
     """Every setting this run uses, checked before any work: [one-line problem or None]."""
-    return [
-        check.folder('TEST_DIR (--testdir)', args.testdir),
-        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH', ROOT / cfg.MODEL_PATH),
-        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE),
-        check.spec_window('--speclength', args.speclength, '--overlap', args.overlap, cfg.SAMPLE_RATE),
-        check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
-        check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
-        check.whole('INFER_BATCH_SIZE', cfg.INFER_BATCH_SIZE, 1),
-        check.whole('INFER_BATCH_SIZE_CPU', cfg.INFER_BATCH_SIZE_CPU, 1),
-        args.batch_size is not None and check.whole('--batch-size', args.batch_size, 1),
-        check.flag('INFER_COMPILE (--compile)', args.compile),
+    return [check.folder('TEST_DIR (--testdir)', args.testdir)] + prediction_checks(args, bool(ddp)) + [
         check.whole('MAX_PREDICTIONS (--results)', args.results, 1),
         check.fraction('CONFIDENCE_THRESHOLD (--confidence)', args.confidence),
-        check.device('DEVICE (--device)', args.device, torchrun=bool(ddp)),
         check.whole('EVAL_WORKERS (--workers)', args.workers, 0),
         check.whole('EVAL_THREADS (--threads)', args.threads, 0),
         check.output_file('EVAL_CONFMATRIX (--confmatrix)', args.confmatrix, check.PLOT_SUFFIXES),

@@ -1,9 +1,5 @@
 """Predict the sound events in audio files with a trained model.
 
-Each file is cut into overlapping windows as in AED_spec.py; the window
-predictions are averaged and the best classes printed. --timeline also lists
-every window's top class, which turns a long recording into event detection.
-
     python AED_test.py --filenames dataset/examples/siren_example.wav --modelname AED_Demo_model_best.pt
     python AED_test.py --filenames "['a.wav', 'b.wav']" --results 3 --confidence 0.05
     python AED_test.py --filenames recordings/ --modelname my_model.pt --timeline --json > out.jsonl
@@ -29,42 +25,28 @@ ROOT = Path(__file__).resolve().parent
 PROGRESS_MIN_WINDOWS = 300
 
 
-def parse_args(argv):  # port of AED_test.parse_args
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--filenames', nargs='+', required=True, metavar='PATH', default=argparse.SUPPRESS,
-                   help="audio files, folders, quoted glob patterns or a list like \"['a.wav', 'b.wav']\"")
+def prediction_flags(p, threads):
+    """The flags AED_eval.py shares: the model, its windows and how it runs (threads: the
+    script's --threads default)."""
     p.add_argument('--modelname', default=cfg.TRAINED_MODEL,
                    help=f'checkpoint path, or file name under {cfg.MODEL_PATH}')
     p.add_argument('--speclength', type=int, default=None,
                    help=f"window length in seconds (None = the model's, else {cfg.SPEC_LENGTH})")
     p.add_argument('--overlap', type=float, default=None,
                    help=f"window overlap in seconds (None = the model's, else {cfg.SPEC_OVERLAP})")
-    p.add_argument('--results', type=int, default=cfg.NUM_RESULTS,
-                   help="ranked results PRINTED per file (AED_eval's --results is how many it "
-                        'keeps for AP)')
-    p.add_argument('--confidence', type=float, default=cfg.MIN_CONFIDENCE,
-                   help='hide results below this confidence')
-    p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
-    p.add_argument('--threads', type=int, default=cfg.TEST_THREADS,
-                   help='CPU threads for the network (0 = 1 for a small model, else every core; '
-                        'OMP_NUM_THREADS, when set, is kept)')
-    p.add_argument('--timeline', action='store_true',
-                   help="also list every window's start and end second and its top class")
-    p.add_argument('--json', action='store_true',
-                   help='print one JSON object per file and line on stdout, nothing else')
     p.add_argument('--batch-size', type=int, default=None,
                    help=f'windows per network batch, filled across files (None = {cfg.INFER_BATCH_SIZE} '
                         f'on CUDA, else {cfg.INFER_BATCH_SIZE_CPU})')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.INFER_COMPILE,
                    help='torch.compile the network first (20 s and more); pays off on a GPU and on long runs')
-    p.add_argument('--timing', action='store_true',
-                   help='print import, model-load and prediction times on stderr')
-    return p.parse_args(argv)
+    p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
+    p.add_argument('--threads', type=int, default=threads,
+                   help='CPU threads for the network (0 = 1 for a small model, else every core; '
+                        'OMP_NUM_THREADS, when set, is kept)')
 
 
-def check_config(args):
-    """Every setting this run uses, checked before torch is imported: [one-line problem or None]."""
+def prediction_checks(args, torchrun=False):
+    """Checks of what prediction_flags and model.session use: [one-line problem or None]."""
     return [
         check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH', ROOT / cfg.MODEL_PATH),
         check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE),
@@ -75,23 +57,45 @@ def check_config(args):
         check.whole('INFER_BATCH_SIZE_CPU', cfg.INFER_BATCH_SIZE_CPU, 1),
         args.batch_size is not None and check.whole('--batch-size', args.batch_size, 1),
         check.flag('INFER_COMPILE (--compile)', args.compile),
+        check.device('DEVICE (--device)', args.device, torchrun)]
+
+
+def parse_args(argv):  # port of AED_test.parse_args
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--filenames', nargs='+', required=True, metavar='PATH', default=argparse.SUPPRESS,
+                   help="audio files, folders, quoted glob patterns or a list like \"['a.wav', 'b.wav']\"")
+    prediction_flags(p, cfg.TEST_THREADS)
+    p.add_argument('--results', type=int, default=cfg.NUM_RESULTS,
+                   help="ranked results PRINTED per file (AED_eval's --results is how many it "
+                        'keeps for AP)')
+    p.add_argument('--confidence', type=float, default=cfg.MIN_CONFIDENCE,
+                   help='hide results below this confidence')
+    p.add_argument('--timeline', action='store_true',
+                   help="also list every window's start and end second and its top class")
+    p.add_argument('--json', action='store_true',
+                   help='print one JSON object per file and line on stdout, nothing else')
+    p.add_argument('--timing', action='store_true',
+                   help='print import, model-load and prediction times on stderr')
+    return p.parse_args(argv)
+
+
+def check_config(args):
+    """Every setting this run uses, checked before torch is imported: [one-line problem or None]."""
+    return prediction_checks(args) + [
         check.whole('NUM_RESULTS (--results)', args.results, 1),
         check.fraction('MIN_CONFIDENCE (--confidence)', args.confidence),
-        check.device('DEVICE (--device)', args.device),
         check.whole('TEST_THREADS (--threads)', args.threads, 0)]
 
 
 def _literal_list(text):
     """The original's "['a.wav', 'b.wav']" form as a list of strings, or None (defect 8)."""
-    if not text.lstrip().startswith(('[', '(')):
-        return None
     try:
         value = ast.literal_eval(text)  # literals only: never runs code
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None  # e.g. a glob pattern like [ab]*.wav
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    return None
+        return None  # a path, or a glob pattern like [ab]*.wav
+    listed = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    return list(value) if listed else None
 
 
 def expand_filenames(args):
