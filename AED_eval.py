@@ -8,7 +8,6 @@ left such a file out of MAP (defect 7), so ranking the true class lower could ra
     torchrun --nproc_per_node 4 AED_eval.py --testdir big_test_set --quiet
 """
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -107,33 +106,11 @@ def check_classes(model, files):
 def score(probs, classes, label, threshold, max_predictions):
     """One file's row of the report. AP ranks every class whatever its confidence (the original
     never applied CONFIDENCE_THRESHOLD here); threshold only trims the listed 'predictions'."""
-    pooled = prediction_pooling(probs)
-    ranked = rank_predictions(pooled, classes, 0.0, max_predictions)
-    top, rank = int(np.argmax(pooled)), true_rank(ranked, label)
-    return {'top_label': classes[top], 'confidence': float(pooled[top]), 'rank': rank,
+    ranked = rank_predictions(prediction_pooling(probs), classes, 0.0, max_predictions)
+    return {'top_label': ranked[0][0], 'confidence': ranked[0][1], 'rank': true_rank(ranked, label),
             'ap': average_precision(ranked, label),
             'predictions': [{'label': name, 'confidence': round(conf, 6)}
                             for name, conf in ranked if conf >= threshold]}
-
-
-def quiet_other_ranks(ddp):
-    """Under torchrun only rank 0 prints; the others still show a traceback."""
-    if ddp and ddp[0]:
-        sys.stdout = sys.stderr = open(os.devnull, 'w')
-        sys.excepthook = lambda *exc: traceback.print_exception(*exc, file=sys.__stderr__)
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Send what libraries print to file descriptor 1 (C++ std::cout) to stderr meanwhile."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def predict_sharded(model, paths, settings, batch_size, workers, ddp):
@@ -146,8 +123,12 @@ def predict_sharded(model, paths, settings, batch_size, workers, ddp):
     lo, hi = rank * len(paths) // world, (rank + 1) * len(paths) // world
     # gloo whatever the device: the results are pickled CPU objects, and a rank that is done early
     # waits in the gather, where NCCL's watchdog would end an unbalanced run
-    with stdout_to_stderr():  # gloo prints its connection lines on the C++ stdout
-        dist.init_process_group('gloo', timeout=GATHER_TIMEOUT)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)  # gloo prints its connection lines on the C++ stdout: send them to stderr
+    dist.init_process_group('gloo', timeout=GATHER_TIMEOUT)
+    os.dup2(saved, 1)
+    os.close(saved)
     try:
         mine = []
         for result in predict_files(model, paths[lo:hi], settings, batch_size, workers, range(lo, hi)):
@@ -248,7 +229,9 @@ def report(args, model, rows, unknown, extra):
 def main(argv=None):  # port of AED_eval's module-level testing
     args = parse_args(argv)
     ddp = distributed_env(os.environ)
-    quiet_other_ranks(ddp)
+    if ddp and ddp[0]:  # under torchrun only rank 0 prints; the others still show a traceback
+        sys.stdout = sys.stderr = open(os.devnull, 'w')
+        sys.excepthook = lambda *exc: traceback.print_exception(*exc, file=sys.__stderr__)
     check.exit_on(check_config(args, ddp))
     files, messages = list_test_files(args.testdir)
     for msg in messages:
