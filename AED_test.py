@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from model import config_checks as check
-from model.audio import AUDIO_EXTENSIONS
+from model.audio import AUDIO_EXTENSIONS, spec_defaults
 
 try:
     import config as cfg
@@ -128,9 +128,10 @@ def progress(enabled):
 
     def watch(item):
         if enabled and item.get('windows', 0) > PROGRESS_MIN_WINDOWS:  # not on error items
-            bar = bars.setdefault(item['order'], tqdm(total=item['windows'], unit='window', leave=False,
-                                                      desc=Path(item['path']).name, file=sys.stderr))
-            bar.update(len(item['bounds']))
+            if item['order'] not in bars:
+                bars[item['order']] = tqdm(total=item['windows'], unit='window', leave=False,
+                                           desc=Path(item['path']).name, file=sys.stderr)
+            bars[item['order']].update(len(item['bounds']))
         if item['last'] and item['order'] in bars:
             bars.pop(item['order']).close()
     return watch
@@ -169,7 +170,6 @@ def main(argv=None):  # port of AED_test's main block and testFile
     args = parse_args(argv)
     check.exit_on(check_config(args))
     # torch takes seconds to import: flags are checked first so -h and typos answer at once
-    from model.audio import spec_defaults
     from model.inference import predict_files
     from model.session import open_for_prediction
     t_imported = time.perf_counter()

@@ -1,7 +1,5 @@
-"""Prediction with a trained checkpoint, shared by AED_test.py and AED_eval.py: signal blocks
-(model.stream) are cut into windows on the model's device, batched across files, and each file's
-window probabilities come back in order (port of AED_eval.getNextSpecBatch and the prediction loops).
-"""
+"""Prediction for AED_test.py and AED_eval.py: signal blocks (model.stream) cut into windows on the
+model's device, batched across files; each file's window probabilities come back in order."""
 import functools
 import time
 
@@ -17,11 +15,8 @@ GPU_SPEC_WINDOWS = 256
 
 
 def prepare_windows(specs, im_size):
-    """(n, 256, 512) spectrograms (numpy or tensor) -> float32 tensor (n, 1, H, W).
-
-    Bilinear resize with half-pixel centres and no anti-aliasing, which is what
-    cv2.resize(INTER_LINEAR) did to the training PNGs.
-    """
+    """(n, 256, 512) spectrograms (numpy or tensor) -> float32 tensor (n, 1, H, W), resized as
+    cv2.resize(INTER_LINEAR) resized the training PNGs: half-pixel centres, no anti-aliasing."""
     x = torch.from_numpy(specs) if isinstance(specs, np.ndarray) else specs
     x = x.float().unsqueeze(1)  # (n, 1, 256, 512)
     w, h = im_size
@@ -53,7 +48,6 @@ def predict(net, x, device, multi_label=False, im_dim=1, batch_size=32):
 
 def prediction_pooling(p):
     """Average the window predictions of a file (port of AED_test.predictionPooling)."""
-    p = np.asarray(p)
     return p.mean(axis=0) if p.ndim == 2 else p
 
 
@@ -77,7 +71,7 @@ def average_precision(ranked, label):
 
 def timeline(probs, bounds, rate, classes):
     """Per window: (start s, end s, top label, confidence)."""
-    top = np.asarray(probs).argmax(axis=1)
+    top = probs.argmax(axis=1)
     return [(a / rate, b / rate, classes[k], float(probs[i, k]))
             for i, ((a, b), k) in enumerate(zip(bounds, top))]
 
@@ -183,9 +177,8 @@ def _finished(files, done):
 
 
 def predict_files(model, paths, settings, batch_size=32, workers=0, indices=None, watch=None):
-    """predict_stream over files decoded by `workers` loader processes (0 = in this one); on a
-    CPU the workers cut the windows too, in parallel with the network, on a GPU the GPU does.
-    watch(item), when given, sees every item first (a progress bar)."""
+    """predict_stream over files decoded by `workers` loader processes (0 = in this one), which on a
+    CPU cut the windows too; watch(item) sees every item first. Port of AED_eval.getNextSpecBatch."""
     on_cpu = model.device.type == 'cpu' and workers > 0
     transform = functools.partial(cut_windows, settings=settings, im_size=model.im_size,
                                   device=model.device) if on_cpu else None

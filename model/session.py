@@ -9,14 +9,11 @@ import soundfile as sf
 import torch
 from torch.overrides import TorchFunctionMode
 
-from model.audio import spec_defaults, split_bounds, window_problem
+from model.audio import SPEC_KEYS, split_bounds, window_problem
 from model.checkpoint import CheckpointError, checkpoint_meta, model_from_checkpoint, resolve_model_path
 from model.inference import batch_rows, predict
 from model.threads import available_cores, decoding_workers, pick_threads
 from model.training import select_device
-
-# Used when neither the caller nor the checkpoint names a setting (the original's values)
-DEFAULT_SPEC = spec_defaults(3, 2, 44100, 'linear')
 
 # With fewer windows to predict, compiling on a CPU (20 s and more) costs more than it saves
 COMPILE_MIN_WINDOWS = 300
@@ -61,15 +58,15 @@ def load_model(name, model_dir, device='auto'):
                        spec=ckpt.get('spec') or {}, device=device, path=str(path), meta=checkpoint_meta(ckpt))
 
 
-def spec_settings(model_spec, length=None, overlap=None, fallback=DEFAULT_SPEC):
+def spec_settings(model_spec, fallback, length=None, overlap=None):
     """{'length', 'overlap', 'sample_rate', 'resample'}: explicit values, else the checkpoint's,
     else fallback's. Raises ValueError for windows that AED_spec cannot cut (defect 10)."""
-    merged = {**DEFAULT_SPEC, **fallback, **model_spec}
+    merged = {**fallback, **model_spec}
     merged.update({k: v for k, v in (('length', length), ('overlap', overlap)) if v is not None})
     problem = window_problem(merged['length'], merged['overlap'], merged['sample_rate'])
     if problem:
         raise ValueError(problem)
-    return {k: merged[k] for k in DEFAULT_SPEC}
+    return {k: merged[k] for k in SPEC_KEYS}
 
 
 def compile_model(model, rows):
@@ -86,38 +83,18 @@ def compile_model(model, rows):
     return None
 
 
-def window_count(paths, settings, enough):
-    """Windows the files will give, from their headers (0 for a file soundfile cannot open),
-    counted until there are `enough`."""
-    total = 0
-    for path in paths:
-        try:
-            info = sf.info(str(path))
-        except (sf.SoundFileError, OSError, ValueError, EOFError, RuntimeError):
-            continue
-        rate, n = settings['sample_rate'], int(info.frames * settings['sample_rate'] / info.samplerate)
-        total += len(split_bounds(n, rate, settings['length'], settings['overlap'])) if n else 0
-        if total >= enough:
-            break
-    return total
-
-
-def rank_device(name, ddp):
-    """Under torchrun each process of a CUDA run takes the GPU of its local rank."""
-    if ddp and name in ('auto', 'cuda') and torch.cuda.is_available():
-        torch.cuda.set_device(ddp[2])
-        return f'cuda:{ddp[2]}'
-    return name
-
-
 def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None, quiet=False):
     """(model, settings, batch size, decoding workers) for the flags in args; batch_sizes is
     (on CUDA, elsewhere). A model that cannot be used is one ERROR line and exit status 2."""
     say = (lambda *a, **k: None) if quiet else print  # status lines stay off JSON output
     say('IMPORTING MODEL...', end=' ', flush=True)
+    device = args.device
+    if ddp and device in ('auto', 'cuda') and torch.cuda.is_available():  # each rank its own GPU
+        device = f'cuda:{ddp[2]}'
+        torch.cuda.set_device(device)
     try:
-        model = load_model(args.modelname, model_dir, rank_device(args.device, ddp))
-        settings = spec_settings(model.spec, args.speclength, args.overlap, fallback)
+        model = load_model(args.modelname, model_dir, device)
+        settings = spec_settings(model.spec, fallback, args.speclength, args.overlap)
     except (CheckpointError, ValueError) as e:
         say()
         print(f'ERROR: {e}', file=sys.stderr)
@@ -143,7 +120,16 @@ def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None,
 
 def compile_now(model, paths, settings, batch_size):
     """--compile: warn where it cannot pay off, then compile on the first batch's shape, timed."""
-    windows = window_count(paths, settings, max(COMPILE_MIN_WINDOWS, batch_size))
+    windows, rate = 0, settings['sample_rate']
+    for path in paths:  # from the headers, until there are enough
+        try:
+            info = sf.info(str(path))
+        except (sf.SoundFileError, OSError, ValueError, EOFError, RuntimeError):
+            continue  # a bad file gives no windows
+        n = int(info.frames * rate / info.samplerate)
+        windows += len(split_bounds(n, rate, settings['length'], settings['overlap'])) if n else 0
+        if windows >= max(COMPILE_MIN_WINDOWS, batch_size):
+            break
     if model.device.type == 'cpu' and windows < COMPILE_MIN_WINDOWS:
         print(f'WARNING: --compile on a CPU for {windows} windows: compiling will cost more than it '
               f'saves (it pays off on a GPU and on long runs)', file=sys.stderr)

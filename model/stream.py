@@ -101,13 +101,10 @@ def _blocks(read, n_new, source_rate, settings, block_samples):
 
 
 class SignalBlocks(torch.utils.data.IterableDataset):
-    """Files -> block items in the workers: file k goes to worker k % workers.
-
-    An item is file_blocks' dict (sig a tensor) plus order (position in paths), index (the
-    caller's id), path, start (time.time() on opening the file, as the original timed) and error:
-    None, or why the file could not be decoded (then the file's last item, with no signal).
-    A transform (sig, bounds) -> (x, silent) makes items carry x and silent instead of sig.
-    """
+    """Files -> block items in the workers (file k to worker k % workers): file_blocks' dicts plus
+    order (position in paths), index (the caller's id), path, start (time.time() on opening, as the
+    original timed) and error: None, or why the file could not be decoded (its last item, no signal).
+    A transform (sig, bounds) -> (x, silent) makes items carry x and silent instead of sig."""
 
     def __init__(self, paths, settings, indices=None, block_samples=BLOCK_SAMPLES, transform=None):
         self.paths, self.settings = paths, settings

@@ -1,11 +1,7 @@
-"""How many intra-op threads the network and how many loader processes the decoding get
-for inference (AED_test, AED_eval).
-
-One thread for a small network: each layer is a fraction of a millisecond of work, and when
-another process keeps a core busy every layer waits for the thread sharing that core (a
-2 ms/spec demo model took 58 ms/spec on a shared 2-core machine). Otherwise every core, never
-more than torch's default: beside a large network the decoding workers (about 1 ms per window
-against 80 ms and more) need no core of their own, and reserving one made AED_test 1.6x slower.
+"""How many threads the network and how many loader processes the decoding get for inference:
+one thread for a small network (with another process on a core, every layer of a threaded one
+waits for it: the demo model took 58 ms/spec instead of 2), else every core, none kept for the
+decoding workers (reserving one made AED_test 1.6x slower beside the paper's network).
 """
 import os
 

@@ -136,6 +136,7 @@ def test_a_long_file_shows_a_progress_bar_on_a_terminal_only(capsys, tiny_model,
         bars = re.findall(r'(\S+\.wav):\s+\d+%.*?(\d+)/(\d+)', err.getvalue())
         if terminal and not extra:
             assert {name for name, _, _ in bars} == {'long.wav'} and bars[0][2] == '30'
+            assert err.getvalue().count('long.wav:   0%') == 1  # one bar for its two blocks
         else:
             assert bars == [] and err.getvalue() == ''
 
