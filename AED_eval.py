@@ -25,7 +25,7 @@ from tqdm import tqdm
 from AED_test import prediction_checks, prediction_flags
 from model import config_checks as check
 from model.audio import class_folders, spec_defaults
-from model.inference import average_precision, predict_files, prediction_pooling, rank_predictions, true_rank
+from model.inference import predict_files, prediction_pooling, rank_predictions, true_rank
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
 from model.session import open_for_prediction
 from model.training import distributed_env
@@ -107,8 +107,9 @@ def score(probs, classes, label, threshold, max_predictions):
     """One file's row of the report. AP ranks every class whatever its confidence (the original
     never applied CONFIDENCE_THRESHOLD here); threshold only trims the listed 'predictions'."""
     ranked = rank_predictions(prediction_pooling(probs), classes, 0.0, max_predictions)
-    return {'top_label': ranked[0][0], 'confidence': ranked[0][1], 'rank': true_rank(ranked, label),
-            'ap': average_precision(ranked, label),
+    rank = true_rank(ranked, label)
+    return {'top_label': ranked[0][0], 'confidence': ranked[0][1], 'rank': rank,
+            'ap': 1 / rank if rank else 0.0,  # defect 7: 0, not the previous file's AP, below the top
             'predictions': [{'label': name, 'confidence': round(conf, 6)}
                             for name, conf in ranked if conf >= threshold]}
 
@@ -131,7 +132,7 @@ def predict_sharded(model, paths, settings, batch_size, workers, ddp):
     os.close(saved)
     try:
         mine = []
-        for result in predict_files(model, paths[lo:hi], settings, batch_size, workers, range(lo, hi)):
+        for result in predict_files(model, paths[lo:hi], settings, batch_size, workers):
             if rank == 0:
                 yield result
             else:
@@ -149,14 +150,15 @@ def evaluate(args, model, files, settings, batch_size, workers, ddp):
     rows = []
     bar = tqdm(total=len(files), unit='file', desc='EVAL', disable=not args.quiet, file=sys.stderr)
     try:
-        for item in predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp):
-            path, label = files[item['index']]
+        results = predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp)
+        # in the order of files; zipped first, so that the generator always runs on to the gather
+        for number, (item, (path, label)) in enumerate(zip(results, files), 1):
             row = {'path': str(path), 'true_label': label, 'top_label': None, 'confidence': None,
                    'rank': None, 'ap': None, 'error': item['error']}
             if item['error'] is None:
                 row.update(score(item['probs'], model.classes, label, args.confidence, args.results))
                 if not args.quiet:
-                    print(item['index'] + 1, path.relative_to(args.testdir).as_posix(), 'LABEL:',
+                    print(number, path.relative_to(args.testdir).as_posix(), 'LABEL:',
                           (row['top_label'], round(row['confidence'], 4)), 'AVGP:', round(row['ap'], 4),
                           flush=True)
             else:
@@ -173,7 +175,7 @@ def evaluate(args, model, files, settings, batch_size, workers, ddp):
 def class_table(rows, classes, unknown=()):
     """Per-class precision/recall/F1/support of the scored files, and the confusion matrix (rows
     true, columns predicted); unknown test classes follow the model's, all their files misses."""
-    labels = list(classes) + [c for c in unknown if c not in classes]
+    labels = classes + unknown
     index = {c: i for i, c in enumerate(labels)}
     scored = [r for r in rows if r['error'] is None]
     cm = confusion_matrix([index[r['true_label']] for r in scored],

@@ -67,8 +67,7 @@ def parse_args(argv):  # port of AED_test.parse_args
                    help="audio files, folders, quoted glob patterns or a list like \"['a.wav', 'b.wav']\"")
     prediction_flags(p, cfg.TEST_THREADS)
     p.add_argument('--results', type=int, default=cfg.NUM_RESULTS,
-                   help="ranked results PRINTED per file (AED_eval's --results is how many it "
-                        'keeps for AP)')
+                   help="ranked results PRINTED per file (AED_eval's --results: how many it keeps for AP)")
     p.add_argument('--confidence', type=float, default=cfg.MIN_CONFIDENCE,
                    help='hide results below this confidence')
     p.add_argument('--timeline', action='store_true',

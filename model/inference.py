@@ -63,12 +63,6 @@ def true_rank(ranked, label):
     return next((i + 1 for i, (name, _) in enumerate(ranked) if name == label), None)
 
 
-def average_precision(ranked, label):
-    """1 / rank of the true label, 0 when it is not in the list (defect 7)."""
-    rank = true_rank(ranked, label)
-    return 1.0 / rank if rank else 0.0
-
-
 def timeline(probs, bounds, rate, classes):
     """Per window: (start s, end s, top label, confidence)."""
     top = probs.argmax(axis=1)
@@ -138,7 +132,7 @@ class _Batches:
 def predict_stream(model, items, settings, batch_size=32, pad=None):
     """Predict a stream of model.stream.SignalBlocks items; yield one result per file, in order.
 
-    A result: index, path, error (None or the reason), probs (windows, classes) or None,
+    A result: path, error (None or the reason), probs (windows, classes) or None,
     source_rate, bounds (samples at the analysis rate), constant (silent windows) and seconds
     (from opening the file to its last prediction). pad (default: on CUDA) pads short batches.
     """
@@ -146,7 +140,7 @@ def predict_stream(model, items, settings, batch_size=32, pad=None):
     files, done = {}, 0  # order -> the file's result so far; results yielded
     for item in items:
         result = files.setdefault(item['order'], {
-            'index': item['index'], 'path': item['path'], 'error': None, 'probs': [], 'bounds': [],
+            'path': item['path'], 'error': None, 'probs': [], 'bounds': [],
             'constant': [], 'source_rate': None, 'start': item['start'], 'waiting': 0})
         result['last'] = item['last']
         if item['error'] is not None:
@@ -176,14 +170,14 @@ def _finished(files, done):
     return done
 
 
-def predict_files(model, paths, settings, batch_size=32, workers=0, indices=None, watch=None):
+def predict_files(model, paths, settings, batch_size=32, workers=0, watch=None):
     """predict_stream over files decoded by `workers` loader processes (0 = in this one), which on a
     CPU cut the windows too; watch(item) sees every item first. Port of AED_eval.getNextSpecBatch."""
     on_cpu = model.device.type == 'cpu' and workers > 0
     transform = functools.partial(cut_windows, settings=settings, im_size=model.im_size,
                                   device=model.device) if on_cpu else None
-    blocks = SignalBlocks(paths, settings, indices, transform=transform)
-    loader = block_loader(blocks, min(workers, len(blocks.paths)), model.device.type == 'cuda')
+    loader = block_loader(SignalBlocks(paths, settings, transform=transform), min(workers, len(paths)),
+                          model.device.type == 'cuda')
     if watch is not None:
         loader = (watch(item) or item for item in loader)
     return predict_stream(model, loader, settings, batch_size)

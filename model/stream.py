@@ -35,20 +35,18 @@ def _open(path, settings):
     return None
 
 
-def _reader(f):
-    """read(lo, hi): samples lo..hi of an open file, mono float32 as load_audio gives them."""
-    def read(lo, hi):
-        try:  # only the decoding: an error here is a bad file, anything later a bug
-            f.seek(lo)
-            data = read_mono(f, hi - lo)
-        except READ_ERRORS as e:
-            raise AudioError(f'{type(e).__name__}: {str(e).strip() or "read failed"}') from None
-        if len(data) != hi - lo:
-            raise AudioError('file is shorter than its header says')
-        if not np.isfinite(data).all():
-            raise AudioError('file contains NaN or infinite samples')
-        return data
-    return read
+def _read(f, lo, hi):
+    """Samples lo..hi of an open file, mono float32 as load_audio gives them."""
+    try:  # only the decoding: an error here is a bad file, anything later a bug
+        f.seek(lo)
+        data = read_mono(f, hi - lo)
+    except READ_ERRORS as e:
+        raise AudioError(f'{type(e).__name__}: {str(e).strip() or "read failed"}') from None
+    if len(data) != hi - lo:
+        raise AudioError('file is shorter than its header says')
+    if not np.isfinite(data).all():
+        raise AudioError('file contains NaN or infinite samples')
+    return data
 
 
 def as_float(sig):
@@ -70,7 +68,7 @@ def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
         yield from _blocks(lambda a, b: sig[a:b], len(sig), source_rate, settings, block_samples)
         return
     with f:
-        read, n_new, scale = _reader(f), f.frames, INT_SCALES.get(f.subtype)
+        read, n_new, scale = functools.partial(_read, f), f.frames, INT_SCALES.get(f.subtype)
         if f.samplerate != rate:  # the samples model.audio.resample gives for the whole file
             n_new = int(f.frames * rate / f.samplerate)
             if n_new == 0:
@@ -102,32 +100,27 @@ def _blocks(read, n_new, source_rate, settings, block_samples):
 
 class SignalBlocks(torch.utils.data.IterableDataset):
     """Files -> block items in the workers (file k to worker k % workers): file_blocks' dicts plus
-    order (position in paths), index (the caller's id), path, start (time.time() on opening, as the
-    original timed) and error: None, or why the file could not be decoded (its last item, no signal).
+    order (position in paths), path, start (time.time() on opening, as the original timed) and
+    error: None, or why the file could not be decoded (then the file's last item, with no signal).
     A transform (sig, bounds) -> (x, silent) makes items carry x and silent instead of sig."""
 
-    def __init__(self, paths, settings, indices=None, block_samples=BLOCK_SAMPLES, transform=None):
+    def __init__(self, paths, settings, block_samples=BLOCK_SAMPLES, transform=None):
         self.paths, self.settings = paths, settings
         self.block_samples, self.transform = block_samples, transform
-        self.indices = range(len(paths)) if indices is None else indices
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for order in range(worker, len(self.paths), workers):
-            yield from self.items(order)
-
-    def items(self, order):
-        head = {'order': order, 'index': self.indices[order], 'path': self.paths[order], 'error': None,
-                'start': time.time()}
-        try:
-            for block in file_blocks(head['path'], self.settings, self.block_samples):
-                item = {**head, **block, 'sig': torch.from_numpy(block['sig'])}
-                if self.transform is not None:
-                    item['x'], item['silent'] = self.transform(item.pop('sig'), block['bounds'])
-                yield item
-        except AudioError as e:
-            yield {**head, 'error': str(e), 'last': True}
+            head = {'order': order, 'path': self.paths[order], 'error': None, 'start': time.time()}
+            try:
+                for block in file_blocks(head['path'], self.settings, self.block_samples):
+                    item = {**head, **block, 'sig': torch.from_numpy(block['sig'])}
+                    if self.transform is not None:
+                        item['x'], item['silent'] = self.transform(item.pop('sig'), block['bounds'])
+                    yield item
+            except AudioError as e:
+                yield {**head, 'error': str(e), 'last': True}
 
 
 def _as_is(item):
@@ -145,9 +138,7 @@ def _keep_freed_memory(_worker_id):
         pass  # not glibc: its default is fine
 
 
-def block_loader(blocks, workers=1, pin_memory=False):
+def block_loader(blocks, workers, pin_memory):
     """A DataLoader of a SignalBlocks' items, decoded by `workers` processes (0 = here)."""
-    return torch.utils.data.DataLoader(blocks, batch_size=None, num_workers=workers,
-                                       collate_fn=_as_is, pin_memory=pin_memory,
-                                       worker_init_fn=_keep_freed_memory,
-                                       prefetch_factor=2 if workers else None)
+    return torch.utils.data.DataLoader(blocks, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                                       pin_memory=pin_memory, worker_init_fn=_keep_freed_memory)

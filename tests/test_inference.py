@@ -7,8 +7,8 @@ import torch
 
 from model.audio import file_spectrograms, spec_defaults
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.inference import (average_precision, batch_rows, predict, predict_files, predict_stream,
-                             prediction_pooling, prepare_windows, rank_predictions, timeline, true_rank)
+from model.inference import (batch_rows, predict, predict_files, predict_stream, prediction_pooling,
+                             prepare_windows, rank_predictions, timeline, true_rank)
 from model.net import AEDNet
 from model.session import LoadedModel, compile_model, load_model, spec_settings
 from model.stream import BLOCK_SAMPLES, SignalBlocks
@@ -29,22 +29,10 @@ def test_rank_predictions_sorts_filters_and_cuts():
     assert rank_predictions(scores, CLASSES, threshold=0.0, top_k=2) == [('b', 0.5), ('d', 0.35)]
 
 
-def test_average_precision_is_reciprocal_rank():
+def test_true_rank_is_the_1_based_position_in_the_list():
     ranked = rank_predictions([0.1, 0.5, 0.05, 0.35], CLASSES)
-    assert average_precision(ranked, 'b') == 1.0
-    assert average_precision(ranked, 'a') == pytest.approx(1 / 3)
-    assert true_rank(ranked, 'c') == 4
-
-
-def test_average_precision_is_zero_outside_top_k():
-    # defect 7: the original recorded no AP when the label was not listed (the file left MAP,
-    # its line showed the previous file's AP); here such a file scores 0 and stays in MAP
-    ranked = rank_predictions([0.1, 0.5, 0.05, 0.35], CLASSES, top_k=2)
-    assert true_rank(ranked, 'a') is None
-    assert average_precision(ranked, 'a') == 0.0
-    below_threshold = rank_predictions([0.1, 0.5, 0.05, 0.35], CLASSES, threshold=0.2)
-    assert average_precision(below_threshold, 'c') == 0.0
-    assert average_precision([], 'a') == 0.0
+    assert [true_rank(ranked, label) for label in 'bdac'] == [1, 2, 3, 4]
+    assert true_rank(ranked[:2], 'a') is None and true_rank([], 'a') is None
 
 
 def test_prediction_pooling_averages_windows():
@@ -175,9 +163,9 @@ def test_predict_files_fills_batches_across_files_and_blocks_in_order(tmp_path):
     (tmp_path / 'bad.wav').write_bytes(b'RIFF garbage')
     paths.insert(2, tmp_path / 'bad.wav')
     settings = SPEC
-    blocks = SignalBlocks(paths, settings, indices=range(10, 15), block_samples=44100 * 2)
+    blocks = SignalBlocks(paths, settings, block_samples=44100 * 2)
     out = list(predict_stream(model, iter(blocks), settings, batch_size=4))
-    assert [o['index'] for o in out] == [10, 11, 12, 13, 14]
+    assert [o['path'] for o in out] == paths
     assert out[2]['probs'] is None and 'readable' in out[2]['error']
     # 5 + 2 + 9 + 3 = 19 windows from 4 files, in blocks of 2 windows: full batches of 4
     assert [len(o['probs']) for o in out if o['probs'] is not None] == [5, 2, 9, 3]
