@@ -21,20 +21,6 @@ BLOCK_SAMPLES = 1 << 20
 READ_ERRORS = (sf.SoundFileError, OSError, ValueError, EOFError)
 
 
-def _open(path, settings):
-    """The file opened for reading block by block, or None when it must be read whole."""
-    if settings['resample'] != 'linear':
-        return None
-    try:
-        f = sf.SoundFile(str(path))
-    except READ_ERRORS:
-        return None  # load_audio gives the reason, or tries librosa
-    if f.frames > 0:
-        return f
-    f.close()
-    return None
-
-
 def _read(f, lo, hi):
     """Samples lo..hi of an open file, mono float32 as load_audio gives them."""
     try:  # only the decoding: an error here is a bad file, anything later a bug
@@ -61,13 +47,18 @@ def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
     whole 16-bit value), bounds inside it, first (its first window's number), offset (its first
     sample), source_rate, windows (in the file) and last. Raises AudioError for a bad file."""
     rate = settings['sample_rate']
-    f = _open(path, settings)
+    try:
+        f = sf.SoundFile(str(path)) if settings['resample'] == 'linear' else None
+    except READ_ERRORS:
+        f = None  # load_audio gives the reason, or tries librosa
     if f is None:
         sig, source_rate, int_scale = load_audio(path)
         sig = resample(sig, source_rate, rate, settings['resample'], int_scale)
         yield from _blocks(lambda a, b: sig[a:b], len(sig), source_rate, settings, block_samples)
         return
     with f:
+        if not f.frames:
+            raise AudioError('file has no audio samples')
         read, n_new, scale = functools.partial(_read, f), f.frames, INT_SCALES.get(f.subtype)
         if f.samplerate != rate:  # the samples model.audio.resample gives for the whole file
             n_new = int(f.frames * rate / f.samplerate)

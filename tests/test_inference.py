@@ -185,12 +185,13 @@ def test_decode_errors_in_workers_are_results_not_a_stopped_run(tmp_path):
         tone(paths[-1], 2 + i, freq=400 + 300 * i)
     paths[1].write_bytes(b'RIFF\x00\x00\x00\x00WAVEbroken')
     (tmp_path / 'empty.wav').write_bytes(b'')
-    paths.append(tmp_path / 'empty.wav')
+    sf.write(tmp_path / 'no_samples.wav', np.zeros(0), 44100)  # a header and nothing else
+    paths += [tmp_path / 'empty.wav', tmp_path / 'no_samples.wav']
     model = cpu_model(tiny_net(4))
     out = list(predict_files(model, paths, SPEC, batch_size=3, workers=2))
     assert [o['path'] for o in out] == paths
-    assert [o['error'] is not None for o in out] == [False, True, False, False, False, True]
-    assert 'empty' in out[5]['error']
+    assert [o['error'] is not None for o in out] == [False, True, False, False, False, True, True]
+    assert 'empty' in out[5]['error'] and 'no audio samples' in out[6]['error']
     assert [len(o['probs']) for o in out if o['error'] is None] == [2, 4, 5, 6]
 
 
