@@ -26,8 +26,7 @@ PROGRESS_MIN_WINDOWS = 300
 
 
 def prediction_flags(p, threads):
-    """The flags AED_eval.py shares: the model, its windows and how it runs (threads: the
-    script's --threads default)."""
+    """The flags AED_eval.py shares: the model, its windows and how it runs (threads: a default)."""
     p.add_argument('--modelname', default=cfg.TRAINED_MODEL,
                    help=f'checkpoint path, or file name under {cfg.MODEL_PATH}')
     p.add_argument('--speclength', type=int, default=None,
@@ -87,22 +86,15 @@ def check_config(args):
         check.whole('TEST_THREADS (--threads)', args.threads, 0)]
 
 
-def _literal_list(text):
-    """The original's "['a.wav', 'b.wav']" form as a list of strings, or None (defect 8)."""
-    try:
-        value = ast.literal_eval(text)  # literals only: never runs code
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None  # a path, or a glob pattern like [ab]*.wav
-    listed = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-    return list(value) if listed else None
-
-
 def expand_filenames(args):
     """Turn the --filenames arguments into [(path, error or None)] in the order given."""
     out = []
     for arg in args:
-        listed = _literal_list(arg)
-        if listed is not None:
+        try:  # the original's "['a.wav', 'b.wav']" (defect 8), read as literals: never runs code
+            listed = ast.literal_eval(arg)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            listed = None  # a path, or a glob pattern like [ab]*.wav
+        if isinstance(listed, (list, tuple)) and all(isinstance(v, str) for v in listed):
             out += expand_filenames(listed)
             continue
         path = Path(arg)

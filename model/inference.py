@@ -17,8 +17,7 @@ GPU_SPEC_WINDOWS = 256
 def prepare_windows(specs, im_size):
     """(n, 256, 512) spectrograms (numpy or tensor) -> float32 tensor (n, 1, H, W), resized as
     cv2.resize(INTER_LINEAR) resized the training PNGs: half-pixel centres, no anti-aliasing."""
-    x = torch.from_numpy(specs) if isinstance(specs, np.ndarray) else specs
-    x = x.float().unsqueeze(1)  # (n, 1, 256, 512)
+    x = torch.as_tensor(specs).float().unsqueeze(1)  # (n, 1, 256, 512)
     w, h = im_size
     if (h, w) != (SPEC_HEIGHT, SPEC_WIDTH):
         x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=False)
@@ -26,11 +25,9 @@ def prepare_windows(specs, im_size):
 
 
 def predict(net, x, device, multi_label=False, im_dim=1, batch_size=32):
-    """Softmax (sigmoid for multi-label) of windows x (n, 1, H, W) -> numpy float32 (n, classes).
-
-    Port of AED_test.getPredictionFuntion. On CUDA, channels_last and fp16 autocast: fp16 measured
-    23 % faster than bf16 on an H100, and softmax outputs need no bf16 range.
-    """
+    """Softmax (sigmoid for multi-label) of windows x (n, 1, H, W) -> numpy float32 (n, classes);
+    port of AED_test.getPredictionFuntion. On CUDA channels_last and fp16 autocast (fp16 measured
+    23 % faster than bf16 on an H100, and softmax outputs need no bf16 range)."""
     cuda = device.type == 'cuda'
     out = []
     with torch.inference_mode():
@@ -130,12 +127,10 @@ class _Batches:
 
 
 def predict_stream(model, items, settings, batch_size=32, pad=None):
-    """Predict a stream of model.stream.SignalBlocks items; yield one result per file, in order.
-
-    A result: path, error (None or the reason), probs (windows, classes) or None,
-    source_rate, bounds (samples at the analysis rate), constant (silent windows) and seconds
-    (from opening the file to its last prediction). pad (default: on CUDA) pads short batches.
-    """
+    """Predict a stream of model.stream.SignalBlocks items; yield one result per file, in order:
+    path, error (None or the reason), probs (windows, classes) or None, source_rate, bounds (samples
+    at the analysis rate), constant (silent windows) and seconds (from opening the file to its last
+    prediction). pad (default: on CUDA) pads short batches."""
     batches = _Batches(model, batch_size, model.device.type == 'cuda' if pad is None else pad)
     files, done = {}, 0  # order -> the file's result so far; results yielded
     for item in items:

@@ -47,9 +47,8 @@ def pick_threads(requested, im_size, filters, cores, cap=None, omp_env=None):
 
 
 def decoding_workers(requested, files, on_cpu, cores):
-    """Loader processes decoding the files: requested when > 0; else none for one file on a CPU
-    (decoding is a sliver of the network's time, not worth a process start), else cores - 1
-    between 1 and 8. Never more than files."""
+    """Loader processes: requested when > 0; else none for one file on a CPU (not worth a process
+    start), else cores - 1 between 1 and 8. Never more than files."""
     if not requested:
         requested = 0 if files == 1 and on_cpu else max(1, min(8, cores - 1))
     return min(requested, files)
