@@ -130,10 +130,12 @@ def progress(enabled):
 
 def print_result(args, path, result, model, rate):
     """The original's lines for one file (or its JSON object): top predictions and timing."""
-    from model.inference import prediction_pooling, rank_predictions, timeline
+    from model.inference import prediction_pooling, rank_predictions
     probs, seconds = result['probs'], result['seconds']
     ranked = rank_predictions(prediction_pooling(probs), model.classes, args.confidence, args.results)
-    windows = timeline(probs, result['bounds'], rate, model.classes) if args.timeline else []
+    if args.timeline:  # each window's start and end second, top class and confidence
+        windows = [(a / rate, b / rate, model.classes[k], float(p[k]))
+                   for (a, b), p, k in zip(result['bounds'], probs, probs.argmax(axis=1))]
     if result['constant']:
         print(f"WARNING: {path}: {len(result['constant'])} silent window(s)", file=sys.stderr)
     if args.json:

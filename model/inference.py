@@ -60,13 +60,6 @@ def true_rank(ranked, label):
     return next((i + 1 for i, (name, _) in enumerate(ranked) if name == label), None)
 
 
-def timeline(probs, bounds, rate, classes):
-    """Per window: (start s, end s, top label, confidence)."""
-    top = probs.argmax(axis=1)
-    return [(a / rate, b / rate, classes[k], float(probs[i, k]))
-            for i, ((a, b), k) in enumerate(zip(bounds, top))]
-
-
 def cut_windows(sig, bounds, settings, im_size, device, on_torch=None):
     """Windows of one signal block as network input (n, 1, H, W) on device, and the silent ones.
     On a CPU numpy's DFT is the fastest; elsewhere (or with on_torch) torch's, in chunks."""

@@ -8,7 +8,7 @@ import torch
 from model.audio import file_spectrograms, spec_defaults
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.inference import (batch_rows, predict, predict_files, predict_stream, prediction_pooling,
-                             prepare_windows, rank_predictions, timeline, true_rank)
+                             prepare_windows, rank_predictions, true_rank)
 from model.net import AEDNet
 from model.session import LoadedModel, compile_model, load_model, spec_settings
 from model.stream import BLOCK_SAMPLES, SignalBlocks
@@ -174,8 +174,6 @@ def test_predict_files_fills_batches_across_files_and_blocks_in_order(tmp_path):
         expected, bounds = reference_probs(net, path, settings)
         assert o['bounds'] == bounds and o['source_rate'] == 22050 and o['constant'] == []
         np.testing.assert_allclose(o['probs'], expected, atol=1e-5)
-        rows = timeline(o['probs'], o['bounds'], 44100, CLASSES)
-        assert [(a, b) for a, b, _, _ in rows] == [(a / 44100, b / 44100) for a, b in bounds]
 
 
 def test_decode_errors_in_workers_are_results_not_a_stopped_run(tmp_path):
