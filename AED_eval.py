@@ -1,8 +1,5 @@
 """Evaluate a trained model on a test folder whose sub-folders are the true classes.
 
-AP is 1 / rank of the true class among the top MAX_PREDICTIONS, and 0 below them: the original
-left such a file out of MAP (defect 7), so ranking the true class lower could raise MAP.
-
     python AED_eval.py --modelname AED_Demo_model_best.pt       # after bash demo.sh
     python AED_eval.py --testdir dataset/test --quiet --csv results.csv --json results.json
     torchrun --nproc_per_node 4 AED_eval.py --testdir big_test_set --quiet
@@ -59,8 +56,7 @@ def parse_args(argv):
                         f"--json or --csv when given, else {ROOT / cfg.EVAL_CONFMATRIX})")
     p.add_argument('--json', type=Path, default=None, metavar='FILE',
                    help='write summary, per-class and per-file results as JSON')
-    p.add_argument('--csv', type=Path, default=None, metavar='FILE',
-                   help='write one row per file as CSV')
+    p.add_argument('--csv', type=Path, default=None, metavar='FILE', help='write one row per file as CSV')
     p.add_argument('--quiet', action='store_true', help='a progress bar instead of the per-file lines')
     args = p.parse_args(argv)
     report, name = args.json or args.csv, cfg.EVAL_CONFMATRIX  # typed paths are relative to the cwd
@@ -109,7 +105,7 @@ def score(probs, classes, label, threshold, max_predictions):
     ranked = rank_predictions(prediction_pooling(probs), classes, 0.0, max_predictions)
     rank = true_rank(ranked, label)
     return {'top_label': ranked[0][0], 'confidence': ranked[0][1], 'rank': rank,
-            'ap': 1 / rank if rank else 0.0,  # defect 7: 0, not the previous file's AP, below the top
+            'ap': 1 / rank if rank else 0.0,  # defect 7: 0 below the top, so the file stays in MAP
             'predictions': [{'label': name, 'confidence': round(conf, 6)}
                             for name, conf in ranked if conf >= threshold]}
 

@@ -60,12 +60,10 @@ def true_rank(ranked, label):
     return next((i + 1 for i, (name, _) in enumerate(ranked) if name == label), None)
 
 
-def cut_windows(sig, bounds, settings, im_size, device, on_torch=None):
-    """Windows of one signal block as network input (n, 1, H, W) on device, and the silent ones.
-    On a CPU numpy's DFT is the fastest; elsewhere (or with on_torch) torch's, in chunks."""
+def cut_windows(sig, bounds, settings, im_size, device, on_torch=False):
+    """Windows of one signal block as network input (n, 1, H, W) on device, and the silent ones:
+    numpy's DFT (the fastest on a CPU), or with on_torch torch's on the device, in chunks."""
     rate, seconds = settings['sample_rate'], settings['length']
-    if on_torch is None:
-        on_torch = device.type != 'cpu'
     if not on_torch:
         specs, constant = spectrograms(as_float(sig.numpy()), bounds, rate, seconds)
         return prepare_windows(specs, im_size), constant
@@ -135,8 +133,9 @@ def predict_stream(model, items, settings, batch_size=32, pad=None):
             result['error'] = item['error']
         else:
             x, silent = item.get('x'), item.get('silent')
-            if x is None:  # cut here, on the device
-                x, silent = cut_windows(item['sig'], item['bounds'], settings, model.im_size, model.device)
+            if x is None:  # cut here: torch's DFT on a GPU, numpy's on a CPU
+                x, silent = cut_windows(item['sig'], item['bounds'], settings, model.im_size, model.device,
+                                        model.device.type != 'cpu')
             result['source_rate'] = item['source_rate']
             result['bounds'] += [(a + item['offset'], b + item['offset']) for a, b in item['bounds']]
             result['constant'] += [item['first'] + i for i in silent]
@@ -152,7 +151,6 @@ def _finished(files, done):
         result = files.pop(done)
         result['probs'] = np.concatenate(result['probs']) if result['error'] is None else None
         result['seconds'] = time.time() - result.pop('start')
-        del result['last'], result['waiting']
         done += 1
         yield result
     return done
