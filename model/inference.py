@@ -118,10 +118,9 @@ class _Batches:
 
 
 def predict_stream(model, items, settings, batch_size=32, pad=None):
-    """Predict a stream of model.stream.SignalBlocks items; yield one result per file, in order:
-    path, error (None or the reason), probs (windows, classes) or None, source_rate, bounds (samples
-    at the analysis rate), constant (silent windows) and seconds (from opening the file to its last
-    prediction). pad (default: on CUDA) pads short batches."""
+    """Predict a stream of SignalBlocks items; yield one result per file, in order: path, error (None
+    or the reason), probs (windows, classes) or None, source_rate, bounds (samples at the analysis
+    rate), constant (silent windows), seconds (opening to last prediction). pad: default on CUDA."""
     batches = _Batches(model, batch_size, model.device.type == 'cuda' if pad is None else pad)
     files, done = {}, 0  # order -> the file's result so far; results yielded
     for item in items:

@@ -1,8 +1,7 @@
 """Audio files as a stream of signal blocks, decoded in DataLoader workers (port of
 AED_eval.getSignalChunk). A block holds whole windows, at most about BLOCK_SAMPLES samples plus
 one window, so a recording of any length streams in bounded memory; its samples are those of
-load_audio + resample of the whole file ('sinc' and files only librosa decodes are read whole).
-"""
+load_audio + resample of the whole file ('sinc' and files only librosa decodes are read whole)."""
 import ctypes
 import functools
 import time
@@ -43,9 +42,8 @@ def as_float(sig):
 
 
 def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
-    """Yield one dict per block of a file: sig (numpy float32, or int16 where every sample is a
-    whole 16-bit value), bounds inside it, first (its first window's number), offset (its first
-    sample), source_rate, windows (in the file) and last. Raises AudioError for a bad file."""
+    """Yield a dict per block: sig (numpy float32, or int16 of whole 16-bit values), bounds in it,
+    first (window number), offset (first sample), source_rate, windows, last; AudioError if bad."""
     rate = settings['sample_rate']
     try:
         f = sf.SoundFile(str(path)) if settings['resample'] == 'linear' else None

@@ -1,8 +1,7 @@
 """How many threads the network and how many loader processes the decoding get for inference:
 one thread for a small network (with another process on a core, every layer of a threaded one
 waits for it: the demo model took 58 ms/spec instead of 2), else every core, none kept for the
-decoding workers (reserving one made AED_test 1.6x slower beside the paper's network).
-"""
+decoding workers (reserving one made AED_test 1.6x slower beside the paper's network)."""
 import os
 
 from model.net import CONV_BLOCKS, DENSE_UNITS, flat_size
