@@ -147,7 +147,7 @@ def evaluate(args, model, files, settings, batch_size, workers, ddp):
     bar = tqdm(total=len(files), unit='file', desc='EVAL', disable=not args.quiet, file=sys.stderr)
     try:
         results = predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp)
-        # in the order of files; zipped first, so that the generator always runs on to the gather
+        # in the order of files; zipped first, so the generator runs to its end and closes the group
         for number, (item, (path, label)) in enumerate(zip(results, files), 1):
             row = {'path': str(path), 'true_label': label, 'top_label': None, 'confidence': None,
                    'rank': None, 'ap': None, 'error': item['error']}
