@@ -1,21 +1,10 @@
 """Evaluate a trained model on a test folder whose sub-folders are the true classes.
 
-Each file's window predictions are averaged and ranked. AP is 1 / rank of the
-true class among the top MAX_PREDICTIONS, and 0 when it is not among them. The
-original appended no AP then: the file dropped out of MAP and ACCURACY (its line
-repeated the previous file's AP; as the first file it raised and counted as an
-error), so ranking the true class lower could raise MAP. Files that cannot be
-decoded count in ERRORS and stay out of MAP and ACCURACY, as in the original
-(exit status 1); files of a class the model does not know score AP 0 (UNKNOWN
-CLASSES). A per-class table, a confusion-matrix plot and CSV/JSON reports
-(with what the checkpoint records about its training) follow the summary.
-
     python AED_eval.py --modelname AED_Demo_model_best.pt       # after bash demo.sh
     python AED_eval.py --testdir dataset/test --quiet --csv results.csv --json results.json
     torchrun --nproc_per_node 4 AED_eval.py --testdir big_test_set --quiet
 """
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -30,9 +19,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from AED_test import prediction_checks, prediction_flags
 from model import config_checks as check
 from model.audio import class_folders, spec_defaults
-from model.inference import average_precision, predict_files, prediction_pooling, rank_predictions, true_rank
+from model.inference import predict_files, prediction_pooling, rank_predictions, true_rank
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
 from model.session import open_for_prediction
 from model.training import distributed_env
@@ -52,36 +42,21 @@ def parse_args(argv):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--testdir', type=Path, default=ROOT / cfg.TEST_DIR,
                    help='folder with one sub-folder of audio files per class')
-    p.add_argument('--modelname', default=cfg.TRAINED_MODEL,
-                   help=f'checkpoint path, or file name under {cfg.MODEL_PATH}')
-    p.add_argument('--speclength', type=int, default=None,
-                   help=f"window length in seconds (None = the model's, else {cfg.SPEC_LENGTH})")
-    p.add_argument('--overlap', type=float, default=None,
-                   help=f"window overlap in seconds (None = the model's, else {cfg.SPEC_OVERLAP})")
-    p.add_argument('--batch-size', type=int, default=None,
-                   help=f'windows per network batch, filled across files (None = {cfg.INFER_BATCH_SIZE} '
-                        f'on CUDA, else {cfg.INFER_BATCH_SIZE_CPU})')
-    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.INFER_COMPILE,
-                   help='torch.compile the network first (20 s and more); pays off on a GPU and on long runs')
+    prediction_flags(p, cfg.EVAL_THREADS)
     p.add_argument('--results', type=int, default=cfg.MAX_PREDICTIONS,
                    help='ranked predictions KEPT per file for AP: a true class ranked lower '
                         "scores 0 (AED_test's --results is how many it PRINTS)")
     p.add_argument('--confidence', type=float, default=cfg.CONFIDENCE_THRESHOLD,
                    help="the JSON report's per-file prediction lists leave out lower "
                         'confidences; AP and MAP do not depend on it')
-    p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
     p.add_argument('--workers', type=int, default=cfg.EVAL_WORKERS,
                    help='processes decoding files ahead of the network (0 = CPU cores - 1)')
-    p.add_argument('--threads', type=int, default=cfg.EVAL_THREADS,
-                   help='CPU threads for the network (0 = 1 for a small model, else every core; '
-                        'OMP_NUM_THREADS, when set, is kept)')
     p.add_argument('--confmatrix', default=None,
                    help="confusion-matrix PNG ({model} = checkpoint file stem; '' = none; None = next to "
                         f"--json or --csv when given, else {ROOT / cfg.EVAL_CONFMATRIX})")
     p.add_argument('--json', type=Path, default=None, metavar='FILE',
                    help='write summary, per-class and per-file results as JSON')
-    p.add_argument('--csv', type=Path, default=None, metavar='FILE',
-                   help='write one row per file as CSV')
+    p.add_argument('--csv', type=Path, default=None, metavar='FILE', help='write one row per file as CSV')
     p.add_argument('--quiet', action='store_true', help='a progress bar instead of the per-file lines')
     args = p.parse_args(argv)
     report, name = args.json or args.csv, cfg.EVAL_CONFMATRIX  # typed paths are relative to the cwd
@@ -92,20 +67,9 @@ def parse_args(argv):
 
 def check_config(args, ddp):
     """Every setting this run uses, checked before any work: [one-line problem or None]."""
-    return [
-        check.folder('TEST_DIR (--testdir)', args.testdir),
-        check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH', ROOT / cfg.MODEL_PATH),
-        check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE),
-        check.spec_window('--speclength', args.speclength, '--overlap', args.overlap, cfg.SAMPLE_RATE),
-        check.whole('SAMPLE_RATE', cfg.SAMPLE_RATE, 1),
-        check.one_of('RESAMPLE_METHOD', cfg.RESAMPLE_METHOD, check.RESAMPLE_METHODS),
-        check.whole('INFER_BATCH_SIZE', cfg.INFER_BATCH_SIZE, 1),
-        check.whole('INFER_BATCH_SIZE_CPU', cfg.INFER_BATCH_SIZE_CPU, 1),
-        args.batch_size is not None and check.whole('--batch-size', args.batch_size, 1),
-        check.flag('INFER_COMPILE (--compile)', args.compile),
+    return [check.folder('TEST_DIR (--testdir)', args.testdir)] + prediction_checks(args, bool(ddp)) + [
         check.whole('MAX_PREDICTIONS (--results)', args.results, 1),
         check.fraction('CONFIDENCE_THRESHOLD (--confidence)', args.confidence),
-        check.device('DEVICE (--device)', args.device, torchrun=bool(ddp)),
         check.whole('EVAL_WORKERS (--workers)', args.workers, 0),
         check.whole('EVAL_THREADS (--threads)', args.threads, 0),
         check.output_file('EVAL_CONFMATRIX (--confmatrix)', args.confmatrix, check.PLOT_SUFFIXES),
@@ -115,11 +79,8 @@ def check_config(args, ddp):
         check.output_file('--csv', args.csv)]
 
 
-def list_test_files(test_dir):
-    """[(path, true label)] from class sub-folders (sorted), plus warnings about stray files.
-
-    Port of AED_eval.parseTestSet.
-    """
+def list_test_files(test_dir):  # port of AED_eval.parseTestSet
+    """[(path, true label)] from the class sub-folders, and warnings about stray files."""
     folders, messages = class_folders(test_dir)
     return [(p, class_dir.name) for class_dir, found in folders for p in found], messages
 
@@ -139,39 +100,14 @@ def check_classes(model, files):
 
 
 def score(probs, classes, label, threshold, max_predictions):
-    """Pooled prediction of one file -> one row of the report.
-
-    AP ranks every class and keeps the top max_predictions, whatever their
-    confidence (the original never applied its CONFIDENCE_THRESHOLD here);
-    threshold only trims the listed 'predictions'.
-    """
-    pooled = prediction_pooling(probs)
-    ranked = rank_predictions(pooled, classes, 0.0, max_predictions)
-    top, rank = int(np.argmax(pooled)), true_rank(ranked, label)
-    return {'top_label': classes[top], 'confidence': float(pooled[top]), 'rank': rank,
-            'ap': average_precision(ranked, label), 'accuracy': int(rank == 1),
+    """One file's row of the report. AP ranks every class whatever its confidence (the original
+    never applied CONFIDENCE_THRESHOLD here); threshold only trims the listed 'predictions'."""
+    ranked = rank_predictions(prediction_pooling(probs), classes, 0.0, max_predictions)
+    rank = true_rank(ranked, label)
+    return {'top_label': ranked[0][0], 'confidence': ranked[0][1], 'rank': rank,
+            'ap': 1 / rank if rank else 0.0,  # defect 7: 0 below the top, so the file stays in MAP
             'predictions': [{'label': name, 'confidence': round(conf, 6)}
                             for name, conf in ranked if conf >= threshold]}
-
-
-def quiet_other_ranks(ddp):
-    """Under torchrun only rank 0 prints; the others still show a traceback."""
-    if ddp and ddp[0]:
-        sys.stdout = sys.stderr = open(os.devnull, 'w')
-        sys.excepthook = lambda *exc: traceback.print_exception(*exc, file=sys.__stderr__)
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Send what libraries print to file descriptor 1 (C++ std::cout) to stderr meanwhile."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def predict_sharded(model, paths, settings, batch_size, workers, ddp):
@@ -184,11 +120,15 @@ def predict_sharded(model, paths, settings, batch_size, workers, ddp):
     lo, hi = rank * len(paths) // world, (rank + 1) * len(paths) // world
     # gloo whatever the device: the results are pickled CPU objects, and a rank that is done early
     # waits in the gather, where NCCL's watchdog would end an unbalanced run
-    with stdout_to_stderr():  # gloo prints its connection lines on the C++ stdout
-        dist.init_process_group('gloo', timeout=GATHER_TIMEOUT)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)  # gloo prints its connection lines on the C++ stdout: send them to stderr
+    dist.init_process_group('gloo', timeout=GATHER_TIMEOUT)
+    os.dup2(saved, 1)
+    os.close(saved)
     try:
         mine = []
-        for result in predict_files(model, paths[lo:hi], settings, batch_size, workers, range(lo, hi)):
+        for result in predict_files(model, paths[lo:hi], settings, batch_size, workers):
             if rank == 0:
                 yield result
             else:
@@ -206,14 +146,15 @@ def evaluate(args, model, files, settings, batch_size, workers, ddp):
     rows = []
     bar = tqdm(total=len(files), unit='file', desc='EVAL', disable=not args.quiet, file=sys.stderr)
     try:
-        for item in predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp):
-            path, label = files[item['index']]
+        results = predict_sharded(model, [p for p, _ in files], settings, batch_size, workers, ddp)
+        # in the order of files; zipped first, so the generator runs to its end and closes the group
+        for number, (item, (path, label)) in enumerate(zip(results, files), 1):
             row = {'path': str(path), 'true_label': label, 'top_label': None, 'confidence': None,
-                   'rank': None, 'ap': None, 'accuracy': None, 'error': item['error']}
+                   'rank': None, 'ap': None, 'error': item['error']}
             if item['error'] is None:
                 row.update(score(item['probs'], model.classes, label, args.confidence, args.results))
                 if not args.quiet:
-                    print(item['index'] + 1, path.relative_to(args.testdir).as_posix(), 'LABEL:',
+                    print(number, path.relative_to(args.testdir).as_posix(), 'LABEL:',
                           (row['top_label'], round(row['confidence'], 4)), 'AVGP:', round(row['ap'], 4),
                           flush=True)
             else:
@@ -228,13 +169,9 @@ def evaluate(args, model, files, settings, batch_size, workers, ddp):
 
 
 def class_table(rows, classes, unknown=()):
-    """Per-class precision/recall/F1/support of the scored files, and the confusion matrix.
-
-    Test classes the model does not know (unknown) follow the model's classes,
-    as rows whose files all count as misses (recall 0); rows of the matrix are
-    the true classes, columns the predicted ones, both in the order classes + unknown.
-    """
-    labels = list(classes) + [c for c in unknown if c not in classes]
+    """Per-class precision/recall/F1/support of the scored files, and the confusion matrix (rows
+    true, columns predicted); unknown test classes follow the model's, all their files misses."""
+    labels = classes + unknown
     index = {c: i for i, c in enumerate(labels)}
     scored = [r for r in rows if r['error'] is None]
     cm = confusion_matrix([index[r['true_label']] for r in scored],
@@ -251,7 +188,7 @@ def report(args, model, rows, unknown, extra):
     """Print the summary, the per-class table and where the plot went; write the reports."""
     scored = [r for r in rows if r['error'] is None]
     mean_ap = float(np.mean([r['ap'] for r in scored])) if scored else 0.0
-    accuracy = float(np.mean([r['accuracy'] for r in scored])) if scored else 0.0
+    accuracy = float(np.mean([r['rank'] == 1 for r in scored])) if scored else 0.0
     print(f'TESTING DONE!\nERRORS: {len(rows) - len(scored)} / {len(rows)}\nMAP: {mean_ap:.4f}\n'
           f'ACCURACY: {accuracy:.4f}')
     if unknown:
@@ -272,20 +209,17 @@ def report(args, model, rows, unknown, extra):
                'unknown_classes': unknown, **extra, 'model_meta': model.meta}
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['path', 'true_label', 'top_label', 'confidence', 'rank', 'ap', 'error',
-                             'unknown_class'])
-            writer.writerows([r['path'], r['true_label'], r['top_label'] or '',
-                              '' if r['confidence'] is None else f"{r['confidence']:.6f}", r['rank'] or '',
-                              '' if r['ap'] is None else r['ap'], r['error'] or '',
-                              int(r['true_label'] in unknown)] for r in rows)
+        with open(args.csv, 'w', newline='') as f:  # None is written as an empty field
+            fields = ['path', 'true_label', 'top_label', 'confidence', 'rank', 'ap', 'error', 'unknown_class']
+            writer = csv.DictWriter(f, fields, extrasaction='ignore')
+            writer.writeheader()
+            writer.writerows({**r, 'unknown_class': int(r['true_label'] in unknown), 'confidence':
+                              None if r['confidence'] is None else f"{r['confidence']:.6f}"} for r in rows)
         print('CSV REPORT:', args.csv)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {'summary': summary, 'classes': table,
-                  'files': [{k: v for k, v in r.items() if k != 'accuracy'} for r in rows]}
-        args.json.write_text(json.dumps(report, indent=1) + '\n')
+        results = {'summary': summary, 'classes': table, 'files': rows}
+        args.json.write_text(json.dumps(results, indent=1) + '\n')
         print('JSON REPORT:', args.json)
     return summary
 
@@ -293,7 +227,9 @@ def report(args, model, rows, unknown, extra):
 def main(argv=None):  # port of AED_eval's module-level testing
     args = parse_args(argv)
     ddp = distributed_env(os.environ)
-    quiet_other_ranks(ddp)
+    if ddp and ddp[0]:  # under torchrun only rank 0 prints; the others still show a traceback
+        sys.stdout = sys.stderr = open(os.devnull, 'w')
+        sys.excepthook = lambda *exc: traceback.print_exception(*exc, file=sys.__stderr__)
     check.exit_on(check_config(args, ddp))
     files, messages = list_test_files(args.testdir)
     for msg in messages:

@@ -1,9 +1,5 @@
 """Predict the sound events in audio files with a trained model.
 
-Each file is cut into overlapping windows as in AED_spec.py; the window
-predictions are averaged and the best classes printed. --timeline also lists
-every window's top class, which turns a long recording into event detection.
-
     python AED_test.py --filenames dataset/examples/siren_example.wav --modelname AED_Demo_model_best.pt
     python AED_test.py --filenames "['a.wav', 'b.wav']" --results 3 --confidence 0.05
     python AED_test.py --filenames recordings/ --modelname my_model.pt --timeline --json > out.jsonl
@@ -17,7 +13,7 @@ import time
 from pathlib import Path
 
 from model import config_checks as check
-from model.audio import AUDIO_EXTENSIONS
+from model.audio import AUDIO_EXTENSIONS, spec_defaults
 
 try:
     import config as cfg
@@ -29,42 +25,27 @@ ROOT = Path(__file__).resolve().parent
 PROGRESS_MIN_WINDOWS = 300
 
 
-def parse_args(argv):  # port of AED_test.parse_args
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--filenames', nargs='+', required=True, metavar='PATH', default=argparse.SUPPRESS,
-                   help="audio files, folders, quoted glob patterns or a list like \"['a.wav', 'b.wav']\"")
+def prediction_flags(p, threads):
+    """The flags AED_eval.py shares: the model, its windows and how it runs (threads: a default)."""
     p.add_argument('--modelname', default=cfg.TRAINED_MODEL,
                    help=f'checkpoint path, or file name under {cfg.MODEL_PATH}')
     p.add_argument('--speclength', type=int, default=None,
                    help=f"window length in seconds (None = the model's, else {cfg.SPEC_LENGTH})")
     p.add_argument('--overlap', type=float, default=None,
                    help=f"window overlap in seconds (None = the model's, else {cfg.SPEC_OVERLAP})")
-    p.add_argument('--results', type=int, default=cfg.NUM_RESULTS,
-                   help="ranked results PRINTED per file (AED_eval's --results is how many it "
-                        'keeps for AP)')
-    p.add_argument('--confidence', type=float, default=cfg.MIN_CONFIDENCE,
-                   help='hide results below this confidence')
-    p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
-    p.add_argument('--threads', type=int, default=cfg.TEST_THREADS,
-                   help='CPU threads for the network (0 = 1 for a small model, else every core; '
-                        'OMP_NUM_THREADS, when set, is kept)')
-    p.add_argument('--timeline', action='store_true',
-                   help="also list every window's start and end second and its top class")
-    p.add_argument('--json', action='store_true',
-                   help='print one JSON object per file and line on stdout, nothing else')
     p.add_argument('--batch-size', type=int, default=None,
                    help=f'windows per network batch, filled across files (None = {cfg.INFER_BATCH_SIZE} '
                         f'on CUDA, else {cfg.INFER_BATCH_SIZE_CPU})')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.INFER_COMPILE,
                    help='torch.compile the network first (20 s and more); pays off on a GPU and on long runs')
-    p.add_argument('--timing', action='store_true',
-                   help='print import, model-load and prediction times on stderr')
-    return p.parse_args(argv)
+    p.add_argument('--device', default=cfg.DEVICE, help="'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
+    p.add_argument('--threads', type=int, default=threads,
+                   help='CPU threads for the network (0 = 1 for a small model, else every core; '
+                        'OMP_NUM_THREADS, when set, is kept)')
 
 
-def check_config(args):
-    """Every setting this run uses, checked before torch is imported: [one-line problem or None]."""
+def prediction_checks(args, torchrun=False):
+    """Checks of what prediction_flags and model.session use: [one-line problem or None]."""
     return [
         check.model_file('TRAINED_MODEL (--modelname)', args.modelname, 'MODEL_PATH', ROOT / cfg.MODEL_PATH),
         check.spec_window('SPEC_LENGTH', cfg.SPEC_LENGTH, 'SPEC_OVERLAP', cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE),
@@ -75,31 +56,45 @@ def check_config(args):
         check.whole('INFER_BATCH_SIZE_CPU', cfg.INFER_BATCH_SIZE_CPU, 1),
         args.batch_size is not None and check.whole('--batch-size', args.batch_size, 1),
         check.flag('INFER_COMPILE (--compile)', args.compile),
+        check.device('DEVICE (--device)', args.device, torchrun)]
+
+
+def parse_args(argv):  # port of AED_test.parse_args
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--filenames', nargs='+', required=True, metavar='PATH', default=argparse.SUPPRESS,
+                   help="audio files, folders, quoted glob patterns or a list like \"['a.wav', 'b.wav']\"")
+    prediction_flags(p, cfg.TEST_THREADS)
+    p.add_argument('--results', type=int, default=cfg.NUM_RESULTS,
+                   help="ranked results PRINTED per file (AED_eval's --results: how many it keeps for AP)")
+    p.add_argument('--confidence', type=float, default=cfg.MIN_CONFIDENCE,
+                   help='hide results below this confidence')
+    p.add_argument('--timeline', action='store_true',
+                   help="also list every window's start and end second and its top class")
+    p.add_argument('--json', action='store_true',
+                   help='print one JSON object per file and line on stdout, nothing else')
+    p.add_argument('--timing', action='store_true',
+                   help='print import, model-load and prediction times on stderr')
+    return p.parse_args(argv)
+
+
+def check_config(args):
+    """Every setting this run uses, checked before torch is imported: [one-line problem or None]."""
+    return prediction_checks(args) + [
         check.whole('NUM_RESULTS (--results)', args.results, 1),
         check.fraction('MIN_CONFIDENCE (--confidence)', args.confidence),
-        check.device('DEVICE (--device)', args.device),
         check.whole('TEST_THREADS (--threads)', args.threads, 0)]
-
-
-def _literal_list(text):
-    """The original's "['a.wav', 'b.wav']" form as a list of strings, or None (defect 8)."""
-    if not text.lstrip().startswith(('[', '(')):
-        return None
-    try:
-        value = ast.literal_eval(text)  # literals only: never runs code
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None  # e.g. a glob pattern like [ab]*.wav
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    return None
 
 
 def expand_filenames(args):
     """Turn the --filenames arguments into [(path, error or None)] in the order given."""
     out = []
     for arg in args:
-        listed = _literal_list(arg)
-        if listed is not None:
+        try:  # the original's "['a.wav', 'b.wav']" (defect 8), read as literals: never runs code
+            listed = ast.literal_eval(arg)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            listed = None  # a path, or a glob pattern like [ab]*.wav
+        if isinstance(listed, (list, tuple)) and all(isinstance(v, str) for v in listed):
             out += expand_filenames(listed)
             continue
         path = Path(arg)
@@ -124,9 +119,10 @@ def progress(enabled):
 
     def watch(item):
         if enabled and item.get('windows', 0) > PROGRESS_MIN_WINDOWS:  # not on error items
-            bar = bars.setdefault(item['order'], tqdm(total=item['windows'], unit='window', leave=False,
-                                                      desc=Path(item['path']).name, file=sys.stderr))
-            bar.update(len(item['bounds']))
+            if item['order'] not in bars:
+                bars[item['order']] = tqdm(total=item['windows'], unit='window', leave=False,
+                                           desc=Path(item['path']).name, file=sys.stderr)
+            bars[item['order']].update(len(item['bounds']))
         if item['last'] and item['order'] in bars:
             bars.pop(item['order']).close()
     return watch
@@ -134,10 +130,12 @@ def progress(enabled):
 
 def print_result(args, path, result, model, rate):
     """The original's lines for one file (or its JSON object): top predictions and timing."""
-    from model.inference import prediction_pooling, rank_predictions, timeline
+    from model.inference import prediction_pooling, rank_predictions
     probs, seconds = result['probs'], result['seconds']
     ranked = rank_predictions(prediction_pooling(probs), model.classes, args.confidence, args.results)
-    windows = timeline(probs, result['bounds'], rate, model.classes) if args.timeline else []
+    if args.timeline:  # each window's start and end second, top class and confidence
+        windows = [(a / rate, b / rate, model.classes[k], float(p[k]))
+                   for (a, b), p, k in zip(result['bounds'], probs, probs.argmax(axis=1))]
     if result['constant']:
         print(f"WARNING: {path}: {len(result['constant'])} silent window(s)", file=sys.stderr)
     if args.json:
@@ -165,7 +163,6 @@ def main(argv=None):  # port of AED_test's main block and testFile
     args = parse_args(argv)
     check.exit_on(check_config(args))
     # torch takes seconds to import: flags are checked first so -h and typos answer at once
-    from model.audio import spec_defaults
     from model.inference import predict_files
     from model.session import open_for_prediction
     t_imported = time.perf_counter()

@@ -1,18 +1,5 @@
-"""Prediction with a trained checkpoint: shared by AED_test.py and AED_eval.py.
-
-The model is loaded once per process (model.session) and every prediction
-function takes the network as an argument (the original's AED_test used a
-global one, defect 9). Loader workers decode files into signal blocks
-(model.stream); predict_stream cuts each block into overlapping windows on
-the model's device, exactly as AED_spec.py cuts files, resizes them to the
-network's input, fills large batches across files and runs the network.
-Window probabilities are averaged over a file (the original's pooling),
-ranked, filtered by a confidence threshold and cut to the top k.
-
-    model = load_model('AED_Example_Run_model_best.pt', 'model/', 'auto')  # from model.session
-    for result in predict_files(model, ['dog.wav', 'rain.flac'], spec_settings(model.spec)):
-        rank_predictions(prediction_pooling(result['probs']), model.classes, 0.01, 5)
-"""
+"""Prediction for AED_test.py and AED_eval.py: signal blocks (model.stream) cut into windows on the
+model's device, batched across files; each file's window probabilities come back in order."""
 import functools
 import time
 
@@ -28,13 +15,9 @@ GPU_SPEC_WINDOWS = 256
 
 
 def prepare_windows(specs, im_size):
-    """(n, 256, 512) spectrograms (numpy or tensor) -> float32 tensor (n, 1, H, W).
-
-    Bilinear resize with half-pixel centres and no anti-aliasing, which is what
-    cv2.resize(INTER_LINEAR) did to the training PNGs.
-    """
-    x = torch.from_numpy(specs) if isinstance(specs, np.ndarray) else specs
-    x = x.float().unsqueeze(1)  # (n, 1, 256, 512)
+    """(n, 256, 512) spectrograms (numpy or tensor) -> float32 tensor (n, 1, H, W), resized as
+    cv2.resize(INTER_LINEAR) resized the training PNGs: half-pixel centres, no anti-aliasing."""
+    x = torch.as_tensor(specs).float().unsqueeze(1)  # (n, 1, 256, 512)
     w, h = im_size
     if (h, w) != (SPEC_HEIGHT, SPEC_WIDTH):
         x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=False)
@@ -42,13 +25,9 @@ def prepare_windows(specs, im_size):
 
 
 def predict(net, x, device, multi_label=False, im_dim=1, batch_size=32):
-    """Class probabilities of windows x (n, 1, H, W) -> numpy float32 (n, classes).
-
-    Port of AED_test.getPredictionFuntion. Softmax, or sigmoid for multi-label
-    models. On CUDA with channels_last tensors and float16 autocast: on an
-    H100 fp16 inference measured 23 % faster than bf16, and softmax outputs
-    need no bf16 range.
-    """
+    """Softmax (sigmoid for multi-label) of windows x (n, 1, H, W) -> numpy float32 (n, classes);
+    port of AED_test.getPredictionFuntion. On CUDA channels_last and fp16 autocast (fp16 measured
+    23 % faster than bf16 on an H100, and softmax outputs need no bf16 range)."""
     cuda = device.type == 'cuda'
     out = []
     with torch.inference_mode():
@@ -61,12 +40,11 @@ def predict(net, x, device, multi_label=False, im_dim=1, batch_size=32):
             with torch.autocast('cuda', dtype=torch.float16, enabled=cuda):
                 logits = net(xb).float()
             out.append((torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
 
 
 def prediction_pooling(p):
     """Average the window predictions of a file (port of AED_test.predictionPooling)."""
-    p = np.asarray(p)
     return p.mean(axis=0) if p.ndim == 2 else p
 
 
@@ -74,8 +52,7 @@ def rank_predictions(scores, classes, threshold=0.0, top_k=None):
     """[(label, confidence)] best first, confidences >= threshold, at most top_k (None = all)."""
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-scores, kind='stable')
-    ranked = [(classes[i], float(scores[i])) for i in order if scores[i] >= threshold]
-    return ranked if top_k is None else ranked[:max(0, int(top_k))]
+    return [(classes[i], float(scores[i])) for i in order if scores[i] >= threshold][:top_k]
 
 
 def true_rank(ranked, label):
@@ -83,28 +60,10 @@ def true_rank(ranked, label):
     return next((i + 1 for i, (name, _) in enumerate(ranked) if name == label), None)
 
 
-def average_precision(ranked, label):
-    """1 / rank of the true label, 0 when it is not in the list (defect 7)."""
-    rank = true_rank(ranked, label)
-    return 1.0 / rank if rank else 0.0
-
-
-def timeline(probs, bounds, rate, classes):
-    """Per window: (start s, end s, top label, confidence)."""
-    top = np.asarray(probs).argmax(axis=1)
-    return [(a / rate, b / rate, classes[k], float(probs[i, k]))
-            for i, ((a, b), k) in enumerate(zip(bounds, top))]
-
-
-def cut_windows(sig, bounds, settings, im_size, device, on_torch=None):
-    """Windows of one signal block as network input (n, 1, H, W) on device, and the silent ones.
-
-    On a CPU numpy's DFT is the fastest; elsewhere (or with on_torch=True) the
-    vectorised torch spectrogram runs on the device, GPU_SPEC_WINDOWS windows at a time.
-    """
+def cut_windows(sig, bounds, settings, im_size, device, on_torch=False):
+    """Windows of one signal block as network input (n, 1, H, W) on device, and the silent ones:
+    numpy's DFT (the fastest on a CPU), or with on_torch torch's on the device, in chunks."""
     rate, seconds = settings['sample_rate'], settings['length']
-    if on_torch is None:
-        on_torch = device.type != 'cpu'
     if not on_torch:
         specs, constant = spectrograms(as_float(sig.numpy()), bounds, rate, seconds)
         return prepare_windows(specs, im_size), constant
@@ -159,26 +118,23 @@ class _Batches:
 
 
 def predict_stream(model, items, settings, batch_size=32, pad=None):
-    """Predict a stream of model.stream.SignalBlocks items; yield one result per file, in order.
-
-    A result is a dict: index, path, error (None or the reason), probs
-    (windows, classes) numpy or None, source_rate, bounds (samples at the
-    analysis rate), constant (silent windows) and seconds (from opening the
-    file to its last prediction). pad (default: on CUDA) pads the last batch.
-    """
+    """Predict a stream of SignalBlocks items; yield one result per file, in order: path, error (None
+    or the reason), probs (windows, classes) or None, source_rate, bounds (samples at the analysis
+    rate), constant (silent windows), seconds (opening to last prediction). pad: default on CUDA."""
     batches = _Batches(model, batch_size, model.device.type == 'cuda' if pad is None else pad)
     files, done = {}, 0  # order -> the file's result so far; results yielded
     for item in items:
         result = files.setdefault(item['order'], {
-            'index': item['index'], 'path': item['path'], 'error': None, 'probs': [], 'bounds': [],
+            'path': item['path'], 'error': None, 'probs': [], 'bounds': [],
             'constant': [], 'source_rate': None, 'start': item['start'], 'waiting': 0})
         result['last'] = item['last']
         if item['error'] is not None:
             result['error'] = item['error']
         else:
             x, silent = item.get('x'), item.get('silent')
-            if x is None:  # cut here, on the device
-                x, silent = cut_windows(item['sig'], item['bounds'], settings, model.im_size, model.device)
+            if x is None:  # cut here: torch's DFT on a GPU, numpy's on a CPU
+                x, silent = cut_windows(item['sig'], item['bounds'], settings, model.im_size, model.device,
+                                        model.device.type != 'cpu')
             result['source_rate'] = item['source_rate']
             result['bounds'] += [(a + item['offset'], b + item['offset']) for a, b in item['bounds']]
             result['constant'] += [item['first'] + i for i in silent]
@@ -194,25 +150,19 @@ def _finished(files, done):
         result = files.pop(done)
         result['probs'] = np.concatenate(result['probs']) if result['error'] is None else None
         result['seconds'] = time.time() - result.pop('start')
-        del result['last'], result['waiting']
         done += 1
         yield result
     return done
 
 
-def predict_files(model, paths, settings, batch_size=32, workers=0, indices=None, watch=None):
-    """predict_stream over files decoded by `workers` loader processes (0 = in this one).
-
-    Port of AED_eval.getNextSpecBatch and the prediction loops of AED_eval and AED_test.
-    On a GPU the workers only decode and the main process cuts windows on the
-    GPU; on a CPU the workers cut them too, in parallel with the network.
-    watch(item), when given, sees every item first (a progress bar).
-    """
+def predict_files(model, paths, settings, batch_size=32, workers=0, watch=None):
+    """predict_stream over files decoded by `workers` loader processes (0 = in this one), which on a
+    CPU cut the windows too; watch(item) sees every item first. Port of AED_eval.getNextSpecBatch."""
     on_cpu = model.device.type == 'cpu' and workers > 0
     transform = functools.partial(cut_windows, settings=settings, im_size=model.im_size,
                                   device=model.device) if on_cpu else None
-    blocks = SignalBlocks(paths, settings, indices, transform=transform)
-    loader = block_loader(blocks, min(workers, len(blocks.paths)), model.device.type == 'cuda')
+    loader = block_loader(SignalBlocks(paths, settings, transform=transform), min(workers, len(paths)),
+                          model.device.type == 'cuda')
     if watch is not None:
         loader = (watch(item) or item for item in loader)
     return predict_stream(model, loader, settings, batch_size)

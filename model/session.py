@@ -1,9 +1,5 @@
 """What AED_eval.py and AED_test.py both set up before predicting: the device (one GPU per
-torchrun process), the model and its spectrogram settings, CPU threads, the batch size and
---compile. A model that cannot be used is one ERROR line and exit status 2.
-
-    model, settings, batch_size, workers = open_for_prediction(args, 'model/', fallback, (256, 32), paths)
-"""
+torchrun process), the model and its spectrogram settings, CPU threads, batch size and --compile."""
 import os
 import sys
 import time
@@ -13,14 +9,11 @@ import soundfile as sf
 import torch
 from torch.overrides import TorchFunctionMode
 
-from model.audio import spec_defaults, split_bounds, window_problem
+from model.audio import SPEC_KEYS, split_bounds, window_problem
 from model.checkpoint import CheckpointError, checkpoint_meta, model_from_checkpoint, resolve_model_path
 from model.inference import batch_rows, predict
 from model.threads import available_cores, decoding_workers, pick_threads
 from model.training import select_device
-
-# Used when neither the caller nor the checkpoint names a setting (the original's values)
-DEFAULT_SPEC = spec_defaults(3, 2, 44100, 'linear')
 
 # With fewer windows to predict, compiling on a CPU (20 s and more) costs more than it saves
 COMPILE_MIN_WINDOWS = 300
@@ -51,51 +44,34 @@ class _NoInit(TorchFunctionMode):
 
 
 def load_model(name, model_dir, device='auto'):
-    """Resolve, read (weights_only) and rebuild a checkpoint's network on a device.
-
-    `name` is a path, or a file name under model_dir; device a name or a
-    torch.device. Raises CheckpointError (missing, unreadable or not a
-    checkpoint) or ValueError (a device that is not available).
-    """
-    device = device if isinstance(device, torch.device) else select_device(device)
+    """A checkpoint's network on a device: `name` is a path, or a file name under model_dir.
+    Raises CheckpointError (missing, unreadable, not a checkpoint) or ValueError (no such device)."""
+    device = select_device(device)
     path = resolve_model_path(name, model_dir)
     with _NoInit():
         net, ckpt = model_from_checkpoint(path, device)  # strict load: every weight is set
     if device.type == 'cuda':
         net = net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # autotune: inference batches have few shapes
-    w, h = (int(v) for v in ckpt['im_size'])
-    return LoadedModel(net=net, classes=[str(c) for c in ckpt['classes']], im_size=(w, h),
-                       im_dim=int(ckpt['im_dim']), multi_label=bool(ckpt.get('multi_label', False)),
-                       spec=dict(ckpt.get('spec') or {}), device=device, path=str(path),
-                       meta=checkpoint_meta(ckpt))
+    return LoadedModel(net=net, classes=ckpt['classes'], im_size=tuple(ckpt['im_size']),
+                       im_dim=ckpt['im_dim'], multi_label=ckpt.get('multi_label', False),
+                       spec=ckpt.get('spec') or {}, device=device, path=str(path), meta=checkpoint_meta(ckpt))
 
 
-def spec_settings(model_spec, length=None, overlap=None, fallback=DEFAULT_SPEC):
-    """Spectrogram settings: explicit values, else the checkpoint's, else fallback's.
-
-    Returns {'length', 'overlap', 'sample_rate', 'resample'}; raises ValueError
-    for windows that AED_spec cannot cut (defect 10).
-    """
-    merged = {**DEFAULT_SPEC, **fallback, **(model_spec or {})}
+def spec_settings(model_spec, fallback, length=None, overlap=None):
+    """{'length', 'overlap', 'sample_rate', 'resample'}: explicit values, else the checkpoint's,
+    else fallback's. Raises ValueError for windows that AED_spec cannot cut (defect 10)."""
+    merged = {**fallback, **model_spec}
     merged.update({k: v for k, v in (('length', length), ('overlap', overlap)) if v is not None})
-    # the checkpoint's spec may carry a float like 3.0 for a supported int length
-    if float(merged['length']).is_integer():
-        merged['length'] = int(merged['length'])
-    merged['sample_rate'] = int(merged['sample_rate'])
     problem = window_problem(merged['length'], merged['overlap'], merged['sample_rate'])
     if problem:
         raise ValueError(problem)
-    return {k: merged[k] for k in DEFAULT_SPEC}
+    return {k: merged[k] for k in SPEC_KEYS}
 
 
 def compile_model(model, rows):
-    """torch.compile model.net, and compile it now on `rows` windows of zeros.
-
-    Lazily, the compile would be timed as the first file's prediction, and a
-    failure would end the run there. Returns a warning or None; where
-    compiling fails, model.net stays the plain network.
-    """
+    """torch.compile model.net now, on `rows` windows of zeros: lazily it would be timed as the
+    first file's prediction and fail there. Returns a warning, or None; failed, net stays plain."""
     w, h = model.im_size
     try:
         net = torch.compile(model.net)
@@ -107,43 +83,18 @@ def compile_model(model, rows):
     return None
 
 
-def window_count(paths, settings, enough):
-    """Windows the files will give, from their headers (0 for a file soundfile cannot open),
-    counted until there are `enough`."""
-    total = 0
-    for path in paths:
-        try:
-            info = sf.info(str(path))
-        except (sf.SoundFileError, OSError, ValueError, EOFError, RuntimeError):
-            continue
-        rate, n = settings['sample_rate'], int(info.frames * settings['sample_rate'] / info.samplerate)
-        total += len(split_bounds(n, rate, settings['length'], settings['overlap'])) if n else 0
-        if total >= enough:
-            break
-    return total
-
-
-def rank_device(name, ddp):
-    """Under torchrun each process of a CUDA run takes the GPU of its local rank."""
-    if ddp and name in ('auto', 'cuda') and torch.cuda.is_available():
-        torch.cuda.set_device(ddp[2])
-        return f'cuda:{ddp[2]}'
-    return name
-
-
 def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None, quiet=False):
-    """Load args.modelname on args.device (its rank's GPU under torchrun) and set up the run.
-
-    args carries modelname, device, speclength, overlap, threads, batch_size,
-    compile and (AED_eval) workers; batch_sizes is (on CUDA, elsewhere); paths
-    the files to predict. Exits 2 with one ERROR line when the model cannot be
-    used. Returns (model, settings, batch size, decoding workers).
-    """
+    """(model, settings, batch size, decoding workers) for the flags in args; batch_sizes is
+    (on CUDA, elsewhere). A model that cannot be used is one ERROR line and exit status 2."""
     say = (lambda *a, **k: None) if quiet else print  # status lines stay off JSON output
     say('IMPORTING MODEL...', end=' ', flush=True)
+    device = args.device
+    if ddp and device in ('auto', 'cuda') and torch.cuda.is_available():  # each rank its own GPU
+        device = f'cuda:{ddp[2]}'
+        torch.cuda.set_device(device)
     try:
-        model = load_model(args.modelname, model_dir, rank_device(args.device, ddp))
-        settings = spec_settings(model.spec, args.speclength, args.overlap, fallback)
+        model = load_model(args.modelname, model_dir, device)
+        settings = spec_settings(model.spec, fallback, args.speclength, args.overlap)
     except (CheckpointError, ValueError) as e:
         say()
         print(f'ERROR: {e}', file=sys.stderr)
@@ -169,7 +120,16 @@ def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None,
 
 def compile_now(model, paths, settings, batch_size):
     """--compile: warn where it cannot pay off, then compile on the first batch's shape, timed."""
-    windows = window_count(paths, settings, max(COMPILE_MIN_WINDOWS, batch_size))
+    windows, rate = 0, settings['sample_rate']
+    for path in paths:  # from the headers, until there are enough
+        try:
+            info = sf.info(str(path))
+        except (sf.SoundFileError, OSError, ValueError, EOFError, RuntimeError):
+            continue  # a bad file gives no windows
+        n = int(info.frames * rate / info.samplerate)
+        windows += len(split_bounds(n, rate, settings['length'], settings['overlap'])) if n else 0
+        if windows >= max(COMPILE_MIN_WINDOWS, batch_size):
+            break
     if model.device.type == 'cpu' and windows < COMPILE_MIN_WINDOWS:
         print(f'WARNING: --compile on a CPU for {windows} windows: compiling will cost more than it '
               f'saves (it pays off on a GPU and on long runs)', file=sys.stderr)

@@ -1,16 +1,7 @@
-"""Audio files as a stream of fixed-size signal blocks, decoded in DataLoader workers.
-
-Port of AED_eval.getSignalChunk and getNextSpecBatch, with model.inference.
-Workers read, downmix and resample; the windows are cut from the blocks on the
-model's device (model.inference.cut_windows). A block holds whole windows, so
-it can be cut on its own, and at most about BLOCK_SAMPLES samples plus one
-window: a recording of any length streams in bounded memory. The blocks are
-the samples of load_audio + resample of the whole file (the linear resampler
-interpolates each output sample from its two neighbours, so it can run block
-by block); 'sinc' resampling and files that only librosa decodes are read whole.
-
-    loader = block_loader(SignalBlocks(['a.wav', 'b.flac'], settings), workers=2)
-"""
+"""Audio files as a stream of signal blocks, decoded in DataLoader workers (port of
+AED_eval.getSignalChunk). A block holds whole windows, at most about BLOCK_SAMPLES samples plus
+one window, so a recording of any length streams in bounded memory; its samples are those of
+load_audio + resample of the whole file ('sinc' and files only librosa decodes are read whole)."""
 import ctypes
 import functools
 import time
@@ -29,34 +20,18 @@ BLOCK_SAMPLES = 1 << 20
 READ_ERRORS = (sf.SoundFileError, OSError, ValueError, EOFError)
 
 
-def _open(path, settings):
-    """The file opened for reading block by block, or None when it must be read whole."""
-    if settings['resample'] != 'linear':
-        return None
-    try:
-        f = sf.SoundFile(str(path))
-    except READ_ERRORS:
-        return None  # load_audio gives the reason, or tries librosa
-    if f.frames > 0:
-        return f
-    f.close()
-    return None
-
-
-def _reader(f):
-    """read(lo, hi): samples lo..hi of an open file, mono float32 as load_audio gives them."""
-    def read(lo, hi):
-        try:  # only the decoding: an error here is a bad file, anything later a bug
-            f.seek(lo)
-            data = read_mono(f, hi - lo)
-        except READ_ERRORS as e:
-            raise AudioError(f'{type(e).__name__}: {str(e).strip() or "read failed"}') from None
-        if len(data) != hi - lo:
-            raise AudioError('file is shorter than its header says')
-        if not np.isfinite(data).all():
-            raise AudioError('file contains NaN or infinite samples')
-        return data
-    return read
+def _read(f, lo, hi):
+    """Samples lo..hi of an open file, mono float32 as load_audio gives them."""
+    try:  # only the decoding: an error here is a bad file, anything later a bug
+        f.seek(lo)
+        data = read_mono(f, hi - lo)
+    except READ_ERRORS as e:
+        raise AudioError(f'{type(e).__name__}: {str(e).strip() or "read failed"}') from None
+    if len(data) != hi - lo:
+        raise AudioError('file is shorter than its header says')
+    if not np.isfinite(data).all():
+        raise AudioError('file contains NaN or infinite samples')
+    return data
 
 
 def as_float(sig):
@@ -67,21 +42,22 @@ def as_float(sig):
 
 
 def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
-    """Yield one dict per block of a file: sig (numpy), bounds inside it, first (its first window's
-    number), offset (its first sample), source_rate, windows (in the file) and last.
-
-    sig is float32, or int16 where every sample is a whole 16-bit value (as_float converts it).
-    Raises AudioError for a file that cannot be decoded.
-    """
+    """Yield a dict per block: sig (numpy float32, or int16 of whole 16-bit values), bounds in it,
+    first (window number), offset (first sample), source_rate, windows, last; AudioError if bad."""
     rate = settings['sample_rate']
-    f = _open(path, settings)
+    try:
+        f = sf.SoundFile(str(path)) if settings['resample'] == 'linear' else None
+    except READ_ERRORS:
+        f = None  # load_audio gives the reason, or tries librosa
     if f is None:
         sig, source_rate, int_scale = load_audio(path)
         sig = resample(sig, source_rate, rate, settings['resample'], int_scale)
         yield from _blocks(lambda a, b: sig[a:b], len(sig), source_rate, settings, block_samples)
         return
     with f:
-        read, n_new, scale = _reader(f), f.frames, INT_SCALES.get(f.subtype)
+        if not f.frames:
+            raise AudioError('file has no audio samples')
+        read, n_new, scale = functools.partial(_read, f), f.frames, INT_SCALES.get(f.subtype)
         if f.samplerate != rate:  # the samples model.audio.resample gives for the whole file
             n_new = int(f.frames * rate / f.samplerate)
             if n_new == 0:
@@ -112,40 +88,28 @@ def _blocks(read, n_new, source_rate, settings, block_samples):
 
 
 class SignalBlocks(torch.utils.data.IterableDataset):
-    """Files -> block items in the workers: file k goes to worker k % workers.
+    """Files -> block items in the workers (file k to worker k % workers): file_blocks' dicts plus
+    order (position in paths), path, start (time.time() on opening, as the original timed) and
+    error: None, or why the file could not be decoded (then the file's last item, with no signal).
+    A transform (sig, bounds) -> (x, silent) makes items carry x and silent instead of sig."""
 
-    An item is file_blocks' dict, with sig as a tensor, plus order (position
-    in paths), index (the caller's id), path, start (time.time() when the
-    file was opened, as the original timed from there) and error: None, or
-    the reason the file could not be decoded; that item is the file's last
-    and carries no signal. Nothing but decoding errors (AudioError) becomes an
-    error item. With a transform (sig, bounds) -> (x, silent windows), the
-    workers also cut the windows and items carry x and silent instead of sig
-    (on a CPU, where the workers cut windows in parallel with the network).
-    """
-
-    def __init__(self, paths, settings, indices=None, block_samples=BLOCK_SAMPLES, transform=None):
-        self.paths = list(paths)
-        self.indices = list(indices) if indices is not None else list(range(len(self.paths)))
-        self.settings, self.block_samples, self.transform = dict(settings), block_samples, transform
+    def __init__(self, paths, settings, block_samples=BLOCK_SAMPLES, transform=None):
+        self.paths, self.settings = paths, settings
+        self.block_samples, self.transform = block_samples, transform
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for order in range(worker, len(self.paths), workers):
-            yield from self.items(order)
-
-    def items(self, order):
-        head = {'order': order, 'index': self.indices[order], 'path': self.paths[order], 'error': None,
-                'start': time.time()}
-        try:
-            for block in file_blocks(head['path'], self.settings, self.block_samples):
-                item = {**head, **block, 'sig': torch.from_numpy(block['sig'])}
-                if self.transform is not None:
-                    item['x'], item['silent'] = self.transform(item.pop('sig'), block['bounds'])
-                yield item
-        except AudioError as e:
-            yield {**head, 'error': str(e), 'last': True}
+            head = {'order': order, 'path': self.paths[order], 'error': None, 'start': time.time()}
+            try:
+                for block in file_blocks(head['path'], self.settings, self.block_samples):
+                    item = {**head, **block, 'sig': torch.from_numpy(block['sig'])}
+                    if self.transform is not None:
+                        item['x'], item['silent'] = self.transform(item.pop('sig'), block['bounds'])
+                    yield item
+            except AudioError as e:
+                yield {**head, 'error': str(e), 'last': True}
 
 
 def _as_is(item):
@@ -153,12 +117,8 @@ def _as_is(item):
 
 
 def _keep_freed_memory(_worker_id):
-    """Let a loader worker's heap keep freed memory (glibc only).
-
-    Each block's spectrograms allocate and free a few MB; glibc's adaptive
-    thresholds returned them to the OS and page-faulted them back every time,
-    which made the workers 40 % slower on the demo test split than in one process.
-    """
+    """Let a loader worker's heap keep freed memory (glibc only): glibc returned each block's
+    few MB to the OS and page-faulted them back, making workers 40 % slower on the demo split."""
     try:
         libc = ctypes.CDLL('libc.so.6')
         libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks under 64 MB come from the heap
@@ -167,9 +127,7 @@ def _keep_freed_memory(_worker_id):
         pass  # not glibc: its default is fine
 
 
-def block_loader(blocks, workers=1, pin_memory=False):
+def block_loader(blocks, workers, pin_memory):
     """A DataLoader of a SignalBlocks' items, decoded by `workers` processes (0 = here)."""
-    return torch.utils.data.DataLoader(blocks, batch_size=None, num_workers=workers,
-                                       collate_fn=_as_is, pin_memory=pin_memory,
-                                       worker_init_fn=_keep_freed_memory,
-                                       prefetch_factor=2 if workers else None)
+    return torch.utils.data.DataLoader(blocks, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                                       pin_memory=pin_memory, worker_init_fn=_keep_freed_memory)

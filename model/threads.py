@@ -1,20 +1,7 @@
-"""How many intra-op threads the network and how many loader processes the decoding get
-for inference (AED_test, AED_eval).
-
-torch starts one thread per physical core. For a small network each layer is
-a fraction of a millisecond of work, so splitting it buys little; when another
-process keeps a core busy, every layer waits for the thread that shares the
-busy core, and a 2 ms/spec demo model took 58 ms/spec on a 2-core machine.
-The rule: one thread for a small network; otherwise every core, never more
-than torch's own default. The decoding workers need no core of their own
-beside a large network: on a CPU they spend about 1 ms per window where the
-paper's network spends 80 ms or more, and reserving a core for them made
-AED_test 1.6x slower than the bare network on 2 cores.
-
-    threads = pick_threads(0, (128, 64), 16, available_cores())   # -> 1
-    threads = pick_threads(0, (512, 256), 64, 16)                  # -> 16
-    workers = decoding_workers(0, files=40, on_cpu=True, cores=2)   # -> 1
-"""
+"""How many threads the network and how many loader processes the decoding get for inference:
+one thread for a small network (with another process on a core, every layer of a threaded one
+waits for it: the demo model took 58 ms/spec instead of 2), else every core, none kept for the
+decoding workers (reserving one made AED_test 1.6x slower beside the paper's network)."""
 import os
 
 from model.net import CONV_BLOCKS, DENSE_UNITS, flat_size
@@ -45,28 +32,22 @@ def forward_macs(im_size, filters, im_dim=1, num_classes=10):
     return macs + flat_size(im_size, filters) * DENSE_UNITS + DENSE_UNITS * (DENSE_UNITS + num_classes)
 
 
-def default_threads(im_size, filters, cores, cap=None):
-    """Threads for a network of this size: 1 when small, else every core (<= cap)."""
+def pick_threads(requested, im_size, filters, cores, cap=None, omp_env=None):
+    """--threads when > 0; else None (keep torch's setting) when the user set OMP_NUM_THREADS;
+    else 1 for a small network and every core (at least 1, at most cap) for a large one."""
+    if requested > 0:
+        return requested
+    if omp_env:
+        return None
     if forward_macs(im_size, filters) < SMALL_MODEL_MACS:
         return 1
-    threads = max(1, int(cores))
+    threads = max(1, cores)
     return min(threads, cap) if cap else threads
 
 
-def pick_threads(requested, im_size, filters, cores, cap=None, omp_env=None):
-    """The --threads value to use: requested when > 0; None (leave torch's setting) when
-    requested is 0 and the user set OMP_NUM_THREADS (omp_env); else default_threads."""
-    if requested and requested > 0:
-        return int(requested)
-    if omp_env:
-        return None
-    return default_threads(im_size, filters, cores, cap)
-
-
 def decoding_workers(requested, files, on_cpu, cores):
-    """Loader processes decoding the files: requested when > 0; else none for one file on a CPU
-    (decoding is a sliver of the network's time, not worth a process start), else cores - 1
-    between 1 and 8. Never more than files."""
+    """Loader processes: requested when > 0; else none for one file on a CPU (not worth a process
+    start), else cores - 1 between 1 and 8. Never more than files."""
     if not requested:
         requested = 0 if files == 1 and on_cpu else max(1, min(8, cores - 1))
     return min(requested, files)

@@ -68,10 +68,14 @@ def test_list_form_several_paths_folder_and_glob(capsys, tiny_model, examples, d
     assert status == 0 and files_tested(out) == [str(p) for p in examples if p.name.startswith('s')]
 
 
-def test_list_form_is_parsed_as_a_literal_never_evaluated():
-    assert AED_test._literal_list("['a.wav', 'b.wav']") == ['a.wav', 'b.wav']
-    assert AED_test._literal_list("[__import__('os').getcwd()]") is None
-    assert AED_test._literal_list('[ab]*.wav') is None  # a glob pattern stays a pattern
+def test_list_form_is_parsed_as_a_literal_never_evaluated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'a.wav').write_bytes(b'')
+    assert AED_test.expand_filenames(["['a.wav', 'b.wav']"]) == [('a.wav', None), ('b.wav', 'no such file')]
+    code = "[__import__('pathlib').Path('ran').touch()]"
+    assert AED_test.expand_filenames([code]) == [(code, 'no file matches this pattern')]
+    assert not (tmp_path / 'ran').exists()
+    assert AED_test.expand_filenames(['[ab]*.wav']) == [('a.wav', None)]  # a glob pattern stays a pattern
 
 
 def test_json_lines(capsys, tiny_model, examples):
@@ -136,6 +140,7 @@ def test_a_long_file_shows_a_progress_bar_on_a_terminal_only(capsys, tiny_model,
         bars = re.findall(r'(\S+\.wav):\s+\d+%.*?(\d+)/(\d+)', err.getvalue())
         if terminal and not extra:
             assert {name for name, _, _ in bars} == {'long.wav'} and bars[0][2] == '30'
+            assert err.getvalue().count('long.wav:   0%') == 1  # one bar for its two blocks
         else:
             assert bars == [] and err.getvalue() == ''
 

@@ -146,11 +146,21 @@ def test_no_known_test_class_is_an_error_before_any_decoding(capsys, tiny_model,
     assert 'TESTING MODEL' not in out and 'MAP' not in out and not (tmp_path / 'r.json').exists()
 
 
+def test_ap_is_reciprocal_rank_and_zero_outside_the_top():
+    # defect 7: the original recorded no AP when the label was not listed (the file left MAP,
+    # its line showed the previous file's AP); here such a file scores 0 and stays in MAP
+    probs = np.array([[0.1, 0.5, 0.05, 0.35], [0.1, 0.5, 0.05, 0.35]])
+    aps = [AED_eval.score(probs, ['a', 'b', 'c', 'd'], label, 0.0, 10)['ap'] for label in 'bdac']
+    assert aps == [1.0, 0.5, pytest.approx(1 / 3), 0.25]
+    outside = AED_eval.score(probs, ['a', 'b', 'c', 'd'], 'a', 0.0, max_predictions=2)
+    assert outside['rank'] is None and outside['ap'] == 0.0 and outside['top_label'] == 'b'
+
+
 def test_confidence_threshold_does_not_change_ap():
     classes = ['a', 'b', 'c', 'd']
     probs = np.array([[0.6, 0.399999, 1e-6, 0.0]])  # true class 'c' ranked 3rd at 1e-6
     row = AED_eval.score(probs, classes, 'c', threshold=1e-4, max_predictions=10)
-    assert row['rank'] == 3 and row['ap'] == pytest.approx(1 / 3) and row['accuracy'] == 0
+    assert row['rank'] == 3 and row['ap'] == pytest.approx(1 / 3)
     # only the listed predictions respect the threshold
     assert [p['label'] for p in row['predictions']] == ['a', 'b']
     # MAX_PREDICTIONS still cuts the ranking

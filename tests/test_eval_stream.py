@@ -139,8 +139,8 @@ def test_results_are_gathered_through_gloo_whatever_the_device(monkeypatch, tmp_
         calls.append((backend, kwargs.get('timeout')))
         return real_init('gloo', **kwargs)  # a CPU machine has no NCCL: run the group on gloo anyway
     monkeypatch.setattr(dist, 'init_process_group', init)
-    def predict_files(model, paths, settings, batch_size, workers, indices):
-        return iter([{'index': i, 'path': p} for i, p in zip(indices, paths)])
+    def predict_files(model, paths, settings, batch_size, workers):
+        return iter([{'path': p} for p in paths])
     monkeypatch.setattr(AED_eval, 'predict_files', predict_files)
     monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
     monkeypatch.setenv('MASTER_PORT', str(free_port()))

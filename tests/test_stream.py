@@ -7,9 +7,10 @@ import torch
 from model import audio
 from model.inference import cut_windows, predict, predict_files, prepare_windows
 from model.net import AEDNet
-from model.session import LoadedModel, spec_settings
+from model.session import LoadedModel
 from model.stream import as_float, file_blocks
 
+SPEC = audio.spec_defaults(3, 2, 44100, 'linear')  # the original's settings
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
 
@@ -79,7 +80,7 @@ def test_gpu_chunks_of_windows_give_the_numpy_windows(monkeypatch):
     sig = events(44100 * 25, 44100, 11)
     sig[44100 * 9:44100 * 14] = 0  # windows 9 to 11 are silent: across the third and fourth chunks
     bounds = audio.split_bounds(len(sig), 44100, 3, 2)
-    settings, cpu = spec_settings({}), torch.device('cpu')
+    settings, cpu = SPEC, torch.device('cpu')
     x, silent = cut_windows(torch.from_numpy(sig), bounds, settings, (128, 64), cpu, on_torch=True)
     expected, expected_silent = cut_windows(torch.from_numpy(sig), bounds, settings, (128, 64), cpu)
     assert len(bounds) == 25 and x.shape == expected.shape == (25, 1, 64, 128)
@@ -98,7 +99,7 @@ def test_blocks_are_the_samples_of_the_whole_file(tmp_path, rate, subtype, chann
     rng = np.random.default_rng(rate)
     sf.write(path, np.clip(peak * rng.standard_normal((int(rate * 19.7), channels)), -1, 1), rate,
              subtype=subtype)
-    settings = spec_settings({})
+    settings = SPEC
     sig, source_rate, scale = audio.load_audio(path)
     whole = audio.resample(sig, source_rate, 44100, 'linear', scale)
     bounds = audio.split_bounds(len(whole), 44100, 3, 2)
@@ -144,7 +145,7 @@ def test_cuda_inference_in_fp16_and_channels_last_matches_the_cpu(tmp_path):
     np.testing.assert_allclose(gpu, cpu, atol=2e-2)
     # the whole front end on the GPU gives the CPU's file probabilities
     sf.write(tmp_path / 'a.wav', events(44100 * 8, 44100, 6), 44100)
-    settings = spec_settings({})
+    settings = SPEC
     on_gpu = next(predict_files(model, [tmp_path / 'a.wav'], settings, batch_size=4))
     on_cpu = next(predict_files(tiny_model(torch.device('cpu')), [tmp_path / 'a.wav'], settings))
     np.testing.assert_allclose(on_gpu['probs'], on_cpu['probs'], atol=2e-2)

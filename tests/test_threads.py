@@ -4,7 +4,7 @@ import torch
 import AED_eval
 import AED_test
 from model.net import AEDNet
-from model.threads import SMALL_MODEL_MACS, decoding_workers, default_threads, forward_macs, pick_threads
+from model.threads import SMALL_MODEL_MACS, decoding_workers, forward_macs, pick_threads
 
 
 def test_forward_macs_counts_the_networks_convolutions_and_dense_layers():
@@ -25,11 +25,11 @@ def test_forward_macs_counts_the_networks_convolutions_and_dense_layers():
 
 def test_small_models_get_one_thread_large_ones_the_free_cores():
     assert forward_macs((128, 64), 16) < SMALL_MODEL_MACS < forward_macs((512, 256), 64)
-    assert default_threads((128, 64), 16, cores=16) == 1  # the demo preset
-    assert default_threads((256, 128), 32, cores=16) == 1  # measured faster on one thread too
-    assert default_threads((512, 256), 64, cores=16) == 16
-    assert default_threads((512, 256), 64, cores=0) == 1  # never below 1
-    assert default_threads((512, 256), 64, cores=32, cap=16) == 16  # never above torch's default
+    assert pick_threads(0, (128, 64), 16, cores=16) == 1  # the demo preset
+    assert pick_threads(0, (256, 128), 32, cores=16) == 1  # measured faster on one thread too
+    assert pick_threads(0, (512, 256), 64, cores=16) == 16
+    assert pick_threads(0, (512, 256), 64, cores=0) == 1  # never below 1
+    assert pick_threads(0, (512, 256), 64, cores=32, cap=16) == 16  # never above torch's default
 
 
 def test_pick_threads_honours_the_flag_and_omp_num_threads():
