@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 from torch.overrides import TorchFunctionMode
 
-from model.audio import SPEC_KEYS, split_bounds, window_problem
+from model.audio import split_bounds, window_problem
 from model.checkpoint import CheckpointError, checkpoint_meta, model_from_checkpoint, resolve_model_path
 from model.inference import batch_rows, predict
 from model.threads import available_cores, decoding_workers, pick_threads
@@ -66,7 +66,7 @@ def spec_settings(model_spec, fallback, length=None, overlap=None):
     problem = window_problem(merged['length'], merged['overlap'], merged['sample_rate'])
     if problem:
         raise ValueError(problem)
-    return {k: merged[k] for k in SPEC_KEYS}
+    return {k: merged[k] for k in fallback}  # the four keys of spec_defaults
 
 
 def compile_model(model, rows):
