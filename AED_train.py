@@ -20,7 +20,6 @@ from torch.utils.data import Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-import config as cfg
 from model import config_checks as check
 from model.audio import read_spec_settings, spec_defaults
 from model.checkpoint import CheckpointError, detached_copy, load_weights, resolve_model_path, save_checkpoint
@@ -33,6 +32,11 @@ from model.training import (BackgroundWriter, Precision, add_up, all_can_step, c
                             describe_schedule, distributed_env, evaluate, learning_rate, make_optimizer,
                             maybe_compile, percent, plot_training_curves, rng_states, select_device,
                             train_epoch, write_epoch_log)
+
+try:
+    import config as cfg
+except Exception as e:  # noqa: BLE001 -- the user's config.py: any error in it is one ERROR line
+    check.config_failed(e)
 
 ROOT = Path(__file__).resolve().parent
 
