@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from scipy.ndimage import median_filter
 
 # File name suffix of each output format (BirdNET-Analyzer's style: <recording stem><suffix>)
 SUFFIXES = {'raven': '.selections.txt', 'audacity': '.labels.txt', 'csv': '.events.csv',
@@ -57,7 +56,7 @@ class Event(NamedTuple):
 def _fraction(name, value):
     """value as a float in (0, 1), else ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-        raise ValueError(f'threshold {name}: {value!r} is not a number between 0 and 1 (exclusive)')
+        raise ValueError(f'{name}: {value!r} is not a number between 0 and 1 (exclusive)')
     return float(value)
 
 
@@ -75,8 +74,8 @@ def parse_thresholds(value, classes=None):
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             raise ValueError(f'threshold {value!r} is neither a number nor a dict literal') from None
     if not isinstance(value, dict):
-        return {'default': _fraction('', value)}
-    out = {str(k): _fraction(repr(k), v) for k, v in value.items()}
+        return {'default': _fraction('threshold', value)}
+    out = {str(k): _fraction(f'threshold {k!r}', v) for k, v in value.items()}
     if classes is not None:
         unknown = sorted(set(out) - set(classes) - {'default'})
         if unknown:
@@ -141,6 +140,7 @@ def smooth(probs, smoothing):
     probs = np.asarray(probs)
     if smoothing == 1 or len(probs) < 2:
         return probs
+    from scipy.ndimage import median_filter  # 0.2 s of imports: AED_test.py checks flags without it
     return median_filter(probs, size=(smoothing, 1), mode='nearest')
 
 
