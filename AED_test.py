@@ -197,18 +197,20 @@ def detection_setup(args, model, settings):
               'length': settings['length'], 'smoothing': args.smoothing, 'min_length': args.min_length,
               'merge_gap': args.merge_gap, 'background': background_classes(args, model)}
     tuned = thresholds_path(model.path)
+    if args.threshold is None:
+        try:
+            thresholds = load_thresholds(tuned, model.classes)
+        except ValueError as e:  # a tuned-thresholds file that does not parse (the message names it)
+            check.exit_on([str(e)])
+        if thresholds is not None:
+            print(f'THRESHOLDS: tuned, from {tuned.resolve()}', file=sys.stderr)
+            return thresholds, params
+    label, value = ('EVENT_THRESHOLD', cfg.EVENT_THRESHOLD) if args.threshold is None else \
+        ('--threshold', args.threshold)
     try:
-        if args.threshold is not None:
-            return parse_thresholds(args.threshold, model.classes), params
-        thresholds = load_thresholds(tuned, model.classes)
-        if thresholds is None:
-            return parse_thresholds(cfg.EVENT_THRESHOLD, model.classes), params
-    except ValueError as e:  # an unknown class, or a tuned-thresholds file that does not parse
-        label = '--threshold' if args.threshold is not None else 'EVENT_THRESHOLD'
-        print(f"ERROR: {label + str(e).removeprefix('threshold')}", file=sys.stderr)
-        sys.exit(2)
-    print(f'THRESHOLDS: tuned, from {tuned.resolve()}', file=sys.stderr)
-    return thresholds, params
+        return parse_thresholds(value, model.classes), params
+    except ValueError as e:  # a class the model does not have (the rest was checked before torch)
+        check.exit_on([label + str(e).removeprefix('threshold')])
 
 
 def windows_of(result, rate):
