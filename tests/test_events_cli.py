@@ -170,6 +170,8 @@ def test_out_writes_one_file_per_recording_named_after_it(capsys, tiny_model, sc
         for count, path in written:
             text = open(path, encoding='utf-8').read()
             assert int(count) == len(expected) and spans(read_events(text, fmt)) == expected
+            if fmt == 'raven':  # High Freq: the analysis rate's Nyquist frequency
+                assert {row.split('\t')[6] for row in text.splitlines()[1:]} == {'22050'}
         assert not list((out_dir / fmt).rglob('*.tmp'))
 
 
@@ -356,6 +358,9 @@ def test_annotation_scores_equal_sed_eval_on_aed_tests_event_files(capsys, tiny_
     assert [row['annotated'] for row in report['files']] == [
         len((annotations / (w.stem + '.txt')).read_text().splitlines()) for w in sorted(recordings.iterdir())]
     assert sum(int(row[5]) for row in table) == sum(row['annotated'] for row in report['files'])
+    for row, wav in zip(report['files'], sorted(recordings.iterdir())):  # the events scored are AED_test's
+        written = read_events((tmp_path / 'ev' / (wav.stem + '.events.jsonl')).read_text(), 'json')
+        assert spans([(e['onset'], e['offset'], e['label']) for e in row['events']]) == spans(written)
 
 
 def test_bad_annotations_and_recordings_are_each_one_line(capsys, tiny_model, scenes, tmp_path, monkeypatch):
