@@ -132,7 +132,9 @@ def load_thresholds(path, classes=None):
 def smooth(probs, smoothing):
     """Median filter of each class's probabilities over `smoothing` windows (odd; 1 = off).
 
-    At the ends the first and last windows are repeated (scipy's 'nearest').
+    At the ends the first and last windows are repeated (scipy's 'nearest'). The values are
+    scipy.ndimage.median_filter's; numpy's median over a sliding view spares its import, 0.15 s
+    after torch's: 10 % of an AED_test.py --events run on 20 windows of the paper's network.
     """
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, np.integer)) \
             or smoothing < 1 or smoothing % 2 == 0:
@@ -140,8 +142,8 @@ def smooth(probs, smoothing):
     probs = np.asarray(probs)
     if smoothing == 1 or len(probs) < 2:
         return probs
-    from scipy.ndimage import median_filter  # 0.2 s of imports: AED_test.py checks flags without it
-    return median_filter(probs, size=(smoothing, 1), mode='nearest')
+    padded = np.pad(probs, ((smoothing // 2, smoothing // 2), (0, 0)), mode='edge')
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, smoothing, axis=0), axis=-1)
 
 
 def runs(active):
