@@ -83,16 +83,21 @@ def event_flags(p):
                         f"BACKGROUND_CLASSES = {cfg.BACKGROUND_CLASSES})")
 
 
+def threshold_problem(label, value, classes=None):
+    """Why value is no threshold (for these classes), in a line that starts with label; or None."""
+    try:
+        parse_thresholds(value, classes)
+    except ValueError as e:  # each message starts with the word 'threshold'
+        return label + str(e).removeprefix('threshold')
+    return None
+
+
 def event_checks(args):
     """Checks of the detection settings, before torch is imported: [one-line problem or None]."""
-    problems = []
-    for label, value in (('EVENT_THRESHOLD', cfg.EVENT_THRESHOLD), ('--threshold', args.threshold)):
-        try:
-            value is None or parse_thresholds(value)
-        except ValueError as e:  # each message starts with the word 'threshold'
-            problems.append(label + str(e).removeprefix('threshold'))
     background = args.background_classes
-    return problems + [
+    return [
+        threshold_problem('EVENT_THRESHOLD', cfg.EVENT_THRESHOLD),
+        args.threshold is not None and threshold_problem('--threshold', args.threshold),
         check.whole('EVENT_SMOOTHING (--smoothing)', args.smoothing, 1)
         or (args.smoothing % 2 == 0 and f'EVENT_SMOOTHING (--smoothing) must be odd, got {args.smoothing}'),
         check.number('EVENT_MIN_LENGTH (--min-length)', args.min_length, 0),
@@ -137,6 +142,7 @@ def check_config(args):
         check.whole('TEST_THREADS (--threads)', args.threads, 0),
         check.one_of('EVENTS_FORMAT (--events-format)', args.events_format, tuple(SUFFIXES)),
         out is not None and not args.events and '--out writes the events of --events: add --events',
+        args.threshold is not None and not args.events and '--threshold is for --events: add --events',
         out is not None and out.exists() and not out.is_dir() and f'--out: {out} is a file; give a folder']
 
 
@@ -207,10 +213,8 @@ def detection_setup(args, model, settings):
             return thresholds, params
     label, value = ('EVENT_THRESHOLD', cfg.EVENT_THRESHOLD) if args.threshold is None else \
         ('--threshold', args.threshold)
-    try:
-        return parse_thresholds(value, model.classes), params
-    except ValueError as e:  # a class the model does not have (the rest was checked before torch)
-        check.exit_on([label + str(e).removeprefix('threshold')])
+    check.exit_on([threshold_problem(label, value, model.classes)])  # a class the model does not have
+    return parse_thresholds(value, model.classes), params
 
 
 def windows_of(result, rate):

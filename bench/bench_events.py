@@ -79,7 +79,7 @@ def main(argv=None):
     timeline, events = med(times['--timeline']), med(times['--events'])
     ratio = med([e / t for e, t in zip(times['--events'], times['--timeline'])])
     alone = detection_ms(3600, max(5, args.repeats))
-    per_window = timeline / windows  # ms per window of a whole --timeline run
+    share = alone / (3600 * timeline / windows)  # of predicting an hour of windows at this run's rate
     print(f'\ncpu, {args.im_size[0]}x{args.im_size[1]} input, {args.filters} filters; medians of '
           f'{args.repeats} alternated round(s)')
     print('| measurement | unit | median | ratio |')
@@ -87,10 +87,9 @@ def main(argv=None):
     print(f'| AED_test.py --timeline, {args.files} x {args.seconds:g} s ({windows} windows) | ms '
           f'| {timeline:,.0f} | 1.00 |')
     print(f'| AED_test.py --events, same files | ms | {events:,.0f} | {ratio:.3f} |')
-    print(f'| detect_events alone, 1 hour of windows (3,600 x 5 classes) | ms | {alone:,.1f} | '
-          f'{alone / (3600 * per_window):.5f} |')
-    print(f'NOTE: --events costs {100 * (ratio - 1):+.1f} % over --timeline (goal <= 5 %); detecting the events '
-          f'of an hour of windows takes {alone / (3600 * per_window) * 100:.3f} % of the time to predict them')
+    print(f'| detect_events alone, 1 hour of windows (3,600 x 5 classes) | ms | {alone:,.1f} | {share:.5f} |')
+    print(f'NOTE: --events costs {100 * (ratio - 1):+.1f} % over --timeline (goal <= 5 %); detecting the '
+          f'events of an hour of windows takes {100 * share:.3f} % of the time to predict them')
     return times
 
 

@@ -91,7 +91,8 @@ def test_smoothing_equals_scipys_median_filter():
     rng = np.random.default_rng(1)
     for windows, size in ((2, 5), (3, 3), (7, 7), (50, 9), (600, 3)):
         probs = rng.random((windows, 4)).astype(np.float32)
-        np.testing.assert_array_equal(smooth(probs, size), median_filter(probs, size=(size, 1), mode='nearest'))
+        expected = median_filter(probs, size=(size, 1), mode='nearest')
+        np.testing.assert_array_equal(smooth(probs, size), expected)
 
 
 def test_merge_gap_and_min_length():

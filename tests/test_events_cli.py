@@ -248,6 +248,8 @@ def test_other_detection_settings_are_checked_first(capsys, tiny_model, monkeypa
     status, _, err = aed_test(capsys, '--filenames', 'x.wav', '--modelname', tiny_model,
                               '--out', 'somewhere')
     assert status == 2 and err == 'ERROR: --out writes the events of --events: add --events\n'
+    status, _, err = aed_test(capsys, '--filenames', 'x.wav', '--modelname', tiny_model, '--threshold', 0.3)
+    assert status == 2 and err == 'ERROR: --threshold is for --events: add --events\n'
 
 
 def test_an_unknown_class_is_exit_2_before_any_audio_is_decoded(capsys, tiny_model, scenes, monkeypatch):
