@@ -1,6 +1,5 @@
-"""Evaluate a trained model on a test folder whose sub-folders are the true classes.
+"""Evaluate a trained model on class folders (MAP, accuracy), or its events against annotations.
 
-    python AED_eval.py --modelname AED_Demo_model_best.pt       # after bash demo.sh
     python AED_eval.py --testdir dataset/test --quiet --csv results.csv --json results.json
     torchrun --nproc_per_node 4 AED_eval.py --testdir big_test_set --quiet
     python AED_eval.py --testdir dataset/scenes/wav --annotations dataset/scenes/annotations --tune

@@ -2,8 +2,7 @@
 
     python AED_test.py --filenames dataset/examples/siren_example.wav --modelname AED_Demo_model_best.pt
     python AED_test.py --filenames "['a.wav', 'b.wav']" --results 3 --confidence 0.05
-    python AED_test.py --filenames recordings/ --modelname my_model.pt --timeline --json > out.jsonl
-    python AED_test.py --filenames long_recording.flac --events --events-format raven --out events/
+    python AED_test.py --filenames recordings/ --modelname my_model.pt --events --out events/
 """
 import argparse
 import ast
