@@ -2,18 +2,24 @@
 
     python AED_test.py --filenames dataset/examples/siren_example.wav --modelname AED_Demo_model_best.pt
     python AED_test.py --filenames "['a.wav', 'b.wav']" --results 3 --confidence 0.05
-    python AED_test.py --filenames recordings/ --modelname my_model.pt --timeline --json > out.jsonl
+    python AED_test.py --filenames recordings/ --modelname my_model.pt --events --out events/
 """
 import argparse
 import ast
 import glob
 import json
+import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from model import config_checks as check
 from model.audio import AUDIO_EXTENSIONS, spec_defaults
+from model.events import (SUFFIXES, detect_events, events_text, load_thresholds, output_path,
+                          parse_thresholds, thresholds_path, write_atomic)
 
 try:
     import config as cfg
@@ -59,6 +65,46 @@ def prediction_checks(args, torchrun=False):
         check.device('DEVICE (--device)', args.device, torchrun)]
 
 
+def event_flags(p):
+    """The detection flags AED_eval.py shares: its --annotations scores the events they give."""
+    p.add_argument('--threshold', default=None, metavar='T',
+                   help="a class's probability that makes an event: a number, or a dict such as "
+                        "\"{'default': 0.5, 'siren': 0.3}\" (None = the thresholds AED_eval.py --tune "
+                        f"saved beside the model, else EVENT_THRESHOLD = {cfg.EVENT_THRESHOLD})")
+    p.add_argument('--smoothing', type=int, default=cfg.EVENT_SMOOTHING,
+                   help='median filter over this many windows (odd; 1 = off)')
+    p.add_argument('--min-length', type=float, default=cfg.EVENT_MIN_LENGTH,
+                   help='drop events shorter than this (seconds)')
+    p.add_argument('--merge-gap', type=float, default=cfg.EVENT_MERGE_GAP,
+                   help='merge events of a class at most this far apart (seconds)')
+    p.add_argument('--background-classes', nargs='*', default=None, metavar='NAME',
+                   help="classes never reported or scored as events (None = the model's, else "
+                        f"BACKGROUND_CLASSES = {cfg.BACKGROUND_CLASSES})")
+
+
+def threshold_problem(label, value, classes=None):
+    """Why value is no threshold (for these classes), in a line that starts with label; or None."""
+    try:
+        parse_thresholds(value, classes)
+    except ValueError as e:  # each message starts with the word 'threshold'
+        return label + str(e).removeprefix('threshold')
+    return None
+
+
+def event_checks(args):
+    """Checks of the detection settings, before torch is imported: [one-line problem or None]."""
+    background = args.background_classes
+    return [
+        threshold_problem('EVENT_THRESHOLD', cfg.EVENT_THRESHOLD),
+        args.threshold is not None and threshold_problem('--threshold', args.threshold),
+        check.whole('EVENT_SMOOTHING (--smoothing)', args.smoothing, 1)
+        or (args.smoothing % 2 == 0 and f'EVENT_SMOOTHING (--smoothing) must be odd, got {args.smoothing}'),
+        check.number('EVENT_MIN_LENGTH (--min-length)', args.min_length, 0),
+        check.number('EVENT_MERGE_GAP (--merge-gap)', args.merge_gap, 0),
+        check.names('BACKGROUND_CLASSES', cfg.BACKGROUND_CLASSES),
+        background is not None and check.names('--background-classes', background)]
+
+
 def parse_args(argv):  # port of AED_test.parse_args
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -71,6 +117,14 @@ def parse_args(argv):  # port of AED_test.parse_args
                    help='hide results below this confidence')
     p.add_argument('--timeline', action='store_true',
                    help="also list every window's start and end second and its top class")
+    p.add_argument('--events', action='store_true',
+                   help="detect events: each class's own probability per window against --threshold")
+    event_flags(p)
+    p.add_argument('--events-format', default=cfg.EVENTS_FORMAT, choices=list(SUFFIXES),
+                   help='table of the events: Raven Pro selections, Audacity labels, CSV or JSON lines')
+    p.add_argument('--out', type=Path, default=None, metavar='DIR',
+                   help='write each file\'s events to DIR/<name>.selections.txt (.labels.txt, .events.csv, '
+                        '.events.jsonl) as it finishes, instead of to stdout')
     p.add_argument('--json', action='store_true',
                    help='print one JSON object per file and line on stdout, nothing else')
     p.add_argument('--timing', action='store_true',
@@ -80,10 +134,15 @@ def parse_args(argv):  # port of AED_test.parse_args
 
 def check_config(args):
     """Every setting this run uses, checked before torch is imported: [one-line problem or None]."""
-    return prediction_checks(args) + [
+    out = args.out
+    return prediction_checks(args) + (event_checks(args) if args.events else []) + [
         check.whole('NUM_RESULTS (--results)', args.results, 1),
         check.fraction('MIN_CONFIDENCE (--confidence)', args.confidence),
-        check.whole('TEST_THREADS (--threads)', args.threads, 0)]
+        check.whole('TEST_THREADS (--threads)', args.threads, 0),
+        check.one_of('EVENTS_FORMAT (--events-format)', args.events_format, tuple(SUFFIXES)),
+        out is not None and not args.events and '--out writes the events of --events: add --events',
+        args.threshold is not None and not args.events and '--threshold is for --events: add --events',
+        out is not None and out.exists() and not out.is_dir() and f'--out: {out} is a file; give a folder']
 
 
 def expand_filenames(args):
@@ -128,8 +187,74 @@ def progress(enabled):
     return watch
 
 
-def print_result(args, path, result, model, rate):
-    """The original's lines for one file (or its JSON object): top predictions and timing."""
+def background_classes(args, model):
+    """--background-classes, else the checkpoint's (AED_train.py records them), else BACKGROUND_CLASSES."""
+    for names in (args.background_classes, model.meta.get('background_classes'), cfg.BACKGROUND_CLASSES):
+        if names is not None:
+            return list(names)
+
+
+def detection_setup(args, model, settings):
+    """(thresholds, detect_events' other arguments) for this model. Thresholds: --threshold, else those
+    AED_eval.py --tune saved beside the model (said on stderr), else EVENT_THRESHOLD; exit 2 if unusable."""
+    rate = settings['sample_rate']
+    params = {'classes': model.classes, 'hop': int((settings['length'] - settings['overlap']) * rate) / rate,
+              'length': settings['length'], 'smoothing': args.smoothing, 'min_length': args.min_length,
+              'merge_gap': args.merge_gap, 'background': background_classes(args, model)}
+    tuned = thresholds_path(model.path)
+    if args.threshold is None:
+        try:
+            thresholds = load_thresholds(tuned, model.classes)
+        except ValueError as e:  # a tuned-thresholds file that does not parse (the message names it)
+            check.exit_on([str(e)])
+        if thresholds is not None:
+            print(f'THRESHOLDS: tuned, from {tuned.resolve()}', file=sys.stderr)
+            return thresholds, params
+    label, value = ('EVENT_THRESHOLD', cfg.EVENT_THRESHOLD) if args.threshold is None else \
+        ('--threshold', args.threshold)
+    check.exit_on([threshold_problem(label, value, model.classes)])  # a class the model does not have
+    return parse_thresholds(value, model.classes), params
+
+
+def windows_of(result, rate):
+    """A prediction result as detect_events takes it: probs (W, C), window starts and duration (s)."""
+    return {'probs': result['probs'], 'starts': np.array([a for a, _ in result['bounds']]) / rate,
+            'duration': result['samples'] / rate}
+
+
+def event_paths(paths, fmt, out_dir):
+    """{recording: its --out file}: sub-folders kept below the recordings' common folder, and the
+    extension kept where two names would collide (rec.wav, rec.flac)."""
+    if not paths:
+        return {}
+    root = os.path.commonpath([Path(p).resolve().parent for p in paths])
+    found = {p: output_path(Path(p).resolve(), fmt, out_dir, root) for p in paths}
+    taken = Counter(found.values())
+    return {p: t.with_name(Path(p).name + SUFFIXES[fmt]) if taken[t] > 1 else t for p, t in found.items()}
+
+
+def event_detector(args, model, settings, paths):
+    """detect(path, result) -> (the file's events, the --out file they went to or None, why they
+    could not be written or None)."""
+    thresholds, params = detection_setup(args, model, settings)
+    targets = event_paths(paths, args.events_format, args.out) if args.out else {}
+    rate = settings['sample_rate']
+
+    def detect(path, result):
+        events = detect_events(**windows_of(result, rate), thresholds=thresholds, **params)
+        if path not in targets:
+            return events, None, None
+        try:  # written as each file finishes: an interrupted run keeps the finished files
+            write_atomic(targets[path], events_text(events, args.events_format, path, rate / 2))
+        except OSError as e:
+            return events, None, f'cannot write {targets[path]}: {e.strerror or e}'
+        return events, targets[path].resolve(), None
+    return detect
+
+
+def print_result(args, path, result, model, rate, events=None, written=None):
+    """The original's lines for one file (or its JSON object): top predictions and timing; then its
+    events, or where they were written."""
     from model.inference import prediction_pooling, rank_predictions
     probs, seconds = result['probs'], result['seconds']
     ranked = rank_predictions(prediction_pooling(probs), model.classes, args.confidence, args.results)
@@ -145,6 +270,10 @@ def print_result(args, path, result, model, rate):
         if args.timeline:
             record['timeline'] = [{'start': round(a, 3), 'end': round(b, 3), 'label': label,
                                    'confidence': round(conf, 6)} for a, b, label, conf in windows]
+        if events is not None:
+            record['events'] = [{'start': round(ev.onset, 3), 'end': round(ev.offset, 3), 'label': ev.label,
+                                 'confidence': round(ev.confidence, 4)} for ev in events]
+            record.update({'events_file': str(written)} if written else {})
         print(json.dumps(record), flush=True)
         return
     print('SAMPLE RATE:', result['source_rate'], 'TOP PREDICTION(S):')
@@ -155,7 +284,11 @@ def print_result(args, path, result, model, rate):
         for a, b, label, conf in windows:
             print(f'\t{a:.2f}-{b:.2f} s {label} {int(conf * 100)} %')
     print(f'PREDICTION FOR {len(probs)} SPECS TOOK {int(seconds * 1000)} ms '
-          f'( {int(seconds / len(probs) * 1000)} ms/spec )\n', flush=True)
+          f'( {int(seconds / len(probs) * 1000)} ms/spec )')
+    if events is not None:
+        print(f'EVENTS: {len(events)}' + (f' -> {written}' if written else ''))
+        print('' if written else events_text(events, args.events_format, path, rate / 2), end='')
+    print(flush=True)
 
 
 def main(argv=None):  # port of AED_test's main block and testFile
@@ -172,6 +305,7 @@ def main(argv=None):  # port of AED_test's main block and testFile
         args, ROOT / cfg.MODEL_PATH, spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE,
                                                    cfg.RESAMPLE_METHOD),
         (cfg.INFER_BATCH_SIZE, cfg.INFER_BATCH_SIZE_CPU), readable, quiet=args.json)
+    detect = event_detector(args, model, settings, readable) if args.events else None
     t_loaded = time.perf_counter()
     results = predict_files(model, readable, settings, batch_size, workers,
                             watch=progress(sys.stderr.isatty() and not args.json))
@@ -181,7 +315,11 @@ def main(argv=None):  # port of AED_test's main block and testFile
             print('TESTING:', path)
         result = next(results) if error is None else {'error': error}  # in the order given
         if result['error'] is None:
-            print_result(args, path, result, model, settings['sample_rate'])
+            events, written, unwritten = detect(path, result) if detect else (None, None, None)
+            print_result(args, path, result, model, settings['sample_rate'], events, written)
+            if unwritten:  # the events went to stdout instead
+                failed += 1
+                print(f'ERROR: {path}: {unwritten}', file=sys.stderr)
             continue
         failed += 1
         print(f"ERROR: {path}: {result['error']}", file=sys.stderr)

@@ -10,6 +10,9 @@ MODEL_PATH = 'model/'
 # Device for the network: 'auto' picks CUDA, then Apple MPS, then CPU
 DEVICE = 'auto'
 
+# Classes of recordings without events: never reported or scored as events (a checkpoint's own list wins)
+BACKGROUND_CLASSES = ['background']
+
 ############################## AED_spec.py ##############################
 # Class folders of audio files to turn into spectrograms
 SRC_DIR = 'dataset/train/wav/'
@@ -175,6 +178,9 @@ INFER_BATCH_SIZE_CPU = 32
 # torch.compile the network for AED_eval.py and AED_test.py (20 s or more): pays off on a GPU and long runs
 INFER_COMPILE = False
 
+# Segment length in seconds of the segment-based scores of AED_eval.py --annotations
+SEGMENT_LENGTH = 1.0
+
 ############################## AED_test.py ##############################
 # Number of ranked results printed per file
 NUM_RESULTS = 5
@@ -184,3 +190,18 @@ MIN_CONFIDENCE = 0.01
 
 # CPU threads for the network (0 = 1 for small models, else every core)
 TEST_THREADS = 0
+
+# A class's probability that makes an event: a number, or {'default': t, 'siren': t, ...} (also AED_eval.py)
+EVENT_THRESHOLD = 0.5
+
+# Median filter over this many windows (odd; 1 = off) before the threshold
+EVENT_SMOOTHING = 3
+
+# Events shorter than this (seconds) are dropped, after merging
+EVENT_MIN_LENGTH = 0.5
+
+# Events of one class at most this many seconds apart are merged into one
+EVENT_MERGE_GAP = 0.5
+
+# --events table: 'raven' (Raven Pro selection table), 'audacity' (label track), 'csv' or 'json' (lines)
+EVENTS_FORMAT = 'raven'

@@ -30,6 +30,7 @@ BENCHMARKS = [
     ('Inference (AED_eval.py, AED_test.py)', 'bench_infer', [], ['--quick', '--no-compile']),
     ('CPU threads for inference, idle and busy (AED_test.py)', 'bench_threads', [],
      ['--repeats', '1', '--copies', '2']),
+    ('Event detection (AED_test.py --events against --timeline)', 'bench_events', [], ['--quick']),
 ]
 
 

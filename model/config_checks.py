@@ -96,6 +96,13 @@ def model_file(label, name, dir_label, model_dir):
     return f'{label}: model file {name} not found (also looked in {where})'
 
 
+def names(label, value):
+    """A list of names (class names)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        return f'{label} must be a list of names, got {value!r}'
+    return None
+
+
 def folder(label, path):
     if not Path(path).is_dir():
         return f'{label}: folder {path} does not exist'

@@ -120,7 +120,8 @@ class _Batches:
 def predict_stream(model, items, settings, batch_size=32, pad=None):
     """Predict a stream of SignalBlocks items; yield one result per file, in order: path, error (None
     or the reason), probs (windows, classes) or None, source_rate, bounds (samples at the analysis
-    rate), constant (silent windows), seconds (opening to last prediction). pad: default on CUDA."""
+    rate), samples (the file's, at that rate), constant (silent windows), seconds (opening to last
+    prediction). pad: default on CUDA."""
     batches = _Batches(model, batch_size, model.device.type == 'cuda' if pad is None else pad)
     files, done = {}, 0  # order -> the file's result so far; results yielded
     for item in items:
@@ -135,7 +136,7 @@ def predict_stream(model, items, settings, batch_size=32, pad=None):
             if x is None:  # cut here: torch's DFT on a GPU, numpy's on a CPU
                 x, silent = cut_windows(item['sig'], item['bounds'], settings, model.im_size, model.device,
                                         model.device.type != 'cpu')
-            result['source_rate'] = item['source_rate']
+            result['source_rate'], result['samples'] = item['source_rate'], item['samples']
             result['bounds'] += [(a + item['offset'], b + item['offset']) for a, b in item['bounds']]
             result['constant'] += [item['first'] + i for i in silent]
             batches.add(x, result)

@@ -43,7 +43,8 @@ def as_float(sig):
 
 def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
     """Yield a dict per block: sig (numpy float32, or int16 of whole 16-bit values), bounds in it,
-    first (window number), offset (first sample), source_rate, windows, last; AudioError if bad."""
+    first (window number), offset (first sample), source_rate, windows, samples (the file's, at the
+    analysis rate: event times need the exact duration), last; AudioError if bad."""
     rate = settings['sample_rate']
     try:
         f = sf.SoundFile(str(path)) if settings['resample'] == 'linear' else None
@@ -84,7 +85,7 @@ def _blocks(read, n_new, source_rate, settings, block_samples):
         offset = part[0][0]
         yield {'sig': read(offset, max(b for _, b in part)), 'first': first, 'offset': offset,
                'bounds': [(a - offset, b - offset) for a, b in part], 'source_rate': source_rate,
-               'windows': len(bounds), 'last': first + per_block >= len(bounds)}
+               'windows': len(bounds), 'samples': n_new, 'last': first + per_block >= len(bounds)}
 
 
 class SignalBlocks(torch.utils.data.IterableDataset):

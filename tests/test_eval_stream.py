@@ -161,3 +161,33 @@ def test_an_explicit_gpu_under_torchrun_is_one_error(capsys, monkeypatch, tiny_m
     assert status == 2 and out == ''
     assert err.startswith("ERROR: DEVICE (--device) is 'cuda:1', but under torchrun each process takes the "
                           "GPU of its local rank") and err.count('\n') == 1
+
+
+def test_torchrun_scores_annotated_recordings_as_one_process_does(capsys, tiny_model, tmp_path):
+    # --annotations: each rank predicts its share of the recordings, rank 0 gathers the probabilities,
+    # detects the events and scores them all
+    from dataset import make_demo
+    make_demo.main(['--out', str(tmp_path / 'd'), '--train', '0', '--test', '0', '--no-examples',
+                    '--no-background', '--scenes', '3', '--scene-seconds', '8'])
+    recordings, annotations = tmp_path / 'd' / 'scenes' / 'wav', tmp_path / 'd' / 'scenes' / 'annotations'
+    (recordings / 'zz_corrupt.wav').write_bytes(b'RIFF\x00\x00\x00\x00WAVEbroken')  # rank 1's share
+    (annotations / 'zz_corrupt.txt').write_text('1\t2\tsiren\n')
+    capsys.readouterr()
+    argv = ['--testdir', str(recordings), '--annotations', str(annotations), '--modelname', str(tiny_model),
+            '--workers', '1', '--batch-size', '4', '--threshold', '0.3']
+    status, one, err = run(AED_eval.main, capsys, *argv, '--json', tmp_path / 'one.json')
+    assert status == 1 and 'ERRORS: 1 / 4' in one and 'SEGMENT-BASED F1: ' in one
+    context = mp.start_processes(eval_rank, args=(2, free_port(), argv, tmp_path), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail('the 2-process evaluation did not finish within 120 s')
+    assert comparable((tmp_path / 'rank0.out').read_text()) == comparable(one)
+    shares = [json.loads((tmp_path / f'rank{r}.paths').read_text()) for r in (0, 1)]
+    assert [len(s) for s in shares] == [2, 2] and shares[1][-1].endswith('zz_corrupt.wav')
+    reports = [json.loads(p.read_text()) for p in (tmp_path / 'one.json', tmp_path / 'rank0.json')]
+    for key in ('scores', 'sweep', 'files'):
+        assert reports[0][key] == reports[1][key], key
+    assert (tmp_path / 'rank0.exit').read_text() == '1' and (tmp_path / 'rank1.out').read_text() == ''
