@@ -1,0 +1,98 @@
+"""Background mixing of spectrogram images (model/mixing.py) against mixing the audio."""
+import cv2
+import numpy as np
+import pytest
+
+from model.audio import spectrograms
+from model.mixing import draw_mix, event_columns, mix_background
+
+RATE = 44100
+
+
+def image(sig):
+    """A 3 s signal as training reads it: AED_spec's PNG levels resized to 128x64 -> (1, 64, 128)."""
+    specs, _ = spectrograms(sig.astype(np.float32), [(0, len(sig))], RATE, 3, uint8=True)
+    return cv2.resize(specs[0], (128, 64))[None].astype(np.float32) / 255
+
+
+def rms(x):
+    return np.sqrt(np.mean(np.square(x, dtype=np.float64)))
+
+
+@pytest.fixture(scope='module')
+def clips():
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * RATE) / RATE
+    # a tone sweeping 2-4 kHz that beeps on and off, and white noise over a 90 Hz hum
+    event = np.sin(2 * np.pi * (3000 + 1000 * np.sin(2 * np.pi * 0.7 * t)) * t) * (np.sin(9 * t) > -0.3)
+    return event, rng.standard_normal(len(t)) + 0.5 * np.sin(2 * np.pi * 90 * t)
+
+
+@pytest.mark.parametrize('ebr', [-6.0, 0.0, 6.0])
+def test_image_mix_matches_the_spectrogram_of_the_audio_mix(clips, ebr):
+    event, noise = clips
+    audio_mix = image(event * rms(noise) / rms(event) * 10 ** (ebr / 20) + noise)
+    mixed = mix_background(image(event), image(noise), ebr)
+    assert mixed.dtype == np.float32 and mixed.shape == (1, 64, 128)
+    assert 0.0 <= mixed.min() and mixed.max() <= 1.0
+    error = np.abs(mixed - audio_mix).mean()
+    assert error < 0.15 * audio_mix.mean()
+    # 10 dB off is clearly worse, and so is renormalising to the resized image's own maximum
+    for wrong in (ebr - 10, ebr + 10):
+        assert np.abs(mix_background(image(event), image(noise), wrong) - audio_mix).mean() > 3 * error
+    assert np.abs(mixed / mixed.max() - audio_mix).mean() > 3 * error
+
+
+def test_ebr_is_measured_over_the_event_columns_only():
+    rng = np.random.default_rng(1)
+    column = rng.uniform(0, 1, (1, 64, 1)).astype(np.float32)
+    event = np.repeat(column, 128, axis=2)  # (1, 64, 128), the same spectrum in every frame
+    event /= event.max()
+    padded = event.copy()
+    padded[..., 40:] = 0  # a window cut at the end of its file: zero columns on the right
+    background = np.repeat(rng.uniform(0, 0.5, (1, 64, 1)), 128, axis=2).astype(np.float32)
+    background[0, 0] = 1.0  # stationary too: its RMS over any columns is the same
+    assert event_columns(padded).sum() == 40
+    full, part = mix_background(event, background, 3.0), mix_background(padded, background, 3.0)
+    # the same EBR over the event's own span gives the same pixels there ...
+    np.testing.assert_allclose(part[..., :40], full[..., :40], atol=1e-6)
+    # ... and the background alone after it
+    np.testing.assert_allclose(part[..., 40:], background[..., 40:], atol=1e-6)
+
+
+def test_silent_images_are_not_mixed():
+    rng = np.random.default_rng(2)
+    img = rng.uniform(0, 1, (1, 16, 32)).astype(np.float32)
+    silent = np.zeros_like(img)
+    # an event window without energy stays silent: it never becomes a background-only
+    # window that carries the event's label
+    assert mix_background(silent, img, 0.0) is silent
+    assert mix_background(img, silent, 0.0) is img
+
+
+def test_a_quiet_event_is_under_the_background():
+    rng = np.random.default_rng(3)
+    event = np.zeros((1, 32, 64), dtype=np.float32)
+    event[0, 10] = 1.0  # a tone in row 10
+    background = rng.uniform(0.2, 0.4, (1, 32, 64)).astype(np.float32)
+    loud, quiet = mix_background(event, background, 6.0), mix_background(event, background, -6.0)
+    # the tone stands out by its EBR; the rest of the window is the background, scaled by the peak
+    assert loud[0, 10].mean() > quiet[0, 10].mean() > background[0, 11:].mean()
+    np.testing.assert_allclose(quiet[0, 11:], background[0, 11:], atol=1e-6)
+    assert loud.max() <= 1.0
+
+
+def test_draw_mix():
+    plans = [draw_mix(np.random.default_rng([5, k]), 0.3, (-6, 6), 4) for k in range(2000)]
+    mixed = [p for p in plans if p is not None]
+    assert 0.25 < len(mixed) / len(plans) < 0.35
+    assert {i for i, _ in mixed} == {0, 1, 2, 3}
+    ebrs = np.array([e for _, e in mixed])
+    assert -6 <= ebrs.min() < -5 and 5 < ebrs.max() <= 6
+    assert draw_mix(np.random.default_rng(0), 1.0, (-6, 6), 0) is None  # no background to mix with
+    assert all(draw_mix(np.random.default_rng(k), 0.0, (-6, 6), 4) is None for k in range(50))
+    # the same seed, the same plan; and the stream moves on by the same draws either way
+    assert draw_mix(np.random.default_rng(9), 1.0, (0, 3), 5) == draw_mix(np.random.default_rng(9), 1.0, (0, 3), 5)
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    draw_mix(a, 0.0, (-6, 6), 4), draw_mix(b, 1.0, (-6, 6), 4)
+    assert a.random() == b.random()
