@@ -58,7 +58,7 @@ def decoding(name, length):
     if name.startswith('cover:'):
         coverage = float(name.split(':')[1])
     original = events.place
-    if coverage is not None and coverage < length / 2:
+    if coverage is not None and coverage != length / 2:
         events.place = cover_place(coverage)
     try:
         yield

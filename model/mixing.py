@@ -1,29 +1,30 @@
 """Background mixing (issue 15): an event's spectrogram window laid onto a background window.
 
-EBR, the event-to-background ratio, is 20 log10 of the RMS of the event image
-over its span (its columns that are not all zero: a window cut at the end of a
-file is zero-padded) over the RMS of the background image over the same
-columns. The images are linear magnitude spectrograms, so by Parseval this is
-the audio EBR that dataset/make_demo.py mixes its scenes at (measured on demo
-clips: 0.5 dB below it, sd 0.35 dB). The event is scaled to the drawn EBR and
-the two magnitudes add as powers, sqrt(event**2 + background**2), the expected
-magnitude of two independent signals. AED_spec normalised each window before
-it was resized, so each image's peak at full resolution is 1: the mix is
-divided by the larger of the two scaled peaks, not by its own resized maximum.
-Measured against the spectrogram of the audio mix at -6..+6 dB, this is 10x
-closer (mean absolute difference 0.004 against 0.041 when renormalised to
-[0, 1]; bench/README.md).
+EBR (event-to-background ratio) here: 20 log10 of the event image's RMS over its
+span (its columns that are not all zero) over the background image's RMS over
+the same columns. The images are linear magnitude spectrograms, so by Parseval
+this is the audio EBR of dataset/make_demo.py's scenes (on demo clips it came
+out 0.5 dB below it, sd 0.35 dB). The magnitudes add as powers, the expected
+magnitude of two independent signals. AED_spec scaled each window to a peak of 1
+before it was resized, so the mix is divided by the larger scaled peak, not
+renormalised to its resized maximum: against the spectrogram of the audio mix
+this is 10x closer, and it trained a detector with segment F1 0.75 instead of
+0.42 (bench/README.md).
 
-The background-only rule: a mixed window always holds the event at the drawn
-EBR over the event's own span, so its event label is true by construction. An
-event image without energy (silent) and a silent background are not mixed;
-images of background classes are never mixed and keep their label.
+The background-only rule: a mixed window holds the event, at the drawn EBR over
+the event's own span, so it keeps the event's label truly. A silent event image
+is never mixed, and a partial span that holds little of the event (under half
+its RMS: the quiet part of a clip) falls back to the whole window. The caller
+never mixes images of background classes; they keep their label.
 
-    plan = draw_mix(rng, prob=0.5, ebr_db=(-6, 6), n_backgrounds=len(background_items))
+    plan = draw_mix(rng, prob=0.5, ebr_db=(-6, 6), n_backgrounds=len(backgrounds), partial=0.5)
     if plan is not None:
-        img = mix_background(img, read(background_items[plan[0]]), plan[1])
+        img = mix_background(img, read(backgrounds[plan[0]]), plan[1], plan[2])
 """
 import numpy as np
+
+# A partial event fills at least this share of the window (0.5 s of a 3 s window)
+MIN_SPAN = 1 / 6
 
 
 def event_columns(img):
@@ -31,20 +32,46 @@ def event_columns(img):
     return img.any(axis=(0, 1))
 
 
-def mix_background(img, background, ebr_db):
+def _rms(img, columns):
+    """RMS of the image's pixels in the columns (a boolean mask), 0 for none."""
+    part = img if columns.all() else img[..., columns]
+    return float(np.sqrt(np.vdot(part, part) / part.size)) if part.size else 0.0
+
+
+def keep_span(img, span):
+    """img with the columns outside span, (start, stop) fractions of its width, set to zero.
+
+    Returns img itself when the kept columns hold under half the RMS of the
+    event's own columns (or nothing): that part of the clip is not the event.
+    """
+    width = img.shape[-1]
+    start = min(int(span[0] * width), width - 1)
+    inside = np.zeros(width, dtype=bool)
+    inside[start:max(start + 1, int(round(span[1] * width)))] = True
+    sounding = event_columns(img)
+    if not (sounding & inside).any() or _rms(img, sounding & inside) < 0.5 * _rms(img, sounding):
+        return img
+    part = img.copy()
+    part[..., ~inside] = 0
+    return part
+
+
+def mix_background(img, background, ebr_db, span=None):
     """The event image img laid onto background at ebr_db dB: float32 (C, H, W) in [0, 1].
 
-    img and background are (C, H, W) float32 in [0, 1] of the same shape. Returns
-    img itself when it is silent, or the background is silent over img's span.
+    img and background are (C, H, W) float32 in [0, 1] of the same shape; span
+    (see keep_span) keeps the event in part of the window only. Returns img
+    itself when it is silent, or the background is silent over img's span.
     """
-    span = event_columns(img)
-    if not span.any():
+    if span is not None:
+        img = keep_span(img, span)
+    columns = event_columns(img)
+    if not columns.any():
         return img
-    event, back = (img, background) if span.all() else (img[..., span], background[..., span])
-    e_energy, b_energy = float(np.vdot(event, event)), float(np.vdot(back, back))
-    if not b_energy > 0:
+    b_rms = _rms(background, columns)
+    if not b_rms > 0:
         return img
-    gain = 10 ** (ebr_db / 20) * np.sqrt(b_energy / e_energy)
+    gain = 10 ** (ebr_db / 20) * b_rms / _rms(img, columns)
     peak = max(gain, 1.0)
     # in place, in float32: 2.5x faster than the plain expression at 512x256
     out = np.multiply(img, np.float32(gain / peak))
@@ -56,16 +83,21 @@ def mix_background(img, background, ebr_db):
     return np.minimum(out, np.float32(1), out=out)
 
 
-def draw_mix(rng, prob, ebr_db, n_backgrounds):
-    """(background index, EBR in dB) to mix one event item with, or None (with probability 1 - prob).
+def draw_mix(rng, prob, ebr_db, n_backgrounds, partial=0.0):
+    """(background index, EBR in dB, span or None) for one event item, or None (probability 1 - prob).
 
-    rng: a numpy Generator; ebr_db: (low, high), the EBR is uniform in it.
-    Always draws three numbers, so the stream does not depend on the outcome.
+    rng: a numpy Generator; ebr_db: (low, high), the EBR is uniform in it. With
+    probability `partial` the event keeps a span of the window (start, stop as
+    fractions of its width), at least MIN_SPAN wide, anywhere in it; else span
+    is None (the whole window). Always draws the same numbers, so the stream
+    does not depend on the outcome.
     """
     mix, index, ebr = rng.random(), rng.integers(max(n_backgrounds, 1)), rng.uniform(*ebr_db)
+    part, width, where = rng.random(), rng.uniform(MIN_SPAN, 1.0), rng.random()
     if mix >= prob or n_backgrounds < 1:
         return None
-    return int(index), float(ebr)
+    start = where * (1.0 - width)
+    return int(index), float(ebr), (start, start + width) if part < partial else None
 
 
-__all__ = ['draw_mix', 'event_columns', 'mix_background']
+__all__ = ['MIN_SPAN', 'draw_mix', 'event_columns', 'keep_span', 'mix_background']

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from model.audio import spectrograms
-from model.mixing import draw_mix, event_columns, mix_background
+from model.mixing import MIN_SPAN, draw_mix, event_columns, keep_span, mix_background
 
 RATE = 44100
 
@@ -86,8 +86,8 @@ def test_draw_mix():
     plans = [draw_mix(np.random.default_rng([5, k]), 0.3, (-6, 6), 4) for k in range(2000)]
     mixed = [p for p in plans if p is not None]
     assert 0.25 < len(mixed) / len(plans) < 0.35
-    assert {i for i, _ in mixed} == {0, 1, 2, 3}
-    ebrs = np.array([e for _, e in mixed])
+    assert {i for i, _, _ in mixed} == {0, 1, 2, 3}
+    ebrs = np.array([e for _, e, _ in mixed])
     assert -6 <= ebrs.min() < -5 and 5 < ebrs.max() <= 6
     assert draw_mix(np.random.default_rng(0), 1.0, (-6, 6), 0) is None  # no background to mix with
     assert all(draw_mix(np.random.default_rng(k), 0.0, (-6, 6), 4) is None for k in range(50))
@@ -96,3 +96,44 @@ def test_draw_mix():
     a, b = np.random.default_rng(7), np.random.default_rng(7)
     draw_mix(a, 0.0, (-6, 6), 4), draw_mix(b, 1.0, (-6, 6), 4)
     assert a.random() == b.random()
+
+
+def test_a_partial_event_keeps_its_span_at_the_drawn_ebr():
+    rng = np.random.default_rng(4)
+    event = np.repeat(rng.uniform(0.1, 1, (1, 32, 1)), 60, axis=2).astype(np.float32)
+    background = np.repeat(rng.uniform(0.1, 0.5, (1, 32, 1)), 60, axis=2).astype(np.float32)
+    part = keep_span(event, (0.25, 0.5))
+    assert event_columns(part).tolist() == [15 <= c < 30 for c in range(60)]
+    mixed = mix_background(event, background, 0.0, span=(0.25, 0.5))
+    # the event's columns are mixed at 0 dB over the span (as the whole window would be) ...
+    np.testing.assert_allclose(mixed[..., 15:30], mix_background(event, background, 0.0)[..., 15:30], atol=1e-6)
+    # ... and the rest of the window holds the background alone
+    np.testing.assert_allclose(mixed[..., :15], background[..., :15], atol=1e-6)
+    np.testing.assert_allclose(mixed[..., 30:], background[..., 30:], atol=1e-6)
+
+
+def test_a_span_without_the_event_falls_back_to_the_whole_window():
+    # a clip whose event sounds in its first third; the rest is a faint noise floor
+    event = np.full((1, 16, 90), 0.01, dtype=np.float32)
+    event[..., :30] = 1.0
+    assert keep_span(event, (0.5, 1.0)) is event  # quiet part only: not the event
+    assert keep_span(event, (0.0, 0.4)) is not event
+    padded = np.zeros((1, 16, 90), dtype=np.float32)
+    padded[..., :20] = 0.5  # a window cut at the file's end, zero after column 20
+    assert keep_span(padded, (0.5, 1.0)) is padded  # nothing of the event in the span
+    # mixing never turns such a span into a background-only window with the event's label
+    background = np.full_like(event, 0.3)
+    mixed = mix_background(event, background, 0.0, span=(0.5, 1.0))
+    assert mixed[..., :30].mean() > 1.5 * mixed[..., 30:].mean()
+
+
+def test_draw_mix_spans():
+    plans = [draw_mix(np.random.default_rng([6, k]), 1.0, (-6, 6), 3, partial=0.5) for k in range(2000)]
+    spans = [p[2] for p in plans if p[2] is not None]
+    assert 0.45 < len(spans) / len(plans) < 0.55
+    widths = np.array([b - a for a, b in spans])
+    assert all(0 <= a < b <= 1 for a, b in spans)
+    assert MIN_SPAN <= widths.min() < MIN_SPAN + 0.01 and 0.99 < widths.max() <= 1
+    starts = np.array([a for a, _ in spans])
+    assert starts.min() < 0.01 and starts.max() > 0.7  # anywhere in the window
+    assert all(draw_mix(np.random.default_rng(k), 1.0, (-6, 6), 3)[2] is None for k in range(50))
