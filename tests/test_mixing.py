@@ -138,3 +138,16 @@ def test_draw_mix_spans():
     starts = np.array([a for a, _ in spans])
     assert starts.min() < 0.01 and starts.max() > 0.7  # anywhere in the window
     assert all(draw_mix(np.random.default_rng(k), 1.0, (-6, 6), 3)[2] is None for k in range(50))
+
+
+def test_quiet_frames_inside_the_event_count_in_its_span():
+    # beeps: every other frame all zero (silent in 8 bits), then zero padding from column 50
+    event = np.zeros((1, 8, 64), dtype=np.float32)
+    event[..., 0:50:2] = 0.8
+    background = np.full_like(event, 0.2)
+    assert event_columns(event).tolist() == [c <= 48 for c in range(64)]
+    mixed = mix_background(event, background, 0.0)
+    peak = background[0, 0, 1] / mixed[0, 0, 1]  # a silent frame holds the background alone
+    gain = np.sqrt((mixed[0, 0, 0] * peak) ** 2 - 0.2 ** 2) / 0.8
+    # 0 dB over columns 0..48: RMS 0.8 * sqrt(25 / 49) against 0.2
+    assert gain == pytest.approx(0.2 / (0.8 * np.sqrt(25 / 49)), rel=1e-4)
