@@ -27,37 +27,33 @@ import numpy as np
 MIN_SPAN = 1 / 6
 
 
-def event_columns(img):
-    """Boolean (W,) mask of a (C, H, W) image's span: its columns (time frames) from the first
-    to the last that is not all zero (quiet frames inside it may be all zero in 8 bits)."""
+def event_span(img):
+    """(first, stop) columns (time frames) of a (C, H, W) image's event: from its first to its
+    last column that is not all zero (quiet frames inside may be all zero in 8 bits); (0, 0) if none."""
     sounding = np.flatnonzero(img.any(axis=(0, 1)))
-    span = np.zeros(img.shape[-1], dtype=bool)
-    if sounding.size:
-        span[sounding[0]:sounding[-1] + 1] = True
-    return span
+    return (int(sounding[0]), int(sounding[-1]) + 1) if sounding.size else (0, 0)
 
 
-def _rms(img, columns):
-    """RMS of the image's pixels in the columns (a boolean mask), 0 for none."""
-    part = img if columns.all() else img[..., columns]
+def _rms(img, first, stop):
+    part = img[..., first:stop]  # a view
     return float(np.sqrt(np.vdot(part, part) / part.size)) if part.size else 0.0
 
 
 def keep_span(img, span):
     """img with the columns outside span, (start, stop) fractions of its width, set to zero.
 
-    Returns img itself when the kept columns hold under half the RMS of the
-    event's own columns (or nothing): that part of the clip is not the event.
+    Returns img itself when the event has nothing in the span, or under half the
+    RMS it has over its own span: that part of the clip is not the event.
     """
     width = img.shape[-1]
     start = min(int(span[0] * width), width - 1)
-    inside = np.zeros(width, dtype=bool)
-    inside[start:max(start + 1, int(round(span[1] * width)))] = True
-    sounding = event_columns(img)
-    if not (sounding & inside).any() or _rms(img, sounding & inside) < 0.5 * _rms(img, sounding):
+    stop = max(start + 1, int(round(span[1] * width)))
+    first, last = event_span(img)
+    a, b = max(first, start), min(last, stop)
+    if a >= b or _rms(img, a, b) < 0.5 * _rms(img, first, last):
         return img
-    part = img.copy()
-    part[..., ~inside] = 0
+    part = np.zeros_like(img)
+    part[..., start:stop] = img[..., start:stop]
     return part
 
 
@@ -70,11 +66,11 @@ def mix_background(img, background, ebr_db, span=None):
     """
     if span is not None:
         img = keep_span(img, span)
-    columns = event_columns(img)
-    b_rms = _rms(background, columns)
-    if not b_rms > 0:  # a silent event (no columns) or a silent background
+    first, stop = event_span(img)
+    b_rms = _rms(background, first, stop)
+    if not b_rms > 0:  # a silent event (no span) or a silent background
         return img
-    gain = 10 ** (ebr_db / 20) * b_rms / _rms(img, columns)
+    gain = 10 ** (ebr_db / 20) * b_rms / _rms(img, first, stop)
     # in place, in float32: 2.5x faster than the plain expression at 512x256
     out = np.multiply(img, np.float32(gain))
     out *= out
@@ -102,4 +98,4 @@ def draw_mix(rng, prob, ebr_db, n_backgrounds, partial=0.0):
     return int(index), float(ebr), (start, start + width) if part < partial else None
 
 
-__all__ = ['MIN_SPAN', 'draw_mix', 'event_columns', 'keep_span', 'mix_background']
+__all__ = ['MIN_SPAN', 'draw_mix', 'event_span', 'keep_span', 'mix_background']
