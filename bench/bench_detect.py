@@ -4,16 +4,19 @@ Each model predicts every scene once per --overlaps value (window probabilities,
 as AED_test.py computes them); then model.events.detect_events finds the events
 for every combination of --decoding, --thresholds, --smoothing, --min-length and
 --merge-gap, and model.sed.evaluate scores them (segment-based F1/ER over 1 s,
-event-based F1/ER with a 200 ms onset collar). --tune-on DIR adds rows whose
-per-class thresholds model.sed.tune_thresholds picked on other scenes.
+event-based F1/ER with a 200 ms onset collar). --tune-on adds rows whose per-class
+thresholds model.sed.tune_thresholds picked on other scenes. Checkpoints joined by
+commas (seeds of one setting) give the mean and the range of their scores.
 
 Decodings: 'centre' is model.events.place (hop-centred); 'bounds' places a run of
 windows i..j at onset = end of window i - hop/2, offset = start of window j + hop/2
-(every window that fires overlaps the event); 'cover:C' in between: a window
-fires once C seconds of the event are in it (centre is C = length/2, bounds C = 0).
+(every window that fires overlaps the event); 'cover:C' assumes a window fires once
+C seconds of the event are in it (bounds is C = 0, centre C = length/2). It shortens
+every event by length - 2C, so below length/2 it also drops runs too short for that.
 
     python -m bench.bench_detect --models model/AED_Demo_model_best.pt --scenes dataset/scenes
-    python -m bench.bench_detect --models a.pt b.pt --scenes held/scenes --overlaps 2 2.5 --decoding centre bounds
+    python -m bench.bench_detect --models mixed=a_s1.pt,a_s2.pt plain=b_s1.pt,b_s2.pt \
+        --scenes dataset/scenes held/scenes --overlaps 2 2.5 --decoding centre bounds
     python -m bench.bench_detect --models a.pt --scenes held/scenes --tune-on dataset/scenes --smoothing 1 3
 """
 import argparse
@@ -66,20 +69,22 @@ def decoding(name, length):
         events.place = original
 
 
-def scene_probs(model, folder, overlap):
-    """{recording: {'probs', 'starts', 'duration'}} and {recording: [Event]} of folder/wav, folder/annotations."""
+def scene_probs(model, folders, overlap):
+    """{recording: {'probs', 'starts', 'duration'}}, {recording: [Event]} and the spectrogram settings
+    of the scenes in folders (each with wav/ and annotations/)."""
     from model.inference import predict_files
     from model.session import spec_settings
     settings = spec_settings(model.spec, overlap=overlap)
-    paths = sorted(str(p) for p in (Path(folder) / 'wav').glob('*.wav'))
     recordings, references = {}, {}
-    for result in predict_files(model, paths, settings, batch_size=64):
-        path, rate = result['path'], settings['sample_rate']
-        duration = sf.info(path).duration
-        recordings[path] = {'probs': result['probs'], 'duration': duration,
-                            'starts': np.array([a for a, _ in result['bounds']]) / rate}
-        references[path] = read_annotations(find_annotation(path, Path(folder) / 'annotations'),
-                                            duration)[0]
+    for folder in folders:
+        paths = sorted(str(p) for p in (Path(folder) / 'wav').glob('*.wav'))
+        for result in predict_files(model, paths, settings, batch_size=64):
+            path, rate = result['path'], settings['sample_rate']
+            duration = sf.info(path).duration
+            recordings[path] = {'probs': result['probs'], 'duration': duration,
+                                'starts': np.array([a for a, _ in result['bounds']]) / rate}
+            references[path] = read_annotations(find_annotation(path, Path(folder) / 'annotations'),
+                                                duration)[0]
     return recordings, references, settings
 
 
@@ -91,8 +96,8 @@ def score(recordings, references, labels, thresholds, params):
     return [result[kind]['overall'][key] for kind in ('segment', 'event') for key in ('f1', 'error_rate')]
 
 
-def model_rows(args, path):
-    """Table rows of one model: (model, overlap, decoding, threshold, smoothing, min length, gap, 4 scores)."""
+def model_rows(args, path, name):
+    """Table rows of one model: (name, overlap, decoding, threshold, smoothing, min length, gap, 4 scores)."""
     from model.session import load_model
     model = load_model(path, '.', args.device)
     background = [c for c in model.classes if c in args.background]
@@ -113,23 +118,33 @@ def model_rows(args, path):
                     tuned = tune_thresholds(*tune_set, label_list(model.classes, background, tune_set[1])[0],
                                             params)[0]
                     thresholds.append(('tuned', tuned))
-                for name, t in thresholds:
-                    rows.append((Path(path).stem, overlap, dec, name, smoothing, min_length, gap,
+                for label, t in thresholds:
+                    rows.append((name, overlap, dec, label, smoothing, min_length, gap,
                                  *score(recordings, references, labels, t, params)))
-                    print_row(rows[-1])
     return rows
 
 
-def print_row(row):
-    cells = [f'{v:.3f}' if isinstance(v, float) and i >= 7 else str(v) for i, v in enumerate(row)]
-    print('| ' + ' | '.join(cells) + ' |', flush=True)
+def print_group(rows):
+    """One line per setting: the scores, or over several models (seeds) their mean (min-max)."""
+    settings = {}
+    for row in rows:
+        settings.setdefault(row[:7], []).append(row[7:])
+    for setting, scores in settings.items():
+        scores = np.array(scores, dtype=float)
+        cells = [f'{m:.3f}' if len(scores) == 1 else f'{m:.3f} ({lo:.2f}-{hi:.2f})'
+                 for m, lo, hi in zip(scores.mean(0), scores.min(0), scores.max(0))]
+        line = [*map(str, setting), str(len(scores)), *cells]
+        print('| ' + ' | '.join(line) + ' |', flush=True)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--models', nargs='+', required=True, help='checkpoints (.pt)')
-    p.add_argument('--scenes', required=True, help='folder with wav/ and annotations/ (make_demo scenes)')
-    p.add_argument('--tune-on', default=None, help='another scenes folder to tune per-class thresholds on')
+    p.add_argument('--models', nargs='+', required=True, metavar='[NAME=]A.pt[,B.pt...]',
+                   help='checkpoints; several joined by commas (e.g. seeds) give mean (min-max) rows')
+    p.add_argument('--scenes', nargs='+', required=True,
+                   help='folders with wav/ and annotations/ (make_demo.py scenes), scored together')
+    p.add_argument('--tune-on', nargs='+', default=None,
+                   help='other scene folders to tune per-class thresholds on')
     p.add_argument('--overlaps', type=float, nargs='+', default=[2.0], help='window overlaps (s)')
     p.add_argument('--decoding', nargs='+', default=['centre'], help="'centre', 'bounds' or 'cover:C'")
     p.add_argument('--thresholds', type=float, nargs='+', default=[0.5])
@@ -139,10 +154,13 @@ def main(argv=None):
     p.add_argument('--background', nargs='+', default=['background'], help='background classes')
     p.add_argument('--device', default='cpu')
     args = p.parse_args(argv)
-    print('| model | overlap | decoding | threshold | smoothing | min length | merge gap '
+    print('| model | overlap | decoding | threshold | smoothing | min length | merge gap | n '
           '| segment F1 | segment ER | event F1 | event ER |')
-    print('|' + '---|' * 7 + '---:|' * 4)
-    return [row for path in args.models for row in model_rows(args, path)]
+    print('|' + '---|' * 8 + '---:|' * 4)
+    for group in args.models:
+        name, _, paths = group.rpartition('=')
+        paths = paths.split(',')
+        print_group([row for path in paths for row in model_rows(args, path, name or Path(paths[0]).stem)])
 
 
 if __name__ == '__main__':
