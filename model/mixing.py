@@ -49,8 +49,8 @@ def keep_span(img, span):
     start = min(int(span[0] * width), width - 1)
     stop = max(start + 1, int(round(span[1] * width)))
     first, end = event_span(img)
-    if max(first, start) >= min(end, stop) or \
-            _rms(img, max(first, start), min(end, stop)) < 0.5 * _rms(img, first, end):
+    lo, hi = max(first, start), min(end, stop)  # the event's columns inside the span
+    if lo >= hi or _rms(img, lo, hi) < 0.5 * _rms(img, first, end):
         return img
     part = np.zeros_like(img)
     part[..., start:stop] = img[..., start:stop]
