@@ -66,6 +66,9 @@ VAL_HAS_MULTI_LABEL = False
 # Batch augmentation mixes images until this mean number of targets per image
 MEAN_TARGETS_PER_IMAGE = 3
 
+# Event images mixed onto background-class images: probability, EBR range (dB), share in part of the window
+BACKGROUND_MIX = {'prob': 0.5, 'ebr_db': (-6, 6), 'partial': 0.5}
+
 # Network input size as (width, height)
 IM_SIZE = (512, 256)
 
