@@ -198,10 +198,10 @@ TEST_THREADS = 0
 EVENT_THRESHOLD = 0.5
 
 # Median filter over this many windows (odd; 1 = off) before the threshold
-EVENT_SMOOTHING = 3
+EVENT_SMOOTHING = 1
 
 # Events shorter than this (seconds) are dropped, after merging
-EVENT_MIN_LENGTH = 0.5
+EVENT_MIN_LENGTH = 0.0
 
 # Events of one class at most this many seconds apart are merged into one
 EVENT_MERGE_GAP = 0.5
