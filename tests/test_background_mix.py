@@ -110,12 +110,16 @@ def warnings(err):
     return [line for line in err.splitlines() if line.startswith('WARNING')]
 
 
-def test_training_mixes_every_event_training_image_and_records_how(demo_data, tmp_path, mixes, capsys):
+def test_training_mixes_every_event_training_image_and_records_how(demo_data, tmp_path, monkeypatch, mixes,
+                                                                   capsys):
+    monkeypatch.setattr(cfg, 'VAL_SPLIT', 0.5)  # background images in validation too
     run = tmp_path / 'run'
     specs = demo_data / 'train' / 'spec'
     assert train(specs, run, '--background-classes', 'hum', '--background-mix', '1', '--run-name', 'Mix') == 0
     out = capsys.readouterr().out.splitlines()
-    counts = load_checkpoint(run / 'models' / 'AED_Mix_model_best.pt')['training']['class_counts']['train']
+    counts = load_checkpoint(run / 'models' / 'AED_Mix_model_best.pt')['training']['class_counts']
+    assert counts['val']['hum'] > 0 and sum(counts['val'].values()) > counts['val']['hum']
+    counts = counts['train']
     # each event training image once per epoch: no background image, no validation image
     assert len(mixes) == 2 * (sum(counts.values()) - counts['hum'])
     assert (f"BACKGROUND MIX: 1.0 of event images onto {counts['hum']} images of hum, EBR -6 to 6 dB, "
