@@ -24,6 +24,7 @@ from model import config_checks as check
 from model.audio import read_spec_settings, spec_defaults
 from model.checkpoint import CheckpointError, detached_copy, load_weights, resolve_model_path, save_checkpoint
 from model.data import DatasetError, SpecDataset, batch_augment, build_cache, make_loader, parse_dataset
+from model.events import thresholds_path
 from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import AEDNet, count_params, weighted_layers
 from model.run_settings import (CONFIG_SETTINGS, CONSTANTS, Progress, SettingsError, restore_progress,
@@ -406,6 +407,9 @@ def finish(job, best, epoch, start, interrupted, writer):
             save_checkpoint(run_path(args, 'snapshot', best.epoch), job.module, meta)
             path = save_checkpoint(run_path(args, 'best'), job.module, meta)
             say(f'BEST MODEL (EPOCH {best.epoch}) SAVED: {path}')
+            if thresholds_path(path).is_file():  # AED_test.py would apply them to the new weights
+                thresholds_path(path).unlink()
+                warn(f'{thresholds_path(path)}: thresholds tuned for the model this one replaced, removed')
     if dist.is_initialized():
         dist.barrier()  # no process tears its group down while another still uses it
 

@@ -22,6 +22,7 @@ import config as cfg
 from model import data
 from model.checkpoint import load_checkpoint
 from model.data import SpecDataset, make_loader
+from model.events import thresholds_path
 
 W, H = 64, 32
 MIX = {'prob': 0.5, 'ebr_db': (-6, 6), 'partial': 0.5}
@@ -209,3 +210,15 @@ def test_events_never_report_the_background_classes_a_trained_checkpoint_records
     assert 'hum' in labels('--background-classes')  # hum fires once it is no background class
     found = labels()  # the checkpoint's: hum
     assert found and 'hum' not in found
+
+
+def test_retraining_removes_the_thresholds_tuned_for_the_replaced_model(demo_data, tmp_path, capsys):
+    run = tmp_path / 'run'
+    sidecar = thresholds_path(run / 'models' / 'AED_Re_model_best.pt')
+    sidecar.parent.mkdir(parents=True)
+    sidecar.write_text('{"thresholds": {"default": 0.3}}\n')
+    assert train(demo_data / 'train' / 'spec', run, '--background-classes', 'hum', '--run-name', 'Re',
+                 epochs=1) == 0
+    assert not sidecar.exists()
+    assert warnings(capsys.readouterr().err) == [
+        f'WARNING: {sidecar}: thresholds tuned for the model this one replaced, removed']
