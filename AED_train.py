@@ -24,10 +24,11 @@ from model import config_checks as check
 from model.audio import read_spec_settings, spec_defaults
 from model.checkpoint import CheckpointError, detached_copy, load_weights, resolve_model_path, save_checkpoint
 from model.data import DatasetError, SpecDataset, batch_augment, build_cache, make_loader, parse_dataset
+from model.events import thresholds_path
 from model.metrics import class_metrics, plot_confusion_matrix
 from model.net import AEDNet, count_params, weighted_layers
 from model.run_settings import (CONFIG_SETTINGS, CONSTANTS, Progress, SettingsError, restore_progress,
-                                resume_record, settle, training_meta)
+                                resume_record, settle, settle_background, training_meta)
 from model.training import (BackgroundWriter, Precision, add_up, all_can_step, clock, configure_backend,
                             describe_schedule, distributed_env, evaluate, learning_rate, make_optimizer,
                             maybe_compile, percent, plot_training_curves, rng_states, select_device,
@@ -69,7 +70,15 @@ def parse_args(argv):
     p.add_argument('--deterministic', action='store_true', help='reproducible runs: deterministic algorithms')
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=cfg.COMPILE,
                    help='train with torch.compile (falls back with a warning where unavailable)')
+    p.add_argument('--background-classes', nargs='*', default=cfg.BACKGROUND_CLASSES, metavar='NAME',
+                   help='classes of recordings without events: mixed under the others, never events')
+    mix = cfg.BACKGROUND_MIX
+    p.add_argument('--background-mix', type=float, metavar='PROB',
+                   default=mix.get('prob') if isinstance(mix, dict) else None,
+                   help="probability that a training image of an event is laid onto a background image "
+                        "(BACKGROUND_MIX's 'prob'; 0 = off)")
     args = p.parse_args(argv)
+    prob = args.background_mix
     # parsed again into a namespace that holds every name, so argparse sets no defaults
     unset = object()
     given = p.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
@@ -78,6 +87,8 @@ def parse_args(argv):
         setattr(args, key, getattr(cfg, name))
     for key in CONSTANTS:
         setattr(args, key, getattr(cfg, key.upper()))
+    if 'background_mix' in args.explicit and isinstance(mix, dict):
+        args.background_mix = {**mix, 'prob': prob}  # one setting: BACKGROUND_MIX with the flag's 'prob'
     return args
 
 
@@ -216,6 +227,7 @@ def read_dataset(args, resume):
     if resume and resume['classes'] != classes:
         raise SettingsError(f'{args.resume} was trained on classes {resume["classes"]}, '
                             f'but {args.dataset} holds {classes}')
+    say(settle_background(args, classes, train_items, warn))
     return classes, train_items, val_items
 
 
@@ -246,16 +258,21 @@ def build_network(args, classes, train_items, val_items, resume, pretrained, ran
             # what AED_spec.py recorded for these images, else config.py's settings
             'spec': read_spec_settings(args.dataset) or spec_defaults(
                 args.spec_length, args.spec_overlap, args.sample_rate, args.resample_method),
-            'training': training_meta(args, classes, train_items, val_items)}
+            'training': training_meta(args, classes, train_items, val_items),
+            # what AED_test.py --events and AED_eval.py never report as events
+            'background_classes': [c for c in classes if c in args.background_classes]}
     return net, meta
 
 
 def make_loaders(args, classes, train_items, val_items, batch_size, pin, rank, world):
-    """Port of AED_train.getDatasetChunk: this process's training and validation (or None) loaders."""
+    """Port of AED_train.getDatasetChunk: this process's training and validation (or None) loaders;
+    training images only are mixed onto background images."""
     cache = (build_cache(train_items + val_items, args.im_size, args.im_dim, args.workers, main_process())
              if args.use_cache else None)
+    background = [k for k, c in enumerate(classes) if c in args.background_classes]
     train_set = SpecDataset(train_items, len(classes), args.im_size, args.im_dim, args.augmentation,
-                            args.seed, cache, replace_unreadable=True)
+                            args.seed, cache, replace_unreadable=True, background=background,
+                            mix=args.background_mix)
     sampler = DistributedSampler(train_set, world, rank, shuffle=args.randomize_train_set, seed=args.seed)
     train_loader = make_loader(train_set, batch_size, args.workers, sampler, pin)
     if not val_items:
@@ -390,6 +407,9 @@ def finish(job, best, epoch, start, interrupted, writer):
             save_checkpoint(run_path(args, 'snapshot', best.epoch), job.module, meta)
             path = save_checkpoint(run_path(args, 'best'), job.module, meta)
             say(f'BEST MODEL (EPOCH {best.epoch}) SAVED: {path}')
+            if thresholds_path(path).is_file():  # AED_test.py would apply them to the new weights
+                thresholds_path(path).unlink()
+                warn(f'{thresholds_path(path)}: thresholds tuned for the model this one replaced, removed')
     if dist.is_initialized():
         dist.barrier()  # no process tears its group down while another still uses it
 

@@ -66,6 +66,9 @@ VAL_HAS_MULTI_LABEL = False
 # Batch augmentation mixes images until this mean number of targets per image
 MEAN_TARGETS_PER_IMAGE = 3
 
+# Event images mixed onto background-class images: probability, EBR range (dB), share in part of the window
+BACKGROUND_MIX = {'prob': 0.5, 'ebr_db': (-6, 6), 'partial': 0.5}
+
 # Network input size as (width, height)
 IM_SIZE = (512, 256)
 
@@ -195,10 +198,10 @@ TEST_THREADS = 0
 EVENT_THRESHOLD = 0.5
 
 # Median filter over this many windows (odd; 1 = off) before the threshold
-EVENT_SMOOTHING = 3
+EVENT_SMOOTHING = 1
 
 # Events shorter than this (seconds) are dropped, after merging
-EVENT_MIN_LENGTH = 0.5
+EVENT_MIN_LENGTH = 0.0
 
 # Events of one class at most this many seconds apart are merged into one
 EVENT_MERGE_GAP = 0.5

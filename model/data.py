@@ -1,4 +1,4 @@
-"""Training data: dataset split, images (C, H, W) float32 in [0, 1], augmentation, batches."""
+"""Training data: split, images (C, H, W) float32 in [0, 1], background mixing, augmentation, batches."""
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
+
+from model.mixing import draw_mix, mix_background
 
 IMAGE_EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
 
@@ -241,15 +243,21 @@ class SpecDataset(Dataset):
     """(image, one-hot target, unreadable) items of parse_dataset's (path, class index) pairs.
     Item i of epoch e is augmented with default_rng([seed, e, i]), whatever the workers. An
     unreadable file is reported once per process; with replace_unreadable (training) the next
-    readable one takes its place, else (validation) collate drops it, as the original did."""
+    readable one takes its place, else (validation) collate drops it, as the original did.
+    With mix (BACKGROUND_MIX), an item of a class not in `background` (class indices) is laid
+    onto an image of those classes as model.mixing draws it from default_rng([seed, e, i, 1]);
+    background items stay as they are, so a window of background alone keeps that label."""
 
     def __init__(self, items, num_classes, im_size, im_dim, augmentation=None, seed=1337,
-                 cache=None, replace_unreadable=False):
+                 cache=None, replace_unreadable=False, background=(), mix=None):
         self.items = items
         self._one_hot = torch.eye(num_classes, dtype=torch.float32)
         self.im_size, self.im_dim = tuple(im_size), im_dim
         self.augmentation, self.seed, self.cache = augmentation or None, seed, cache
         self.replace_unreadable = replace_unreadable
+        self._background = set(background)
+        self._backgrounds = [k for k, (_, label) in enumerate(items) if label in self._background]
+        self.mix = mix if mix and mix['prob'] > 0 and self._backgrounds else None
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # reaches persistent workers
         self._unreadable = set()  # per process: each file is tried and reported once
 
@@ -285,10 +293,20 @@ class SpecDataset(Dataset):
                     break
         if img is None:
             return None, None, unreadable
+        if self.mix and self.items[k][1] not in self._background:
+            img = self._mix(img, i)
         if self.augmentation:
             rng = np.random.default_rng([self.seed, int(self._epoch), i])
             img = augment(img, rng, self.augmentation, copy=False)  # img is ours already
         return torch.from_numpy(img), self._one_hot[self.items[k][1]].clone(), unreadable
+
+    def _mix(self, img, i):
+        """img laid onto a background image, or img itself (not drawn, or the background unreadable)."""
+        rng = np.random.default_rng([self.seed, int(self._epoch), i, 1])  # augment's draws stay the same
+        m = self.mix
+        plan = draw_mix(rng, m['prob'], m['ebr_db'], len(self._backgrounds), m['partial'])
+        back = None if plan is None else self._read(self._backgrounds[plan[0]])
+        return img if back is None else mix_background(img, back, plan[1], plan[2])
 
 
 def collate(batch):

@@ -13,7 +13,7 @@ from model.data import augmentation_problems
 from model.net import ACTIVATIONS, flat_size
 from model.training import select_device, set_rng_state
 
-# run settings only config.py sets, recorded in every checkpoint: key: constant
+# run settings config.py sets (but BACKGROUND_MIX's 'prob': --background-mix), recorded in every checkpoint
 CONFIG_SETTINGS = {
     'augmentation': 'IM_AUGMENTATION', 'learning_rate': 'LEARNING_RATE', 'lr_descent': 'LR_DESCENT',
     'epoch_start': 'EPOCH_START', 'optimizer': 'OPTIMIZER', 'l2_weight': 'L2_WEIGHT',
@@ -21,10 +21,11 @@ CONFIG_SETTINGS = {
     'max_samples_per_class': 'MAX_SAMPLES_PER_CLASS', 'sort_classes': 'SORT_CLASSES_ALPHABETICALLY',
     'randomize_train_set': 'RANDOMIZE_TRAIN_SET', 'multi_label': 'MULTI_LABEL',
     'val_has_multi_label': 'VAL_HAS_MULTI_LABEL', 'mean_targets_per_image': 'MEAN_TARGETS_PER_IMAGE',
-    'snapshot_epochs': 'SNAPSHOT_EPOCHS', 'mixed_precision': 'MIXED_PRECISION'}
+    'snapshot_epochs': 'SNAPSHOT_EPOCHS', 'mixed_precision': 'MIXED_PRECISION',
+    'background_mix': 'BACKGROUND_MIX'}
 # run settings with a flag, recorded in every checkpoint
 FLAG_SETTINGS = ('dataset', 'epochs', 'batch_size', 'seed', 'deterministic', 'compile', 'model_path',
-                 'log_path', 'confmatrix_path')
+                 'log_path', 'confmatrix_path', 'background_classes')
 # the other config.py constants the run uses, each key.upper() (the network's are in every checkpoint)
 CONSTANTS = ('im_dim', 'dropout', 'nonlinearity', 'init_gain', 'use_cache', 'load_output_layer',
              'save_after_interrupt', 'normalize_confmatrix', 'confmatrix_max_classes', 'spec_length',
@@ -96,6 +97,8 @@ def problems(s):
         check.number('MEAN_TARGETS_PER_IMAGE', s.mean_targets_per_image, 1),
         *(check.flag(label, getattr(s, key)) for key, label in BOOLEANS.items()),
         *(f'IM_AUGMENTATION: {line}' for line in augmentation_problems(s.augmentation)),
+        check.names('BACKGROUND_CLASSES (--background-classes)', s.background_classes),
+        *_mix_problems(s.background_mix),
         *_other_problems(s),
         *_network_problems(s),
     ]
@@ -126,6 +129,19 @@ def _other_problems(s):
         None if (isinstance(s.run_name, str) and s.run_name.strip() and not {'/', '\\'} & set(s.run_name))
         else f'RUN_NAME (--run-name) must be a non-empty name without / or \\, got {s.run_name!r}',
     ]
+
+
+def _mix_problems(mix):
+    """BACKGROUND_MIX: {'prob': p, 'ebr_db': (low, high), 'partial': q}, p and q from 0 to 1."""
+    if not isinstance(mix, dict) or set(mix) != {'prob', 'ebr_db', 'partial'}:
+        return [f"BACKGROUND_MIX must be {{'prob': p, 'ebr_db': (low, high), 'partial': q}}, got {mix!r}"]
+    ebr = mix['ebr_db']
+    pair = ebr if isinstance(ebr, (list, tuple)) and len(ebr) == 2 else ()
+    finite = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+    return [check.fraction("BACKGROUND_MIX 'prob' (--background-mix)", mix['prob']),
+            check.fraction("BACKGROUND_MIX 'partial'", mix['partial']),
+            None if pair and finite and pair[0] <= pair[1]
+            else f"BACKGROUND_MIX 'ebr_db' must be (low, high) in dB with low <= high, got {ebr!r}"]
 
 
 def _network_problems(s):
@@ -168,6 +184,10 @@ def restore(s, ckpt, warn):
     if 'training' not in ckpt:
         warn(f'{s.resume} records no run settings (an older checkpoint): flags and config.py apply')
     saved = {'run_name': ckpt.get('run_name', s.run_name), **ckpt.get('training', {})}
+    mine, theirs = s.background_mix, saved.get('background_mix')
+    if 'background_mix' in s.explicit and isinstance(mine, dict) and isinstance(theirs, dict):
+        # --background-mix sets the probability alone; the rest of BACKGROUND_MIX stays the run's
+        s.background_mix = {**theirs, 'prob': mine['prob']}
     for key, value in saved.items():
         mine = plain(getattr(s, key, None))
         if key in s.explicit:  # a flag given with --resume
@@ -178,6 +198,31 @@ def restore(s, ckpt, warn):
                 warn(f"config.py's {CONFIG_SETTINGS[key]} {getattr(s, key)!r} differs from the resumed "
                      f"run's {value!r}; the run's is kept")
             setattr(s, key, value)  # paths as absolute strings
+
+
+def settle_background(s, classes, train_items, warn):
+    """Once the dataset is read: the BACKGROUND MIX line. Mixing needs a background training
+    image: without one it is an error where --background-mix asked for it, else off with a
+    warning (SpecDataset mixes nothing). A --background-classes name the dataset lacks is an error."""
+    missing = [c for c in s.background_classes if c not in classes]
+    if missing and 'background_classes' in s.explicit:
+        raise SettingsError(f'BACKGROUND_CLASSES (--background-classes): no class folder '
+                            f'{", ".join(missing)} in {s.dataset} (its classes: {", ".join(classes)})')
+    present = [c for c in classes if c in s.background_classes]
+    images = sum(classes[label] in present for _, label in train_items)
+    mix = s.background_mix
+    if mix['prob'] > 0 and not images:
+        named = ', '.join(s.background_classes) or 'none given'
+        why = f'no training image of a background class ({named}) to mix events onto'
+        if 'background_mix' in s.explicit:
+            raise SettingsError(f"BACKGROUND_MIX 'prob' (--background-mix) is {mix['prob']}, "
+                                f"but there is {why}")
+        warn(f'{why}: background mixing is off')
+    if not (mix['prob'] and images):
+        return f'BACKGROUND MIX: off (background classes: {", ".join(present) or "none"})'
+    (low, high), share = mix['ebr_db'], mix['partial']
+    return (f"BACKGROUND MIX: {mix['prob']} of event images onto {images} images of {', '.join(present)}, "
+            f"EBR {low} to {high} dB, {share} of them in part of the window")
 
 
 def training_meta(s, classes, train_items, val_items):

@@ -49,7 +49,7 @@ def readme():
 def test_demo_evaluates_and_tests_the_model_it_trains():
     used = [flag(c, '--modelname') or cfg.TRAINED_MODEL for c in demo()
             if script(c) in ('AED_eval.py', 'AED_test.py')]
-    assert len(used) == 2 and set(used) == {demo_model()}
+    assert len(used) == 4 and set(used) == {demo_model()}  # two of each
 
 
 def test_defaults_name_the_model_that_default_training_writes():

@@ -573,6 +573,7 @@ def test_compile_trains_and_saves_loadable_checkpoints(specs, out, monkeypatch, 
         return real(net, *args, **kwargs)
     monkeypatch.setattr(AED_train, 'train_epoch', train_epoch)
     monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
+    monkeypatch.setattr(cfg, 'BACKGROUND_MIX', {**cfg.BACKGROUND_MIX, 'prob': 0})  # no background here
     assert AED_train.main(train_args(specs, out, '--compile', epochs=1)) == 0
     assert nets == ['OptimizedModule']
     assert 'WARNING' not in capsys.readouterr().err

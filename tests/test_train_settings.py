@@ -22,12 +22,14 @@ CLASSES = ['beeps', 'clicks', 'hum', 'noise_bursts', 'siren']
 
 @pytest.fixture(autouse=True)
 def small(tmp_path, monkeypatch):
-    """One torch thread, 8 images per class, and config.py's output folders under
-    tmp_path/default (so a run that ignored its flags would write there)."""
+    """One torch thread, 8 images per class, no background mixing, and config.py's output folders
+    under tmp_path/default (so a run that ignored its flags would write there)."""
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     monkeypatch.setattr(cfg, 'MAX_SAMPLES_PER_CLASS', 8)
     monkeypatch.setattr(cfg, 'SNAPSHOT_EPOCHS', [-1])
+    # the demo data here has no background class (tests/test_background_mix.py has one)
+    monkeypatch.setattr(cfg, 'BACKGROUND_MIX', {**cfg.BACKGROUND_MIX, 'prob': 0})
     for name in ('MODEL_PATH', 'LOG_PATH', 'CONFMATRIX_PATH'):
         monkeypatch.setattr(cfg, name, str(tmp_path / 'default' / name.lower()))
     yield
@@ -86,6 +88,14 @@ BAD_CONFIG = [
     ('MIN_SAMPLES_PER_CLASS', -2, 'at least -1'),
     ('CONFMATRIX_MAX_CLASSES', 0, 'at least 1'),
     ('COMPILE', 'yes', 'True or False'),
+    ('BACKGROUND_CLASSES', 'background', 'must be a list of names'),
+    ('BACKGROUND_MIX', 0.5, "must be {'prob': p, 'ebr_db': (low, high), 'partial': q}"),
+    ('BACKGROUND_MIX', {'prob': 0.5, 'ebr_db': (-6, 6)}, "must be {'prob': p"),
+    ('BACKGROUND_MIX', {'prob': 1.5, 'ebr_db': (-6, 6), 'partial': 0.5}, "'prob' (--background-mix) must be"),
+    ('BACKGROUND_MIX', {'prob': 0.5, 'ebr_db': (-6, 6), 'partial': -0.1}, "'partial' must be a number"),
+    ('BACKGROUND_MIX', {'prob': 0.5, 'ebr_db': (6, -6), 'partial': 0.5}, "'ebr_db' must be (low, high)"),
+    ('BACKGROUND_MIX', {'prob': 0.5, 'ebr_db': (0, float('inf')), 'partial': 0.5}, "'ebr_db' must be"),
+    ('BACKGROUND_MIX', {'prob': 0.5, 'ebr_db': 6, 'partial': 0.5}, "'ebr_db' must be"),
 ]
 
 
@@ -144,6 +154,9 @@ BAD_FLAGS = [
     (['--dataset', 'no_such_folder'], 'DATASET_PATH (--dataset): folder no_such_folder does not exist'),
     (['--log-path', 'a_file'], 'LOG_PATH (--log-path): a_file is a file, not a folder'),
     (['--pretrained', 'missing.pt'], 'PRETRAINED_MODEL (--pretrained): model file missing.pt not found'),
+    (['--background-mix', '1.5'], "BACKGROUND_MIX 'prob' (--background-mix) must be a number from 0 to 1"),
+    (['--background-mix', 'nan'], "BACKGROUND_MIX 'prob' (--background-mix) must be a number from 0 to 1"),
+    (['--background-classes', ''], 'BACKGROUND_CLASSES (--background-classes) must be a list of names'),
 ]
 
 
