@@ -18,12 +18,14 @@ weights) are written to a temporary folder. Then, in one run:
    a --long-minutes file (on a CPU with a narrower network, --rss-filters, so
    that an hour of windows runs in about a minute);
 6. on a CPU: AED_eval.py on the make_demo.py test split against the code of
-   commit 896539f (before the streaming front end), whole processes, alternated;
-   and the whole AED_test.py process for one 3 s file.
+   commit --old (default: main before the lean restructuring of issue 16),
+   whole processes, alternated; and the whole AED_test.py process for one 3 s
+   file, the same way.
 
     python -m bench.bench_infer
     python -m bench.bench_infer --quick
     python -m bench.bench_infer --device cuda
+    python -m bench.bench_infer --quick --no-compile --old 896539f
 """
 import argparse
 import json
@@ -38,8 +40,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from bench import checkout
+
 ROOT = Path(__file__).resolve().parents[1]
-OLD_COMMIT = '896539f'  # main before the streaming front end (issue 8)
+OLD_COMMIT = '7373183'  # main before the lean restructuring (issue 16); 896539f: before streaming
 GNU_TIME = '/usr/bin/time'
 
 # Run with cwd=ROOT (or an old tree) so that `python -c` finds the model package
@@ -196,6 +200,7 @@ def parse_args(argv):
     p.add_argument('--long-minutes', type=float, default=None, help='the long file of the RSS check (60)')
     p.add_argument('--rss-filters', type=int, default=None, help='network width of the RSS runs (CPU 8, CUDA 64)')
     p.add_argument('--no-compile', action='store_true', help='skip the --compile forward pass')
+    p.add_argument('--old', default=OLD_COMMIT, help='commit whose code the whole-process CPU runs are timed against')
     args = p.parse_args(argv)
     cuda, quick = args.device.startswith('cuda'), args.quick
     defaults = {'repeats': 1 if quick else 3, 'eval_files': 2 if quick else (40 if cuda else 4),
@@ -289,7 +294,7 @@ def main(argv=None):
 
         # 6. CPU: the demo test split against the old code, and a whole AED_test process
         if cpu:
-            old_rows = compare_demo_eval(py, tmp, args.repeats)
+            old_rows = compare_demo_eval(py, tmp, args.repeats, args.old)
             rows += old_rows
             write_audio(tmp / 'short.wav', 3.0, seed=1)
             whole, old = [], []
@@ -298,7 +303,7 @@ def main(argv=None):
                     times.append(run([py, 'AED_test.py', '--filenames', str(tmp / 'short.wav'), '--modelname',
                                       str(ckpt), '--device', 'cpu'], cwd=tree)[1])
             rows.append(('whole AED_test.py process, one 3 s file', 's', statistics.median(whole), None))
-            rows.append((f'  same, code of {OLD_COMMIT}', 's', statistics.median(old),
+            rows.append((f'  same, code of {args.old}', 's', statistics.median(old),
                          statistics.median(old) / statistics.median(whole)))
 
     print(f'\n{dev}, 512x256 input, 64 filters (RSS runs: {args.rss_filters}), batch {args.batch_size}; '
@@ -316,14 +321,12 @@ def main(argv=None):
     return rows
 
 
-def compare_demo_eval(py, tmp, repeats):
-    """Whole AED_eval.py processes on the make_demo test split: this tree against OLD_COMMIT."""
-    old_tree = tmp / 'old'
-    old_tree.mkdir()
-    archive = subprocess.run(['git', '-C', str(ROOT), 'archive', OLD_COMMIT], capture_output=True, check=True)
-    subprocess.run(['tar', '-x', '-C', str(old_tree)], input=archive.stdout, check=True)
+def compare_demo_eval(py, tmp, repeats, rev):
+    """Whole AED_eval.py processes on the make_demo test split: this tree against the code of rev."""
+    old_tree = checkout(rev, tmp / 'old')
     demo = tmp / 'demo'
-    run([py, 'dataset/make_demo.py', '--out', str(demo), '--train', '0', '--test', '8', '--no-examples'])
+    run([py, 'dataset/make_demo.py', '--out', str(demo), '--train', '0', '--test', '8', '--no-examples',
+         '--no-background', '--scenes', '0'])
     ckpt = tmp / 'demo_model.pt'  # the demo's network size
     run([py, '-c', MAKE_CHECKPOINT, str(ckpt), '128', '64', '16'])
     walls, loops, maps = {'new': [], 'old': []}, {'new': [], 'old': []}, {}
@@ -337,13 +340,13 @@ def compare_demo_eval(py, tmp, repeats):
             loops[name].append(summary['seconds'])
             maps[name] = (summary['map'], summary['accuracy'])
     if maps['new'] != maps['old']:
-        raise RuntimeError(f'demo split: MAP/ACCURACY differ from {OLD_COMMIT}: {maps}')
+        raise RuntimeError(f'demo split: MAP/ACCURACY differ from {rev}: {maps}')
     new_wall, old_wall = statistics.median(walls['new']), statistics.median(walls['old'])
     new_loop, old_loop = statistics.median(loops['new']), statistics.median(loops['old'])
     return [(f'AED_eval on the demo test split (40 files), whole process', 's', new_wall, None),
-            (f'  same, code of {OLD_COMMIT}', 's', old_wall, old_wall / new_wall),
+            (f'  same, code of {rev}', 's', old_wall, old_wall / new_wall),
             ('AED_eval on the demo test split, testing loop only', 's', new_loop, None),
-            (f'  same, code of {OLD_COMMIT}', 's', old_loop, old_loop / new_loop)]
+            (f'  same, code of {rev}', 's', old_loop, old_loop / new_loop)]
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ busy the machine was.
     python -m bench.bench_spec
     python -m bench.bench_spec --repeats 5 --files 10 --seconds 60
     python -m bench.bench_spec --rates 44100 --tmp /var/tmp
+    python -m bench.bench_spec --old 7373183     # also AED_spec.py of that commit, alternated
 """
 import argparse
 import os
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from bench import checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,12 +64,13 @@ def count_specs(folder):
     return sum(1 for _ in Path(folder).rglob('*.png'))
 
 
-def run(rows, label, src, tmp, repeats, workers):
+def run(rows, label, src, tmp, repeats, workers, trees):
     py = sys.executable
     commands = {'reference (psf + scipy + cv2)': [py, str(ROOT / 'bench' / 'reference_spec.py'), str(src)]}
     for w in workers:
-        commands[f'AED_spec.py --workers {w}'] = [py, str(ROOT / 'AED_spec.py'), '--src', str(src),
-                                                  '--workers', str(w), '--overwrite', '--dst']
+        for name, tree in trees.items():
+            commands[f'AED_spec.py --workers {w}{name}'] = [py, str(tree / 'AED_spec.py'), '--src', str(src),
+                                                            '--workers', str(w), '--overwrite', '--dst']
     times = {name: [] for name in commands}
     cpu = {name: [] for name in commands}
     n_specs = {}
@@ -97,15 +101,19 @@ def main(argv=None):
                    help='sample rates of the test files')
     p.add_argument('--tmp', type=Path, default=None,
                    help='folder for the test files and outputs (default: the system temp folder)')
+    p.add_argument('--old', default=None, metavar='REV', help="also time AED_spec.py of this commit's code")
     args = p.parse_args(argv)
     rows = []
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        trees = {'': ROOT}
+        if args.old:
+            trees[f', code of {args.old}'] = checkout(args.old, Path(tmp) / 'old')
         for rate in args.rates:
             src = Path(tmp) / f'src_{rate}'
             (src / 'events').mkdir(parents=True)
             write_files(src / 'events', args.files, args.seconds, rate)
-            run(rows, f'{rate / 1000:g} kHz', src, tmp, args.repeats, args.workers)
+            run(rows, f'{rate / 1000:g} kHz', src, tmp, args.repeats, args.workers, trees)
     print(f'\n{args.files} files x {args.seconds:g} s, median of {args.repeats} whole-process runs '
           f'(load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; '
           f'{os.cpu_count()} cores)')
