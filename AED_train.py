@@ -227,7 +227,7 @@ def read_dataset(args, resume):
     if resume and resume['classes'] != classes:
         raise SettingsError(f'{args.resume} was trained on classes {resume["classes"]}, '
                             f'but {args.dataset} holds {classes}')
-    say(settle_background(args, classes, train_items, warn))
+    say(settle_background(args, classes, train_items))
     return classes, train_items, val_items
 
 

@@ -200,10 +200,10 @@ def restore(s, ckpt, warn):
             setattr(s, key, value)  # paths as absolute strings
 
 
-def settle_background(s, classes, train_items, warn):
+def settle_background(s, classes, train_items):
     """Once the dataset is read: the BACKGROUND MIX line. Mixing needs a background training
-    image: without one it is an error where --background-mix asked for it, else off with a
-    warning (SpecDataset mixes nothing). A --background-classes name the dataset lacks is an error."""
+    image: without one it is off (a classification data set needs none), and an error where
+    --background-mix asked for it. A --background-classes name the dataset lacks is an error."""
     missing = [c for c in s.background_classes if c not in classes]
     if missing and 'background_classes' in s.explicit:
         raise SettingsError(f'BACKGROUND_CLASSES (--background-classes): no class folder '
@@ -211,15 +211,14 @@ def settle_background(s, classes, train_items, warn):
     present = [c for c in classes if c in s.background_classes]
     images = sum(classes[label] in present for _, label in train_items)
     mix = s.background_mix
-    if mix['prob'] > 0 and not images:
-        named = ', '.join(s.background_classes) or 'none given'
-        why = f'no training image of a background class ({named}) to mix events onto'
-        if 'background_mix' in s.explicit:
+    if not images:
+        why = f'no training image of a background class ({", ".join(s.background_classes) or "none given"})'
+        if mix['prob'] > 0 and 'background_mix' in s.explicit:
             raise SettingsError(f"BACKGROUND_MIX 'prob' (--background-mix) is {mix['prob']}, "
-                                f"but there is {why}")
-        warn(f'{why}: background mixing is off')
-    if not (mix['prob'] and images):
-        return f'BACKGROUND MIX: off (background classes: {", ".join(present) or "none"})'
+                                f"but there is {why} to mix events onto")
+        return f'BACKGROUND MIX: off ({why})'
+    if not mix['prob']:
+        return f'BACKGROUND MIX: off (background classes: {", ".join(present)})'
     (low, high), share = mix['ebr_db'], mix['partial']
     return (f"BACKGROUND MIX: {mix['prob']} of event images onto {images} images of {', '.join(present)}, "
             f"EBR {low} to {high} dB, {share} of them in part of the window")
