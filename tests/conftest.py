@@ -1,10 +1,11 @@
 """Shared fixtures: a tiny demo dataset and a tiny trained checkpoint, made once per session."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from dataset import make_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,21 +15,14 @@ TINY_FILTERS = 4
 EPOCHS = 12
 
 
-def _make_demo_module():
-    spec = importlib.util.spec_from_file_location('make_demo', ROOT / 'dataset' / 'make_demo.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
     """make_demo.py's five event classes (4 train and 2 test files each, no background class
     or scenes: the detection tests make their own) plus their spectrogram PNGs."""
     import AED_spec
     root = tmp_path_factory.mktemp('demo')
-    _make_demo_module().main(['--out', str(root), '--train', '4', '--test', '2',
-                              '--example-seconds', '4', '--no-background', '--scenes', '0'])
+    make_demo.main(['--out', str(root), '--train', '4', '--test', '2', '--example-seconds', '4',
+                    '--no-background', '--scenes', '0'])
     AED_spec.main(['--src', str(root / 'train' / 'wav'), '--dst', str(root / 'train' / 'spec'),
                    '--workers', '1'])
     return root

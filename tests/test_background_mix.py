@@ -19,6 +19,7 @@ from torch.utils.data.distributed import DistributedSampler
 import AED_test
 import AED_train
 import config as cfg
+from helpers import stop_after
 from model import data
 from model.checkpoint import load_checkpoint
 from model.data import SpecDataset, make_loader
@@ -151,22 +152,10 @@ def test_without_background_images_mixing_is_off_or_an_error_if_asked(demo_data,
         assert not (tmp_path / 'bad').exists()
 
 
-def stop_after(monkeypatch, epochs):
-    """Ctrl-C at the start of epoch epochs + 1."""
-    real, calls = AED_train.train_epoch, []
-
-    def train_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > epochs:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(AED_train, 'train_epoch', train_epoch)
-
-
 def test_resume_restores_background_mix_and_classes(demo_data, tmp_path, monkeypatch, mixes, capsys):
     run = tmp_path / 'run'
     with monkeypatch.context() as m:
-        stop_after(m, 1)
+        stop_after(m, AED_train, 1)
         assert train(demo_data / 'train' / 'spec', run, '--background-classes', 'hum',
                      '--background-mix', '0.3', '--run-name', 'Cut') == 130
     last = run / 'models' / 'AED_Cut_last.pt'

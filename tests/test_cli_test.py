@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 import AED_test
+from helpers import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,13 +23,7 @@ def examples(demo_data):
 
 
 def run(capsys, *argv):
-    """(exit status, stdout, stderr) of AED_test.main."""
-    try:
-        status = AED_test.main([str(a) for a in argv])
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(AED_test.main, capsys, *argv)
 
 
 def files_tested(out):

@@ -9,16 +9,12 @@ import AED_eval
 import AED_spec
 import AED_test
 import config as cfg
+from helpers import run_main
 from model import config_checks as check
 
 
 def run(capsys, main, *argv):
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(main, capsys, *argv)
 
 
 def error_lines(err):

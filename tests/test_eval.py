@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 
 import AED_eval
+from helpers import run_main
 
 
 def run(capsys, *argv):
-    """(exit status, stdout, stderr) of AED_eval.main."""
-    try:
-        AED_eval.main([str(a) for a in argv])
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(AED_eval.main, capsys, *argv)
 
 
 def summary_value(out, name):

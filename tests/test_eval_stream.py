@@ -15,24 +15,16 @@ import torch.multiprocessing as mp
 
 import AED_eval
 import AED_test
+from helpers import run_main
 from model.audio import file_spectrograms
 from model.inference import prediction_pooling, prepare_windows, rank_predictions
 from model.session import load_model
 
 
-def run(main, capsys, *argv):
-    try:
-        status = main([str(a) for a in argv])
-        status = 0 if status is None or isinstance(status, dict) else status
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
 
 def test_eval_results_equal_a_simple_independent_path(capsys, tiny_model, demo_data, tmp_path):
     # numpy spectrograms of each whole file -> prepare_windows -> net -> softmax -> mean
-    status, out, err = run(AED_eval.main, capsys, '--testdir', demo_data / 'test', '--modelname', tiny_model,
+    status, out, err = run_main(AED_eval.main, capsys, '--testdir', demo_data / 'test', '--modelname', tiny_model,
                            '--confmatrix', '', '--batch-size', 5, '--workers', 2, '--json', tmp_path / 'r.json')
     assert status == 0, err
     model = load_model(tiny_model, tmp_path, 'cpu')
@@ -104,7 +96,7 @@ def test_torchrun_two_processes_print_what_one_prints(capsys, tiny_model, demo_d
     (test / 'siren' / 'zz_corrupt.wav').write_bytes(b'RIFF\x00\x00\x00\x00WAVEbroken')  # rank 1's share
     argv = ['--testdir', str(test), '--modelname', str(tiny_model), '--confmatrix', '', '--workers', '1',
             '--batch-size', '4']
-    status, one, err = run(AED_eval.main, capsys, *argv, '--json', tmp_path / 'one.json')
+    status, one, err = run_main(AED_eval.main, capsys, *argv, '--json', tmp_path / 'one.json')
     assert status == 1 and 'ERRORS: 1 / 11' in one and err.count('ERROR: ') == 1
     context = mp.start_processes(eval_rank, args=(2, free_port(), argv, tmp_path), nprocs=2, join=False)
     deadline = time.monotonic() + 120  # a hung process group fails the test, never the suite
@@ -156,7 +148,7 @@ def test_an_explicit_gpu_under_torchrun_is_one_error(capsys, monkeypatch, tiny_m
     # every process would take that one GPU; each takes its local rank's instead (--device cuda)
     monkeypatch.setenv('WORLD_SIZE', '2')
     monkeypatch.setenv('RANK', '0')
-    status, out, err = run(AED_eval.main, capsys, '--testdir', demo_data / 'test', '--modelname', tiny_model,
+    status, out, err = run_main(AED_eval.main, capsys, '--testdir', demo_data / 'test', '--modelname', tiny_model,
                            '--device', 'cuda:1')
     assert status == 2 and out == ''
     assert err.startswith("ERROR: DEVICE (--device) is 'cuda:1', but under torchrun each process takes the "
@@ -175,7 +167,7 @@ def test_torchrun_scores_annotated_recordings_as_one_process_does(capsys, tiny_m
     capsys.readouterr()
     argv = ['--testdir', str(recordings), '--annotations', str(annotations), '--modelname', str(tiny_model),
             '--workers', '1', '--batch-size', '4', '--threshold', '0.3']
-    status, one, err = run(AED_eval.main, capsys, *argv, '--json', tmp_path / 'one.json')
+    status, one, err = run_main(AED_eval.main, capsys, *argv, '--json', tmp_path / 'one.json')
     assert status == 1 and 'ERRORS: 1 / 4' in one and 'SEGMENT-BASED F1: ' in one
     context = mp.start_processes(eval_rank, args=(2, free_port(), argv, tmp_path), nprocs=2, join=False)
     deadline = time.monotonic() + 120

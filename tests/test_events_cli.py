@@ -14,6 +14,7 @@ import torch
 import AED_eval
 import AED_test
 from dataset import make_demo
+from helpers import run_main
 from model.audio import file_spectrograms
 from model.events import SUFFIXES, detect_events, parse_thresholds, read_events, thresholds_path
 from model.inference import prepare_windows
@@ -24,23 +25,13 @@ HOP, LENGTH = 1.0, 3
 DETECT = ['--smoothing', 1, '--min-length', 0, '--merge-gap', 0]
 
 
-def run(main, capsys, *argv):
-    """(exit status, stdout, stderr) of a script's main."""
-    try:
-        status = main([str(a) for a in argv])
-        status = 0 if status is None or isinstance(status, dict) else status
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
 
 def aed_test(capsys, *argv):
-    return run(AED_test.main, capsys, *argv)
+    return run_main(AED_test.main, capsys, *argv)
 
 
 def aed_eval(capsys, *argv):
-    return run(AED_eval.main, capsys, *argv)
+    return run_main(AED_eval.main, capsys, *argv)
 
 
 @pytest.fixture(scope='module')

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from dataset import folds
+from helpers import run_main
 
 US8K_COLUMNS = ['slice_file_name', 'fsID', 'start', 'end', 'salience', 'fold', 'classID', 'class']
 ESC50_COLUMNS = ['filename', 'fold', 'target', 'category', 'esc10', 'src_file', 'take']
@@ -54,13 +55,7 @@ def make_esc50(root):
 
 
 def run(capsys, *argv):
-    """(exit status, stdout, stderr) of python -m dataset.folds argv."""
-    try:
-        code = folds.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(folds.main, capsys, *argv)
 
 
 def links(folder):

@@ -1,24 +1,14 @@
 """Tests for dataset/make_demo.py, the synthetic demo-dataset generator."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'dataset' / 'make_demo.py'
+from dataset import make_demo
 
-
-def load_make_demo():
-    """Import dataset/make_demo.py by path (dataset/ is not a package)."""
-    spec = importlib.util.spec_from_file_location('make_demo', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_demo = load_make_demo()
+SCRIPT = Path(make_demo.__file__).resolve()
 
 TINY = ['--train', '3', '--test', '2', '--seconds', '3.5', '--example-seconds', '4', '--scenes', '0']
 

@@ -1,27 +1,14 @@
 """make_demo.py's background class and annotated scenes."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
 from scipy.ndimage import median_filter
 from scipy.signal import butter, sosfilt
 
+from dataset import make_demo
 from model.sed import read_annotations
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'dataset' / 'make_demo.py'
 SCENE_SECONDS = 30.0
-
-
-def load_make_demo():
-    spec = importlib.util.spec_from_file_location('make_demo', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_demo = load_make_demo()
 
 
 @pytest.fixture(scope='module')

@@ -12,6 +12,7 @@ import torch
 
 import AED_train
 import config as cfg
+from helpers import stop_after
 from model.checkpoint import load_checkpoint
 from model.training import describe_schedule, learning_rate
 
@@ -264,23 +265,11 @@ def test_every_checkpoint_records_how_it_was_made(specs, tmp_path, monkeypatch, 
 
 # ------------------------------------------------------------------ resume
 
-def stop_after(monkeypatch, epochs):
-    """Ctrl-C at the start of epoch epochs + 1."""
-    real, calls = AED_train.train_epoch, []
-
-    def train_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > epochs:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(AED_train, 'train_epoch', train_epoch)
-
-
 def test_resume_alone_from_another_folder_finishes_the_run(specs, tmp_path, monkeypatch, capsys):
     common = ['--deterministic', '--seed', '5']
     assert AED_train.main(run_args(specs, tmp_path / 'a', '--run-name', 'Whole', *common, epochs=4)) == 0
     with monkeypatch.context() as m:
-        stop_after(m, 2)
+        stop_after(m, AED_train, 2)
         assert AED_train.main(run_args(specs, tmp_path / 'b', '--run-name', 'Cut', *common, epochs=4)) == 130
     last = tmp_path / 'b' / 'models' / 'AED_Cut_last.pt'
     assert load_checkpoint(last)['epoch'] == 2
