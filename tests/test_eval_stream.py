@@ -85,6 +85,15 @@ def eval_rank(rank, world, port, argv, out_dir):
         sys.stderr.flush()
 
 
+def rounded(value):
+    """value with every float rounded to 6 decimals (lists and dicts walked)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    return {k: rounded(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
 def comparable(out):
     """AED_eval's per-file lines, summary and class table (not the timing or file names of reports)."""
     return [line for line in out.splitlines() if not line.startswith(('JSON REPORT', 'CSV REPORT'))]
@@ -180,6 +189,6 @@ def test_torchrun_scores_annotated_recordings_as_one_process_does(capsys, tiny_m
     shares = [json.loads((tmp_path / f'rank{r}.paths').read_text()) for r in (0, 1)]
     assert [len(s) for s in shares] == [2, 2] and shares[1][-1].endswith('zz_corrupt.wav')
     reports = [json.loads(p.read_text()) for p in (tmp_path / 'one.json', tmp_path / 'rank0.json')]
-    for key in ('scores', 'sweep', 'files'):
-        assert reports[0][key] == reports[1][key], key
+    for key in ('scores', 'sweep', 'files'):  # batches differ, so probabilities may in the last bits
+        assert rounded(reports[0][key]) == rounded(reports[1][key]), key
     assert (tmp_path / 'rank0.exit').read_text() == '1' and (tmp_path / 'rank1.out').read_text() == ''
