@@ -200,7 +200,8 @@ def parse_args(argv):
     p.add_argument('--long-minutes', type=float, default=None, help='the long file of the RSS check (60)')
     p.add_argument('--rss-filters', type=int, default=None, help='network width of the RSS runs (CPU 8, CUDA 64)')
     p.add_argument('--no-compile', action='store_true', help='skip the --compile forward pass')
-    p.add_argument('--old', default=OLD_COMMIT, help='commit whose code the whole-process CPU runs are timed against')
+    p.add_argument('--old', default=OLD_COMMIT,
+                   help='commit whose code the whole-process CPU runs are timed against')
     args = p.parse_args(argv)
     cuda, quick = args.device.startswith('cuda'), args.quick
     defaults = {'repeats': 1 if quick else 3, 'eval_files': 2 if quick else (40 if cuda else 4),

@@ -7,6 +7,7 @@ machine they came from, prints the result and writes it to bench/results.md.
     python -m bench.run_all
     python -m bench.run_all --quick
     python -m bench.run_all --out /tmp/results.md
+    python -m bench.run_all --old 7373183     # extraction and inference also against that commit's code
 
 Run it from the repository root (the benchmarks import the model package).
 """
@@ -51,12 +52,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true', help='fewer repeats and steps (a smoke run)')
     p.add_argument('--out', type=Path, default=HERE / 'results.md', help='Markdown file to write')
+    p.add_argument('--old', default=None, metavar='REV',
+                   help="also time extraction and inference with this commit's code (bench_spec, bench_infer)")
     args = p.parse_args(argv)
     sections = [f'# Benchmark results\n\n{datetime.date.today()}, {machine()}\n']
     failed = []
     for title, script, full, quick in BENCHMARKS:
         print(f'== {title}', flush=True)
         cmd = [sys.executable, '-m', f'bench.{script}'] + (quick if args.quick else full)
+        if args.old and script in ('bench_spec', 'bench_infer'):
+            cmd += ['--old', args.old]
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if run.returncode != 0:
             failed.append(script)
