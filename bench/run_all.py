@@ -53,7 +53,7 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='fewer repeats and steps (a smoke run)')
     p.add_argument('--out', type=Path, default=HERE / 'results.md', help='Markdown file to write')
     p.add_argument('--old', default=None, metavar='REV',
-                   help="also time extraction and inference with this commit's code (bench_spec, bench_infer)")
+                   help="also time extraction and inference with this commit's code")
     args = p.parse_args(argv)
     sections = [f'# Benchmark results\n\n{datetime.date.today()}, {machine()}\n']
     failed = []
