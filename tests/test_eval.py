@@ -104,6 +104,17 @@ def test_missing_model_and_missing_testdir(capsys, demo_data, tmp_path):
     assert f'ERROR: TEST_DIR (--testdir): folder {tmp_path / "nothing"} does not exist' in err
 
 
+def test_a_test_folder_without_test_files_is_one_error(capsys, tiny_model, tmp_path):
+    (tmp_path / 'test' / 'dogs').mkdir(parents=True)
+    (tmp_path / 'test' / 'stray.wav').write_bytes(b'')
+    status, out, err = run(capsys, '--testdir', tmp_path / 'test', '--modelname', tiny_model)
+    assert status == 2 and err.strip().splitlines() == [
+        f'WARNING: {tmp_path / "test" / "stray.wav"}: not in a class folder, ignored',
+        f'WARNING: {tmp_path / "test" / "dogs"}: class folder has no audio files',
+        f'ERROR: {tmp_path / "test"} has no test files in class sub-folders']
+    assert 'NUMBER OF' not in out
+
+
 def test_unknown_classes_in_table_csv_and_json(capsys, tiny_model, messy_testdir, tmp_path):
     status, out, err = run(capsys, '--testdir', messy_testdir, '--modelname', tiny_model, '--quiet',
                            '--confmatrix', tmp_path / 'cm.png', '--csv', tmp_path / 'r.csv',
