@@ -24,7 +24,7 @@ from AED_test import (background_classes, detection_setup, event_checks, event_f
 from model import config_checks as check
 from model.audio import AUDIO_EXTENSIONS, class_folders, spec_defaults
 from model.events import detect_events, save_thresholds, thresholds_path
-from model.inference import predict_files, prediction_pooling, rank_predictions, true_rank
+from model.inference import predict_files, prediction_pooling, rank_predictions
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
 from model.sed import (AnnotationError, detect_all, evaluate as sed_scores, find_annotation, label_list,
                        read_annotations, threshold_sweep, tune_thresholds)
@@ -153,7 +153,7 @@ def score(probs, classes, label, threshold, max_predictions):
     """One file's row of the report. AP ranks every class whatever its confidence (the original
     never applied CONFIDENCE_THRESHOLD here); threshold only trims the listed 'predictions'."""
     ranked = rank_predictions(prediction_pooling(probs), classes, 0.0, max_predictions)
-    rank = true_rank(ranked, label)
+    rank = next((n for n, (name, _) in enumerate(ranked, 1) if name == label), None)  # 1-based
     return {'top_label': ranked[0][0], 'confidence': ranked[0][1], 'rank': rank,
             'ap': 1 / rank if rank else 0.0,  # defect 7: 0 below the top, so the file stays in MAP
             'predictions': [{'label': name, 'confidence': round(conf, 6)}

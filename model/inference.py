@@ -55,11 +55,6 @@ def rank_predictions(scores, classes, threshold=0.0, top_k=None):
     return [(classes[i], float(scores[i])) for i in order if scores[i] >= threshold][:top_k]
 
 
-def true_rank(ranked, label):
-    """1-based position of label in a ranked list, or None when it is not there."""
-    return next((i + 1 for i, (name, _) in enumerate(ranked) if name == label), None)
-
-
 def cut_windows(sig, bounds, settings, im_size, device, on_torch=False):
     """Windows of one signal block as network input (n, 1, H, W) on device, and the silent ones:
     numpy's DFT (the fastest on a CPU), or with on_torch torch's on the device, in chunks."""

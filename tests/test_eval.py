@@ -155,8 +155,9 @@ def test_ap_is_reciprocal_rank_and_zero_outside_the_top():
     # defect 7: the original recorded no AP when the label was not listed (the file left MAP,
     # its line showed the previous file's AP); here such a file scores 0 and stays in MAP
     probs = np.array([[0.1, 0.5, 0.05, 0.35], [0.1, 0.5, 0.05, 0.35]])
-    aps = [AED_eval.score(probs, ['a', 'b', 'c', 'd'], label, 0.0, 10)['ap'] for label in 'bdac']
-    assert aps == [1.0, 0.5, pytest.approx(1 / 3), 0.25]
+    rows = [AED_eval.score(probs, ['a', 'b', 'c', 'd'], label, 0.0, 10) for label in 'bdac']
+    assert [row['rank'] for row in rows] == [1, 2, 3, 4]  # the 1-based position in the ranking
+    assert [row['ap'] for row in rows] == [1.0, 0.5, pytest.approx(1 / 3), 0.25]
     outside = AED_eval.score(probs, ['a', 'b', 'c', 'd'], 'a', 0.0, max_predictions=2)
     assert outside['rank'] is None and outside['ap'] == 0.0 and outside['top_label'] == 'b'
 
