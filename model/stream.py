@@ -113,10 +113,6 @@ class SignalBlocks(torch.utils.data.IterableDataset):
                 yield {**head, 'error': str(e), 'last': True}
 
 
-def _as_is(item):
-    return item
-
-
 def _keep_freed_memory(_worker_id):
     """Let a loader worker's heap keep freed memory (glibc only): glibc returned each block's
     few MB to the OS and page-faulted them back, making workers 40 % slower on the demo split."""
@@ -130,5 +126,5 @@ def _keep_freed_memory(_worker_id):
 
 def block_loader(blocks, workers, pin_memory):
     """A DataLoader of a SignalBlocks' items, decoded by `workers` processes (0 = here)."""
-    return torch.utils.data.DataLoader(blocks, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                                       pin_memory=pin_memory, worker_init_fn=_keep_freed_memory)
+    return torch.utils.data.DataLoader(blocks, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                       worker_init_fn=_keep_freed_memory)
