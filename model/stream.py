@@ -34,13 +34,6 @@ def _read(f, lo, hi):
     return data
 
 
-def as_float(sig):
-    """A block as float32 samples in [-1, 1] (int16 blocks are 16-bit PCM), numpy or torch."""
-    if sig.dtype in (np.int16, torch.int16):
-        return sig * (np.float32(1 / 32768) if isinstance(sig, np.ndarray) else 1 / 32768)
-    return sig
-
-
 def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
     """Yield a dict per block: sig (numpy float32, or int16 of whole 16-bit values), bounds in it,
     first (window number), offset (first sample), source_rate, windows, samples (the file's, at the
