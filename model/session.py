@@ -10,8 +10,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from model.audio import split_bounds, window_problem
-from model.checkpoint import CheckpointError, checkpoint_meta, model_from_checkpoint, resolve_model_path
+from model.checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, resolve_model_path
 from model.inference import batch_rows, predict
+from model.net import AEDNet
 from model.threads import available_cores, decoding_workers, pick_threads
 from model.training import select_device
 
@@ -44,12 +45,19 @@ class _NoInit(TorchFunctionMode):
 
 
 def load_model(name, model_dir, device='auto'):
-    """A checkpoint's network on a device: `name` is a path, or a file name under model_dir.
+    """A checkpoint's network in eval mode on a device: `name` is a path, or a file name under model_dir.
     Raises CheckpointError (missing, unreadable, not a checkpoint) or ValueError (no such device)."""
     device = select_device(device)
     path = resolve_model_path(name, model_dir)
+    ckpt = load_checkpoint(path)
     with _NoInit():
-        net, ckpt = model_from_checkpoint(path, device)  # strict load: every weight is set
+        net = AEDNet(len(ckpt['classes']), tuple(ckpt['im_size']), ckpt['im_dim'], ckpt['filters'],
+                     ckpt.get('dropout', 0.5), ckpt.get('nonlinearity', 'relu'))
+    try:
+        net.load_state_dict(ckpt['state_dict'])  # strict: every weight is set
+    except RuntimeError as e:
+        raise CheckpointError(f'{path}: weights do not match the architecture it describes ({e})') from None
+    net = net.to(device).eval()
     if device.type == 'cuda':
         net = net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # autotune: inference batches have few shapes

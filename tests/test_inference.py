@@ -107,6 +107,10 @@ def test_load_model_rejects_missing_and_foreign_files(tmp_path):
     torch.save({'weights': torch.zeros(2)}, tmp_path / 'other.pt')
     with pytest.raises(CheckpointError, match='not an AED checkpoint'):
         load_model(tmp_path / 'other.pt', tmp_path, 'cpu')
+    save_checkpoint(tmp_path / 'lies.pt', tiny_net(4), {'classes': CLASSES, 'im_size': (64, 64), 'im_dim': 1,
+                                                       'filters': 4})  # the network has 2
+    with pytest.raises(CheckpointError, match='lies.pt: weights do not match the architecture'):
+        load_model('lies.pt', tmp_path, 'cpu')
 
 
 def test_load_model_refuses_an_absent_device(tmp_path):

@@ -14,8 +14,9 @@ import torch
 
 import AED_train
 import config as cfg
-from model.checkpoint import detached_copy, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.checkpoint import detached_copy, load_checkpoint, save_checkpoint
 from model.net import AEDNet, count_params, weighted_layers
+from model.session import load_model
 from model.training import (Precision, accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
                             percent, plot_training_curves, select_device, write_epoch_log)
 
@@ -230,7 +231,8 @@ def test_end_to_end_tiny_run(specs, out, capsys):
     for name in ('AED_Tiny_model_epoch_1.pt', 'AED_Tiny_model_epoch_2.pt', 'AED_Tiny_model_best.pt',
                  'AED_Tiny_last.pt'):
         assert (models / name).is_file(), name
-    net, ckpt = model_from_checkpoint(models / 'AED_Tiny_model_best.pt')
+    ckpt = load_checkpoint(models / 'AED_Tiny_model_best.pt')
+    net = load_model('AED_Tiny_model_best.pt', models, 'cpu').net
     assert ckpt['classes'] == ['beeps', 'clicks', 'hum', 'noise_bursts', 'siren']
     assert tuple(ckpt['im_size']) == (64, 64) and ckpt['filters'] == 4 and ckpt['multi_label'] is False
     assert ckpt['spec'] == {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
@@ -277,7 +279,7 @@ def test_checkpoint_round_trip(tmp_path):
             'filters': 4, 'dropout': 0.5, 'nonlinearity': 'relu', 'multi_label': False,
             'spec': {'length': 3, 'overlap': 2, 'sample_rate': 44100, 'resample': 'linear'}}
     save_checkpoint(tmp_path / 'm.pt', net, meta)
-    loaded, ckpt = model_from_checkpoint(tmp_path / 'm.pt')
+    loaded, ckpt = load_model(tmp_path / 'm.pt', tmp_path, 'cpu').net, load_checkpoint(tmp_path / 'm.pt')
     assert states_equal(loaded.state_dict(), net.state_dict()) and ckpt['epoch'] == 3
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
@@ -580,7 +582,7 @@ def test_compile_trains_and_saves_loadable_checkpoints(specs, out, monkeypatch, 
     for name in ('AED_Example_Run_model_best.pt', 'AED_Example_Run_last.pt'):
         ckpt = load_checkpoint(out / 'models' / name)
         assert not [k for k in ckpt['state_dict'] if k.startswith('_orig_mod.')]
-        model_from_checkpoint(out / 'models' / name)  # loads into a plain network
+        load_model(out / 'models' / name, out, 'cpu')  # loads into a plain network
     last = out / 'models' / 'AED_Example_Run_last.pt'
     assert AED_train.main(train_args(specs, out, '--compile', '--resume', str(last), epochs=2)) == 0
 
