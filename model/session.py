@@ -9,7 +9,8 @@ import soundfile as sf
 import torch
 from torch.overrides import TorchFunctionMode
 
-from model.audio import split_bounds, window_problem
+from model import config_checks as check
+from model.audio import split_bounds
 from model.checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, resolve_model_path
 from model.inference import batch_rows, predict
 from model.net import AEDNet
@@ -71,7 +72,8 @@ def spec_settings(model_spec, fallback, length=None, overlap=None):
     else fallback's. Raises ValueError for windows that AED_spec cannot cut (defect 10)."""
     merged = {**fallback, **model_spec}
     merged.update({k: v for k, v in (('length', length), ('overlap', overlap)) if v is not None})
-    problem = window_problem(merged['length'], merged['overlap'], merged['sample_rate'])
+    problem = check.spec_window('length', merged['length'], 'overlap', merged['overlap'],
+                                merged['sample_rate'])
     if problem:
         raise ValueError(problem)
     return {k: merged[k] for k in fallback}  # the four keys of spec_defaults
