@@ -202,7 +202,8 @@ def test_epoch_log_and_curves(tmp_path):
              'time_s': 2.0, 'bad_images': 0},
             {'epoch': 2, 'train_loss': 1.1, 'val_loss': None, 'val_accuracy': None, 'lr': 0.0005,
              'time_s': 2.1, 'bad_images': 1}]
-    path = write_epoch_log(tmp_path / 'logs' / 'run.csv', rows)
+    path = tmp_path / 'logs' / 'run.csv'
+    write_epoch_log(path, rows)
     lines = path.read_text().splitlines()
     assert lines[0] == 'epoch,train_loss,val_loss,val_accuracy,lr,time_s,bad_images'
     assert lines[1] == '1,1.5,1.2,40.0,0.001,2.0,0' and lines[2] == '2,1.1,,,0.0005,2.1,1'
