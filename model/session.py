@@ -14,7 +14,7 @@ from model.audio import split_bounds
 from model.checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, resolve_model_path
 from model.inference import batch_rows, predict
 from model.net import AEDNet
-from model.threads import available_cores, decoding_workers, pick_threads
+from model.threads import decoding_workers, pick_threads
 from model.training import select_device
 
 # With fewer windows to predict, compiling on a CPU (20 s and more) costs more than it saves
@@ -114,7 +114,7 @@ def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None,
     if trained is not None and trained != settings['length']:
         print(f"WARNING: the model was trained on {trained} s windows, testing with {settings['length']} s",
               file=sys.stderr)
-    cores = available_cores()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
     threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64), cores,
                            cap=torch.get_num_threads(), omp_env=os.environ.get('OMP_NUM_THREADS'))
     if threads is not None and on_cpu:
