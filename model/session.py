@@ -107,8 +107,7 @@ def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None,
         settings = spec_settings(model.spec, fallback, args.speclength, args.overlap)
     except (CheckpointError, ValueError) as e:
         say()
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(2)
+        check.exit_on([str(e)])
     say('DONE!')
     trained, on_cpu = model.spec.get('length'), model.device.type == 'cpu'
     if trained is not None and trained != settings['length']:
