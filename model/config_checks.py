@@ -26,8 +26,7 @@ def config_failed(error):
         where = (frames[-1].filename, frames[-1].lineno) if frames else ('config.py', '?')
         message = str(error)
     message = message.strip().splitlines()[0] if message.strip() else ''
-    print(f'ERROR: {where[0]}, line {where[1]}: {type(error).__name__}: {message}', file=sys.stderr)
-    sys.exit(2)
+    exit_on([f'{where[0]}, line {where[1]}: {type(error).__name__}: {message}'])
 
 
 def exit_on(problems):
