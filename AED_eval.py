@@ -24,7 +24,7 @@ from AED_test import (background_classes, detection_setup, event_checks, event_f
 from model import config_checks as check
 from model.audio import AUDIO_EXTENSIONS, class_folders, spec_defaults
 from model.events import detect_events, save_thresholds, thresholds_path
-from model.inference import predict_files, prediction_pooling, rank_predictions, true_rank
+from model.inference import predict_files, prediction_pooling, rank_predictions
 from model.metrics import class_metrics, confusion_matrix, plot_confusion_matrix
 from model.sed import (AnnotationError, detect_all, evaluate as sed_scores, find_annotation, label_list,
                        read_annotations, threshold_sweep, tune_thresholds)
@@ -103,9 +103,15 @@ def check_config(args, ddp):
 
 
 def list_test_files(test_dir):  # port of AED_eval.parseTestSet
-    """[(path, true label)] from the class sub-folders, and warnings about stray files."""
+    """[(path, true label)] from the class sub-folders (stray files warned about); exit 2 if there is none."""
     folders, messages = class_folders(test_dir)
-    return [(p, class_dir.name) for class_dir, found in folders for p in found], messages
+    files = [(p, class_dir.name) for class_dir, found in folders for p in found]
+    for msg in messages:
+        print(msg, file=sys.stderr)
+    check.exit_on([not files and f'{test_dir} has no test files in class sub-folders'])
+    print('NUMBER OF CLASSES:', len({label for _, label in files}))
+    print('NUMBER OF TEST SAMPLES:', len(files))
+    return files
 
 
 def list_recordings(recording_dir, annotation_dir):
@@ -130,27 +136,13 @@ def list_recordings(recording_dir, annotation_dir):
     return files
 
 
-def list_class_files(test_dir):
-    """list_test_files, its warnings printed; exit 2 when there is no test file."""
-    files, messages = list_test_files(test_dir)
-    for msg in messages:
-        print(msg, file=sys.stderr)
-    if not files:
-        print(f'ERROR: {test_dir} has no test files in class sub-folders', file=sys.stderr)
-        sys.exit(2)
-    print('NUMBER OF CLASSES:', len({label for _, label in files}))
-    print('NUMBER OF TEST SAMPLES:', len(files))
-    return files
-
-
 def check_classes(model, files):
     """Test classes the model does not know; exit 2 when it knows none of them."""
     test_classes = sorted({label for _, label in files})
     unknown = [c for c in test_classes if c not in model.classes]
     if len(unknown) == len(test_classes):
-        print(f'ERROR: the model knows none of the test classes: model classes '
-              f'{", ".join(model.classes)}; test folder classes {", ".join(test_classes)}', file=sys.stderr)
-        sys.exit(2)
+        check.exit_on([f'the model knows none of the test classes: model classes '
+                       f'{", ".join(model.classes)}; test folder classes {", ".join(test_classes)}'])
     for label in unknown:
         print(f"WARNING: test class '{label}' is unknown to the model; its files score as misses",
               file=sys.stderr)
@@ -161,7 +153,7 @@ def score(probs, classes, label, threshold, max_predictions):
     """One file's row of the report. AP ranks every class whatever its confidence (the original
     never applied CONFIDENCE_THRESHOLD here); threshold only trims the listed 'predictions'."""
     ranked = rank_predictions(prediction_pooling(probs), classes, 0.0, max_predictions)
-    rank = true_rank(ranked, label)
+    rank = next((n for n, (name, _) in enumerate(ranked, 1) if name == label), None)  # 1-based
     return {'top_label': ranked[0][0], 'confidence': ranked[0][1], 'rank': rank,
             'ap': 1 / rank if rank else 0.0,  # defect 7: 0 below the top, so the file stays in MAP
             'predictions': [{'label': name, 'confidence': round(conf, 6)}
@@ -455,7 +447,7 @@ def main(argv=None):  # port of AED_eval's module-level testing
         files = list_recordings(args.testdir, args.annotations)
         paths = [rec for rec, _, error in files if error is None]
     else:
-        files = list_class_files(args.testdir)
+        files = list_test_files(args.testdir)
         paths = [p for p, _ in files]
     model, settings, batch_size, workers = open_for_prediction(
         args, ROOT / cfg.MODEL_PATH, spec_defaults(cfg.SPEC_LENGTH, cfg.SPEC_OVERLAP, cfg.SAMPLE_RATE,

@@ -62,19 +62,6 @@ def read_spec_settings(folder):
     return settings if isinstance(settings, dict) else None
 
 
-def window_problem(length, overlap, rate, length_label='length', overlap_label='overlap'):
-    """Why `length` s windows overlapping by `overlap` s cannot be cut at `rate` Hz, or None (None passes)."""
-    if length is not None and length not in SPEC_SETTINGS:
-        return f'{length_label} must be one of {", ".join(map(str, sorted(SPEC_SETTINGS)))} s, got {length!r}'
-    number = isinstance(overlap, (int, float)) and not isinstance(overlap, bool)
-    # the hop, int((length - overlap) * rate) samples, must be at least one or splitting never advances
-    if overlap is None or number and overlap >= 0 and (length is None or (length - overlap) * rate >= 1):
-        return None
-    limit = 'the window length' if length is None else \
-        f'{length_label} = {length} s by one sample (1/{rate} s) or more'
-    return f'{overlap_label} must be at least 0 and smaller than {limit}, got {overlap!r}'
-
-
 def read_mono(f, frames=-1):
     """The next `frames` (-1 = all) of an open SoundFile as mono float32, for load_audio and model.stream."""
     if f.subtype == 'PCM_16':  # numpy converts 15x faster than libsndfile
@@ -164,10 +151,7 @@ def linear_resample_range(read, n, n_new, start, stop, int_scale=None):
 
 
 def split_bounds(n_samples, rate, seconds, overlap):
-    """(start, stop) samples of the overlapping chunks (port of AED_spec.splitSignal; defect 10)."""
-    problem = window_problem(seconds, overlap, rate)
-    if problem:
-        raise ValueError(problem)
+    """(start, stop) samples of the chunks (port of AED_spec.splitSignal; defect 10: check.spec_window)."""
     step = int((seconds - overlap) * rate)
     length = int(seconds * rate)
     bounds = [(i, min(i + length, n_samples)) for i in range(0, n_samples, step)]

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.net import AEDNet
-
 FORMAT = 'aed-checkpoint'
 VERSION = 1
 REQUIRED = ('state_dict', 'classes', 'im_size', 'im_dim', 'filters')
@@ -70,10 +68,8 @@ def save_checkpoint(path, net, meta, **extra):
 
 def resolve_model_path(name, model_dir):
     """A path as given (relative to the current folder), else a file name under model_dir."""
-    for path in (Path(name), Path(model_dir) / name):
-        if path.is_file():
-            return path
-    raise CheckpointError(f'model file {name} not found (also looked in {model_dir})')
+    path = Path(name)
+    return path if path.is_file() else Path(model_dir) / name
 
 
 def load_checkpoint(path):
@@ -98,18 +94,6 @@ def load_checkpoint(path):
     if missing:
         raise CheckpointError(f'{path} lacks {", ".join(missing)}')
     return data
-
-
-def model_from_checkpoint(path, device='cpu'):
-    """(the network a checkpoint holds, in eval mode on device, the checkpoint dict)."""
-    ckpt = load_checkpoint(path)
-    net = AEDNet(len(ckpt['classes']), tuple(ckpt['im_size']), ckpt['im_dim'], ckpt['filters'],
-                 ckpt.get('dropout', 0.5), ckpt.get('nonlinearity', 'relu'))
-    try:
-        net.load_state_dict(ckpt['state_dict'])
-    except RuntimeError as e:
-        raise CheckpointError(f'{path}: weights do not match the architecture it describes ({e})') from None
-    return net.to(device).eval(), ckpt
 
 
 def load_weights(net, ckpt, load_output_layer, source):

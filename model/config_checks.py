@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from model.audio import window_problem
+from model.audio import SPEC_SETTINGS
 
 RESAMPLE_METHODS = ('linear', 'sinc')
 DEVICE_PATTERN = re.compile(r'auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?')
@@ -26,8 +26,7 @@ def config_failed(error):
         where = (frames[-1].filename, frames[-1].lineno) if frames else ('config.py', '?')
         message = str(error)
     message = message.strip().splitlines()[0] if message.strip() else ''
-    print(f'ERROR: {where[0]}, line {where[1]}: {type(error).__name__}: {message}', file=sys.stderr)
-    sys.exit(2)
+    exit_on([f'{where[0]}, line {where[1]}: {type(error).__name__}: {message}'])
 
 
 def exit_on(problems):
@@ -75,11 +74,20 @@ def device(label, value, torchrun=False):
     return None
 
 
-def spec_window(length_label, length, overlap_label, overlap, rate=None):
-    """model.audio.window_problem; a missing or bad rate (SAMPLE_RATE's own check) counts as 44.1 kHz."""
+def spec_window(length_label, length, overlap_label, overlap, rate):
+    """Why `length` s windows overlapping by `overlap` s cannot be cut at `rate` Hz (defect 10; None
+    passes); a bad rate (SAMPLE_RATE's own check) counts as 44.1 kHz."""
     if whole('SAMPLE_RATE', rate, 1):
         rate = 44100
-    return window_problem(length, overlap, rate, length_label, overlap_label)
+    if length is not None and length not in SPEC_SETTINGS:
+        return f'{length_label} must be one of {", ".join(map(str, sorted(SPEC_SETTINGS)))} s, got {length!r}'
+    number = isinstance(overlap, (int, float)) and not isinstance(overlap, bool)
+    # the hop, int((length - overlap) * rate) samples, must be at least one or splitting never advances
+    if overlap is None or number and overlap >= 0 and (length is None or (length - overlap) * rate >= 1):
+        return None
+    limit = 'the window length' if length is None else \
+        f'{length_label} = {length} s by one sample (1/{rate} s) or more'
+    return f'{overlap_label} must be at least 0 and smaller than {limit}, got {overlap!r}'
 
 
 def model_file(label, name, dir_label, model_dir):

@@ -152,12 +152,10 @@ def _crop_border(rng, size, frac):
     return min(border, (size - 1) // 2)
 
 
-def augment(img, rng, augmentation, copy=True):
+def augment(img, rng, augmentation):
     """Port of AED_train.imageAugmentation: one (C, H, W) image, the steps in the original's
-    order. The input is never modified; copy=False returns it as is when no step ran."""
+    order. The input is never modified: a new image where a step ran, else img itself."""
     out = img
-    if not augmentation:
-        return out.copy() if copy else out
 
     def draw(name):
         return name in augmentation and rng.random() < augmentation[name][0]
@@ -186,7 +184,7 @@ def augment(img, rng, augmentation, copy=True):
     if draw('brightness'):
         lo, hi = augmentation['brightness'][1]
         out = np.clip(out * np.float32(rng.uniform(lo, hi)), 0.0, 1.0)
-    return out.copy() if copy and out is img else out
+    return out
 
 
 def batch_augment(x, y, mean_targets, rng, min_images=2, max_steps=None):
@@ -297,7 +295,7 @@ class SpecDataset(Dataset):
             img = self._mix(img, i)
         if self.augmentation:
             rng = np.random.default_rng([self.seed, int(self._epoch), i])
-            img = augment(img, rng, self.augmentation, copy=False)  # img is ours already
+            img = augment(img, rng, self.augmentation)
         return torch.from_numpy(img), self._one_hot[self.items[k][1]].clone(), unreadable
 
     def _mix(self, img, i):

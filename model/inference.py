@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from model.audio import SPEC_HEIGHT, SPEC_WIDTH, spectrograms
-from model.stream import SignalBlocks, as_float, block_loader
+from model.stream import SignalBlocks, block_loader
 
 # Spectrogram windows computed at once on a GPU (their frames and FFT take ~0.5 GB)
 GPU_SPEC_WINDOWS = 256
@@ -55,19 +55,16 @@ def rank_predictions(scores, classes, threshold=0.0, top_k=None):
     return [(classes[i], float(scores[i])) for i in order if scores[i] >= threshold][:top_k]
 
 
-def true_rank(ranked, label):
-    """1-based position of label in a ranked list, or None when it is not there."""
-    return next((i + 1 for i, (name, _) in enumerate(ranked) if name == label), None)
-
-
 def cut_windows(sig, bounds, settings, im_size, device, on_torch=False):
     """Windows of one signal block as network input (n, 1, H, W) on device, and the silent ones:
     numpy's DFT (the fastest on a CPU), or with on_torch torch's on the device, in chunks."""
     rate, seconds = settings['sample_rate'], settings['length']
+    sig = sig.to(device, non_blocking=True) if on_torch else sig
+    if sig.dtype == torch.int16:  # whole 16-bit values (model.stream): k / 32768, exact in float32
+        sig = sig * (1 / 32768)
     if not on_torch:
-        specs, constant = spectrograms(as_float(sig.numpy()), bounds, rate, seconds)
+        specs, constant = spectrograms(sig.numpy(), bounds, rate, seconds)
         return prepare_windows(specs, im_size), constant
-    sig = as_float(sig.to(device, non_blocking=True))
     parts, constant = [], []
     for start in range(0, len(bounds), GPU_SPEC_WINDOWS):
         specs, silent = spectrograms(sig, bounds[start:start + GPU_SPEC_WINDOWS], rate, seconds)

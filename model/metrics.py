@@ -1,6 +1,4 @@
 """Confusion matrix (rows: true classes, columns: predicted), per-class metrics and the plot."""
-from pathlib import Path
-
 import numpy as np
 
 
@@ -20,7 +18,6 @@ def _safe_divide(num, den):
 def class_metrics(cm):
     """Port of AED_train.calculateMetrics: per-class (precision, recall, f1), (K,) each, with
     precision and recall no longer swapped (defect 2); undefined values are 0, never NaN."""
-    cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     precision = _safe_divide(tp, cm.sum(axis=0))
     recall = _safe_divide(tp, cm.sum(axis=1))
@@ -30,7 +27,6 @@ def class_metrics(cm):
 
 def normalize_rows(cm):
     """Each row as percentages of its sum; a class with no samples stays 0 (defect 11)."""
-    cm = np.asarray(cm, dtype=np.float64)
     return _safe_divide(cm * 100.0, cm.sum(axis=1, keepdims=True))
 
 
@@ -65,7 +61,6 @@ def plot_confusion_matrix(cm, classes, path, title, normalize=True, max_classes=
 def save_figure(fig, path):
     """Write a matplotlib Figure to path (folders made as needed) and free it."""
     fig.tight_layout()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     # drop the figure's references so repeated plots don't accumulate memory

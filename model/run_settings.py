@@ -89,7 +89,7 @@ def problems(s):
         check.whole('CONFMATRIX_MAX_CLASSES', s.confmatrix_max_classes, 1),
         check.one_of('OPTIMIZER', s.optimizer, ('adam', 'nesterov')),
         _device_problem(s.device),
-        check.spec_window('SPEC_LENGTH', s.spec_length, 'SPEC_OVERLAP', s.spec_overlap),
+        check.spec_window('SPEC_LENGTH', s.spec_length, 'SPEC_OVERLAP', s.spec_overlap, s.sample_rate),
         check.whole('SAMPLE_RATE', s.sample_rate, 1),
         check.one_of('RESAMPLE_METHOD', s.resample_method, check.RESAMPLE_METHODS),
         check.number('VAL_SPLIT (0 = no validation)', s.val_split, 0, below=1),

@@ -9,10 +9,12 @@ import soundfile as sf
 import torch
 from torch.overrides import TorchFunctionMode
 
-from model.audio import split_bounds, window_problem
-from model.checkpoint import CheckpointError, checkpoint_meta, model_from_checkpoint, resolve_model_path
+from model import config_checks as check
+from model.audio import split_bounds
+from model.checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, resolve_model_path
 from model.inference import batch_rows, predict
-from model.threads import available_cores, decoding_workers, pick_threads
+from model.net import AEDNet
+from model.threads import decoding_workers, pick_threads
 from model.training import select_device
 
 # With fewer windows to predict, compiling on a CPU (20 s and more) costs more than it saves
@@ -44,12 +46,19 @@ class _NoInit(TorchFunctionMode):
 
 
 def load_model(name, model_dir, device='auto'):
-    """A checkpoint's network on a device: `name` is a path, or a file name under model_dir.
+    """A checkpoint's network in eval mode on a device: `name` is a path, or a file name under model_dir.
     Raises CheckpointError (missing, unreadable, not a checkpoint) or ValueError (no such device)."""
     device = select_device(device)
     path = resolve_model_path(name, model_dir)
+    ckpt = load_checkpoint(path)
     with _NoInit():
-        net, ckpt = model_from_checkpoint(path, device)  # strict load: every weight is set
+        net = AEDNet(len(ckpt['classes']), tuple(ckpt['im_size']), ckpt['im_dim'], ckpt['filters'],
+                     ckpt.get('dropout', 0.5), ckpt.get('nonlinearity', 'relu'))
+    try:
+        net.load_state_dict(ckpt['state_dict'])  # strict: every weight is set
+    except RuntimeError as e:
+        raise CheckpointError(f'{path}: weights do not match the architecture it describes ({e})') from None
+    net = net.to(device).eval()
     if device.type == 'cuda':
         net = net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # autotune: inference batches have few shapes
@@ -63,7 +72,8 @@ def spec_settings(model_spec, fallback, length=None, overlap=None):
     else fallback's. Raises ValueError for windows that AED_spec cannot cut (defect 10)."""
     merged = {**fallback, **model_spec}
     merged.update({k: v for k, v in (('length', length), ('overlap', overlap)) if v is not None})
-    problem = window_problem(merged['length'], merged['overlap'], merged['sample_rate'])
+    problem = check.spec_window('length', merged['length'], 'overlap', merged['overlap'],
+                                merged['sample_rate'])
     if problem:
         raise ValueError(problem)
     return {k: merged[k] for k in fallback}  # the four keys of spec_defaults
@@ -97,14 +107,13 @@ def open_for_prediction(args, model_dir, fallback, batch_sizes, paths, ddp=None,
         settings = spec_settings(model.spec, fallback, args.speclength, args.overlap)
     except (CheckpointError, ValueError) as e:
         say()
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(2)
+        check.exit_on([str(e)])
     say('DONE!')
     trained, on_cpu = model.spec.get('length'), model.device.type == 'cpu'
     if trained is not None and trained != settings['length']:
         print(f"WARNING: the model was trained on {trained} s windows, testing with {settings['length']} s",
               file=sys.stderr)
-    cores = available_cores()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
     threads = pick_threads(args.threads, model.im_size, model.meta.get('filters', 64), cores,
                            cap=torch.get_num_threads(), omp_env=os.environ.get('OMP_NUM_THREADS'))
     if threads is not None and on_cpu:

@@ -34,13 +34,6 @@ def _read(f, lo, hi):
     return data
 
 
-def as_float(sig):
-    """A block as float32 samples in [-1, 1] (int16 blocks are 16-bit PCM), numpy or torch."""
-    if sig.dtype in (np.int16, torch.int16):
-        return sig * (np.float32(1 / 32768) if isinstance(sig, np.ndarray) else 1 / 32768)
-    return sig
-
-
 def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
     """Yield a dict per block: sig (numpy float32, or int16 of whole 16-bit values), bounds in it,
     first (window number), offset (first sample), source_rate, windows, samples (the file's, at the
@@ -113,10 +106,6 @@ class SignalBlocks(torch.utils.data.IterableDataset):
                 yield {**head, 'error': str(e), 'last': True}
 
 
-def _as_is(item):
-    return item
-
-
 def _keep_freed_memory(_worker_id):
     """Let a loader worker's heap keep freed memory (glibc only): glibc returned each block's
     few MB to the OS and page-faulted them back, making workers 40 % slower on the demo split."""
@@ -130,5 +119,5 @@ def _keep_freed_memory(_worker_id):
 
 def block_loader(blocks, workers, pin_memory):
     """A DataLoader of a SignalBlocks' items, decoded by `workers` processes (0 = here)."""
-    return torch.utils.data.DataLoader(blocks, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                                       pin_memory=pin_memory, worker_init_fn=_keep_freed_memory)
+    return torch.utils.data.DataLoader(blocks, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                       worker_init_fn=_keep_freed_memory)

@@ -2,8 +2,6 @@
 one thread for a small network (with another process on a core, every layer of a threaded one
 waits for it: the demo model took 58 ms/spec instead of 2), else every core, none kept for the
 decoding workers (reserving one made AED_test 1.6x slower beside the paper's network)."""
-import os
-
 from model.net import CONV_BLOCKS, DENSE_UNITS, flat_size
 
 # Below this many multiply-accumulates per window one thread is faster. Forward
@@ -11,13 +9,6 @@ from model.net import CONV_BLOCKS, DENSE_UNITS, flat_size
 # (128x64, 16 filters, 16 M) 1.8 vs 14.0 ms/spec; 256x128 with 32 filters (0.23 G)
 # 16.8 vs 28.0; the paper's 512x256 with 64 filters (3.6 G) 205 vs 191
 SMALL_MODEL_MACS = 1e9
-
-
-def available_cores():
-    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
-    if hasattr(os, 'sched_getaffinity'):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def forward_macs(im_size, filters, im_dim=1, num_classes=10):

@@ -6,7 +6,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -271,7 +270,6 @@ class BackgroundWriter:
 
 def write_epoch_log(path, rows):
     """(Re)write the CSV log of all epochs so far, atomically: a resumed run keeps it whole."""
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.part')
     with open(tmp, 'w', newline='') as f:
@@ -280,7 +278,6 @@ def write_epoch_log(path, rows):
         writer.writeheader()
         writer.writerows(rows)  # None and missing values are written empty
     os.replace(tmp, path)
-    return path
 
 
 def plot_training_curves(rows, path, title):

@@ -104,6 +104,17 @@ def test_missing_model_and_missing_testdir(capsys, demo_data, tmp_path):
     assert f'ERROR: TEST_DIR (--testdir): folder {tmp_path / "nothing"} does not exist' in err
 
 
+def test_a_test_folder_without_test_files_is_one_error(capsys, tiny_model, tmp_path):
+    (tmp_path / 'test' / 'dogs').mkdir(parents=True)
+    (tmp_path / 'test' / 'stray.wav').write_bytes(b'')
+    status, out, err = run(capsys, '--testdir', tmp_path / 'test', '--modelname', tiny_model)
+    assert status == 2 and err.strip().splitlines() == [
+        f'WARNING: {tmp_path / "test" / "stray.wav"}: not in a class folder, ignored',
+        f'WARNING: {tmp_path / "test" / "dogs"}: class folder has no audio files',
+        f'ERROR: {tmp_path / "test"} has no test files in class sub-folders']
+    assert 'NUMBER OF' not in out
+
+
 def test_unknown_classes_in_table_csv_and_json(capsys, tiny_model, messy_testdir, tmp_path):
     status, out, err = run(capsys, '--testdir', messy_testdir, '--modelname', tiny_model, '--quiet',
                            '--confmatrix', tmp_path / 'cm.png', '--csv', tmp_path / 'r.csv',
@@ -144,8 +155,9 @@ def test_ap_is_reciprocal_rank_and_zero_outside_the_top():
     # defect 7: the original recorded no AP when the label was not listed (the file left MAP,
     # its line showed the previous file's AP); here such a file scores 0 and stays in MAP
     probs = np.array([[0.1, 0.5, 0.05, 0.35], [0.1, 0.5, 0.05, 0.35]])
-    aps = [AED_eval.score(probs, ['a', 'b', 'c', 'd'], label, 0.0, 10)['ap'] for label in 'bdac']
-    assert aps == [1.0, 0.5, pytest.approx(1 / 3), 0.25]
+    rows = [AED_eval.score(probs, ['a', 'b', 'c', 'd'], label, 0.0, 10) for label in 'bdac']
+    assert [row['rank'] for row in rows] == [1, 2, 3, 4]  # the 1-based position in the ranking
+    assert [row['ap'] for row in rows] == [1.0, 0.5, pytest.approx(1 / 3), 0.25]
     outside = AED_eval.score(probs, ['a', 'b', 'c', 'd'], 'a', 0.0, max_predictions=2)
     assert outside['rank'] is None and outside['ap'] == 0.0 and outside['top_label'] == 'b'
 

@@ -8,7 +8,7 @@ import torch
 from model.audio import file_spectrograms, spec_defaults
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.inference import (batch_rows, predict, predict_files, predict_stream, prediction_pooling,
-                             prepare_windows, rank_predictions, true_rank)
+                             prepare_windows, rank_predictions)
 from model.net import AEDNet
 from model.session import LoadedModel, compile_model, load_model, spec_settings
 from model.stream import BLOCK_SAMPLES, SignalBlocks
@@ -27,12 +27,6 @@ def test_rank_predictions_sorts_filters_and_cuts():
     assert rank_predictions(scores, CLASSES) == [('b', 0.5), ('d', 0.35), ('a', 0.1), ('c', 0.05)]
     assert rank_predictions(scores, CLASSES, threshold=0.1) == [('b', 0.5), ('d', 0.35), ('a', 0.1)]
     assert rank_predictions(scores, CLASSES, threshold=0.0, top_k=2) == [('b', 0.5), ('d', 0.35)]
-
-
-def test_true_rank_is_the_1_based_position_in_the_list():
-    ranked = rank_predictions([0.1, 0.5, 0.05, 0.35], CLASSES)
-    assert [true_rank(ranked, label) for label in 'bdac'] == [1, 2, 3, 4]
-    assert true_rank(ranked[:2], 'a') is None and true_rank([], 'a') is None
 
 
 def test_prediction_pooling_averages_windows():
@@ -113,6 +107,10 @@ def test_load_model_rejects_missing_and_foreign_files(tmp_path):
     torch.save({'weights': torch.zeros(2)}, tmp_path / 'other.pt')
     with pytest.raises(CheckpointError, match='not an AED checkpoint'):
         load_model(tmp_path / 'other.pt', tmp_path, 'cpu')
+    save_checkpoint(tmp_path / 'lies.pt', tiny_net(4), {'classes': CLASSES, 'im_size': (64, 64), 'im_dim': 1,
+                                                       'filters': 4})  # the network has 2
+    with pytest.raises(CheckpointError, match='lies.pt: weights do not match the architecture'):
+        load_model('lies.pt', tmp_path, 'cpu')
 
 
 def test_load_model_refuses_an_absent_device(tmp_path):

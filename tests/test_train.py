@@ -14,8 +14,9 @@ import torch
 
 import AED_train
 import config as cfg
-from model.checkpoint import detached_copy, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.checkpoint import detached_copy, load_checkpoint, save_checkpoint
 from model.net import AEDNet, count_params, weighted_layers
+from model.session import load_model
 from model.training import (Precision, accuracy, compute_loss, l2_penalty, learning_rate, make_optimizer,
                             percent, plot_training_curves, select_device, write_epoch_log)
 
@@ -201,7 +202,8 @@ def test_epoch_log_and_curves(tmp_path):
              'time_s': 2.0, 'bad_images': 0},
             {'epoch': 2, 'train_loss': 1.1, 'val_loss': None, 'val_accuracy': None, 'lr': 0.0005,
              'time_s': 2.1, 'bad_images': 1}]
-    path = write_epoch_log(tmp_path / 'logs' / 'run.csv', rows)
+    path = tmp_path / 'logs' / 'run.csv'
+    write_epoch_log(path, rows)
     lines = path.read_text().splitlines()
     assert lines[0] == 'epoch,train_loss,val_loss,val_accuracy,lr,time_s,bad_images'
     assert lines[1] == '1,1.5,1.2,40.0,0.001,2.0,0' and lines[2] == '2,1.1,,,0.0005,2.1,1'
@@ -230,7 +232,8 @@ def test_end_to_end_tiny_run(specs, out, capsys):
     for name in ('AED_Tiny_model_epoch_1.pt', 'AED_Tiny_model_epoch_2.pt', 'AED_Tiny_model_best.pt',
                  'AED_Tiny_last.pt'):
         assert (models / name).is_file(), name
-    net, ckpt = model_from_checkpoint(models / 'AED_Tiny_model_best.pt')
+    ckpt = load_checkpoint(models / 'AED_Tiny_model_best.pt')
+    net = load_model('AED_Tiny_model_best.pt', models, 'cpu').net
     assert ckpt['classes'] == ['beeps', 'clicks', 'hum', 'noise_bursts', 'siren']
     assert tuple(ckpt['im_size']) == (64, 64) and ckpt['filters'] == 4 and ckpt['multi_label'] is False
     assert ckpt['spec'] == {'length': cfg.SPEC_LENGTH, 'overlap': cfg.SPEC_OVERLAP,
@@ -277,7 +280,7 @@ def test_checkpoint_round_trip(tmp_path):
             'filters': 4, 'dropout': 0.5, 'nonlinearity': 'relu', 'multi_label': False,
             'spec': {'length': 3, 'overlap': 2, 'sample_rate': 44100, 'resample': 'linear'}}
     save_checkpoint(tmp_path / 'm.pt', net, meta)
-    loaded, ckpt = model_from_checkpoint(tmp_path / 'm.pt')
+    loaded, ckpt = load_model(tmp_path / 'm.pt', tmp_path, 'cpu').net, load_checkpoint(tmp_path / 'm.pt')
     assert states_equal(loaded.state_dict(), net.state_dict()) and ckpt['epoch'] == 3
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
@@ -580,7 +583,7 @@ def test_compile_trains_and_saves_loadable_checkpoints(specs, out, monkeypatch, 
     for name in ('AED_Example_Run_model_best.pt', 'AED_Example_Run_last.pt'):
         ckpt = load_checkpoint(out / 'models' / name)
         assert not [k for k in ckpt['state_dict'] if k.startswith('_orig_mod.')]
-        model_from_checkpoint(out / 'models' / name)  # loads into a plain network
+        load_model(out / 'models' / name, out, 'cpu')  # loads into a plain network
     last = out / 'models' / 'AED_Example_Run_last.pt'
     assert AED_train.main(train_args(specs, out, '--compile', '--resume', str(last), epochs=2)) == 0
 
