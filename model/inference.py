@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from model.audio import SPEC_HEIGHT, SPEC_WIDTH, spectrograms
-from model.stream import SignalBlocks, block_loader
+from model.stream import BLOCK_SAMPLES, GPU_BLOCK_SAMPLES, SignalBlocks, block_loader
 
 # Spectrogram windows computed at once on a GPU (their frames and FFT take ~0.5 GB)
 GPU_SPEC_WINDOWS = 256
@@ -159,8 +159,9 @@ def predict_files(model, paths, settings, batch_size=32, workers=0, watch=None):
     on_cpu = model.device.type == 'cpu' and workers > 0
     transform = functools.partial(cut_windows, settings=settings, im_size=model.im_size,
                                   device=model.device) if on_cpu else None
-    loader = block_loader(SignalBlocks(paths, settings, transform=transform), min(workers, len(paths)),
-                          model.device.type == 'cuda')
+    cuda = model.device.type == 'cuda'
+    blocks = SignalBlocks(paths, settings, GPU_BLOCK_SAMPLES if cuda else BLOCK_SAMPLES, transform)
+    loader = block_loader(blocks, min(workers, len(paths)), cuda)
     if watch is not None:
         loader = (watch(item) or item for item in loader)
     return predict_stream(model, loader, settings, batch_size)

@@ -15,21 +15,25 @@ from model.audio import (INT_SCALES, AudioError, linear_resample_range, load_aud
 
 # Samples at the analysis rate per block (about 24 s at 44.1 kHz, 4 MB of float32)
 BLOCK_SAMPLES = 1 << 20
+# The same where a GPU cuts the windows: fewer, larger spectrogram launches. On an H200, AED_eval's
+# steady state went from 8,700 to 14,400 windows/s (40 files of 120 s) against 1 << 20
+GPU_BLOCK_SAMPLES = 1 << 23
 
 # What libsndfile raises for a file it cannot open or read to the end
 READ_ERRORS = (sf.SoundFileError, OSError, ValueError, EOFError)
 
 
-def _read(f, lo, hi):
-    """Samples lo..hi of an open file, mono float32 as load_audio gives them."""
+def _read(f, lo, hi, integers=False):
+    """Samples lo..hi of an open file, mono float32 as load_audio gives them, or with integers
+    (16-bit mono) its int16 values as they are, with no round trip through float."""
     try:  # only the decoding: an error here is a bad file, anything later a bug
         f.seek(lo)
-        data = read_mono(f, hi - lo)
+        data = f.read(hi - lo, dtype='int16') if integers else read_mono(f, hi - lo)
     except READ_ERRORS as e:
         raise AudioError(f'{type(e).__name__}: {str(e).strip() or "read failed"}') from None
     if len(data) != hi - lo:
         raise AudioError('file is shorter than its header says')
-    if not np.isfinite(data).all():
+    if not (integers or np.isfinite(data).all()):
         raise AudioError('file contains NaN or infinite samples')
     return data
 
@@ -59,7 +63,9 @@ def file_blocks(path, settings, block_samples=BLOCK_SAMPLES):
             read = functools.partial(linear_resample_range, read, f.frames, n_new, int_scale=scale)
         # 16-bit mono, or 16-bit resampled (rounded back to the grid): half the bytes to the main
         # process. Not stereo at the same rate: its averaged samples fall between the integers.
-        if scale == 32768 and (f.samplerate != rate or f.channels == 1):
+        if scale == 32768 and f.samplerate == rate and f.channels == 1:
+            read = functools.partial(_read, f, integers=True)
+        elif scale == 32768 and f.samplerate != rate:
             read = functools.partial(_as_int16, read)
         yield from _blocks(read, n_new, f.samplerate, settings, block_samples)
 
