@@ -128,10 +128,9 @@ def list_recordings(recording_dir, annotation_dir):
             print(f'ERROR: {rec}: {e}', file=sys.stderr)
             files.append((rec, None, str(e)))
     if not any(error is None for *_, error in files):
-        print(f'ERROR: {recording_dir} has no recording with a usable annotation file in {annotation_dir}'
-              + ('' if files else ' (no audio files: --testdir is a folder of recordings, not of class '
-                 'sub-folders)'), file=sys.stderr)
-        sys.exit(2)
+        check.exit_on([f'{recording_dir} has no recording with a usable annotation file in {annotation_dir}'
+                       + ('' if files else ' (no audio files: --testdir is a folder of recordings, not of '
+                          'class sub-folders)')])
     print('NUMBER OF RECORDINGS:', len(files))
     return files
 
