@@ -407,9 +407,10 @@ def finish(job, best, epoch, start, interrupted, writer):
             save_checkpoint(run_path(args, 'snapshot', best.epoch), job.module, meta)
             path = save_checkpoint(run_path(args, 'best'), job.module, meta)
             say(f'BEST MODEL (EPOCH {best.epoch}) SAVED: {path}')
-            if thresholds_path(path).is_file():  # AED_test.py would apply them to the new weights
-                thresholds_path(path).unlink()
-                warn(f'{thresholds_path(path)}: thresholds tuned for the model this one replaced, removed')
+            tuned = thresholds_path(path)
+            if tuned.is_file():  # AED_test.py would apply them to the new weights
+                tuned.unlink()
+                warn(f'{tuned}: thresholds tuned for the model this one replaced, removed')
     if dist.is_initialized():
         dist.barrier()  # no process tears its group down while another still uses it
 
